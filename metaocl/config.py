@@ -1,0 +1,452 @@
+"""Typed configs, sweep files and ``--set`` overrides.
+
+Every experiment kind has one dataclass tree (``metaocl/configs/<kind>.py``) that fully describes a
+trial. Sweep files (``sweeps/*.yaml``) give a base config, a grid of what varies and the number of
+seeds; this module validates them against the dataclasses *before anything runs or is written*, so a
+typo costs one line of error and not a half-finished sweep::
+
+    from metaocl.config import load_sweep
+    sweep = load_sweep("quickstart", smoke=True, overrides=["train.lr=1e-3"])
+    for trial in sweep.trials(): print(trial.trial_id, trial.config.seed)
+
+User mistakes raise :class:`ConfigError`, whose message is a single line naming the file, the key and,
+for unknown keys, the nearest valid one. The CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib
+import itertools
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A mistake in user input (sweep file, config, override). One line; the CLI exits with 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment kinds: name -> (config class, runner module). Resolved lazily so that `metaocl list`
+# and config validation never import torch.
+# --------------------------------------------------------------------------------------------
+KINDS: dict[str, tuple[str, str]] = {
+    "set_inclusion": ("metaocl.configs.set_inclusion:SetInclusionConfig", "metaocl.experiments.set_inclusion"),
+    "lm": ("metaocl.configs.lm:LMConfig", "metaocl.experiments.lm"),
+    "mnist": ("metaocl.configs.mnist:MnistConfig", "metaocl.experiments.mnist"),
+}
+
+
+def config_class(kind: str) -> type:
+    """The top-level dataclass of experiment ``kind``."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown experiment kind {kind!r}{_suggest(kind, KINDS)}; known kinds: {', '.join(KINDS)}")
+    module_name, cls_name = KINDS[kind][0].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def runner_module(kind: str) -> types.ModuleType:
+    """The module whose ``run(config, reporter)`` runs one trial of ``kind``."""
+    config_class(kind)  # validates the name
+    return importlib.import_module(KINDS[kind][1])
+
+
+# --------------------------------------------------------------------------------------------
+# Dataclass <-> dict with validation
+# --------------------------------------------------------------------------------------------
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = _suggest(str(value), [str(c) for c in choices])
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported annotation {tp!r}")  # a bug in our dataclasses, not user input
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: dict | None, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data``, validating keys and types; missing keys get defaults."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(str(key), names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key {f.name!r}")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> dict:
+    """A plain, YAML-able dict of a config dataclass."""
+    return dataclasses.asdict(obj)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}} -> {"train.lr": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def field_paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted field path of dataclass ``cls`` (leaves and sections)."""
+    paths = []
+    for name, tp in _hints(cls).items():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        if dataclasses.is_dataclass(tp):
+            paths.extend(field_paths(tp, path + "."))
+    return paths
+
+
+def set_dotted(d: dict, dotted: str, value: Any, cls: type, where: str) -> None:
+    """Set ``d["a"]["b"] = value`` for ``dotted="a.b"``, refusing paths that ``cls`` does not have."""
+    parts = dotted.split(".")
+    node_cls = cls
+    node = d
+    for i, part in enumerate(parts):
+        hints = _hints(node_cls)
+        if part not in hints:
+            prefix = ".".join(parts[:i])
+            valid = [f"{prefix}.{n}" if prefix else n for n in hints]
+            raise ConfigError(f"{where}: unknown key {dotted!r}{_suggest(dotted, valid + field_paths(cls))}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        if not dataclasses.is_dataclass(hints[part]):
+            raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])!r} is a value, not a section; cannot set {dotted!r}")
+        node_cls = hints[part]
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])!r} must be a mapping")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """A new dict: ``over`` merged into ``base`` section by section."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3" -> ("train.lr", 0.001)``; the value is read as YAML (so lists work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=0.001")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "1e-3" as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep files
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Resources:
+    """What one trial gets from Ray. ``gpu: auto`` means 1 GPU when CUDA is visible, else 0."""
+
+    cpu: float = 1.0
+    gpu: float | Literal["auto"] = "auto"
+
+    def validate(self) -> None:
+        if self.cpu <= 0:
+            raise ConfigError("resources.cpu must be > 0")
+        if self.gpu != "auto" and self.gpu < 0:
+            raise ConfigError("resources.gpu must be >= 0 or 'auto'")
+
+
+@dataclass
+class SmokeVariant:
+    """A reduced version of a sweep that runs on a CPU in a few minutes (``--smoke``)."""
+
+    base: dict[str, Any] = field(default_factory=dict)  # merged onto the sweep's base
+    grid: dict[str, list] | None = None  # replaces the grid when given
+    seeds: int | None = None
+    resources: Resources | None = None
+
+
+@dataclass
+class SweepFile:
+    """The schema of ``sweeps/NAME.yaml``."""
+
+    name: str
+    description: str
+    kind: str
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=dict)
+    seeds: int = 1
+    first_seed: int = 0
+    resources: Resources = field(default_factory=Resources)
+    max_failures: int = 0
+    smoke: SmokeVariant | None = None
+
+
+@dataclass
+class Trial:
+    """One point of a sweep: a grid point times a seed, with its fully resolved config."""
+
+    trial_id: str
+    params: dict[str, Any]  # the grid values of this trial (dotted keys)
+    seed: int
+    config: Any  # the kind's config dataclass
+
+    def config_dict(self) -> dict:
+        return to_dict(self.config)
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: everything needed to run it, nothing run yet."""
+
+    name: str
+    description: str
+    kind: str
+    path: Path
+    base: dict[str, Any]
+    grid: dict[str, list]
+    seeds: list[int]
+    resources: Resources
+    max_failures: int
+    smoke: bool
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment this sweep tracks into (smoke runs kept apart)."""
+        return f"metaocl/{self.name}" + ("-smoke" if self.smoke else "")
+
+    def trials(self) -> list[Trial]:
+        cls = config_class(self.kind)
+        keys = list(self.grid)
+        points = list(itertools.product(*(self.grid[k] for k in keys))) if keys else [()]
+        out = []
+        for p_index, point in enumerate(points):
+            params = dict(zip(keys, point))
+            for seed in self.seeds:
+                data = copy.deepcopy(self.base)
+                for k, v in params.items():
+                    set_dotted(data, k, v, cls, f"{self.path}: grid")
+                set_dotted(data, "seed", seed, cls, f"{self.path}: seeds")
+                config = from_dict(cls, data, f"{self.path}: trial {dict(params, seed=seed)}")
+                tid = f"p{p_index:02d}_s{seed}" if keys else f"s{seed}"
+                out.append(Trial(trial_id=tid, params=params, seed=seed, config=config))
+        return out
+
+    def trial_resources(self, cuda_available: bool) -> dict[str, float]:
+        gpu = self.resources.gpu
+        if gpu == "auto":
+            gpu = 1.0 if cuda_available else 0.0
+        return {"cpu": float(self.resources.cpu), "gpu": float(gpu)}
+
+
+def sweeps_dir() -> Path:
+    """Where named sweeps live: ``$METAOCL_SWEEPS``, the source checkout, or the installed copy."""
+    env = os.environ.get("METAOCL_SWEEPS")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent / "sweeps"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "metaocl" / "sweeps"
+
+
+def known_sweeps() -> dict[str, Path]:
+    d = sweeps_dir()
+    return {p.stem: p for p in sorted(d.glob("*.yaml"))} if d.is_dir() else {}
+
+
+def resolve_sweep_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"{name_or_path}: no such sweep file")
+        return p
+    known = known_sweeps()
+    if name_or_path not in known:
+        raise ConfigError(
+            f"unknown sweep {name_or_path!r}{_suggest(name_or_path, known)}; known sweeps: {', '.join(known) or '(none)'}"
+        )
+    return known[name_or_path]
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping; malformed YAML is reported as ``file:line: problem``."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{line}: malformed YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_sweep(
+    name_or_path: str,
+    smoke: bool = False,
+    seeds: int | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> Sweep:
+    """Read, validate and resolve a sweep file. Validates every trial's config before returning."""
+    path = resolve_sweep_path(name_or_path)
+    spec: SweepFile = from_dict(SweepFile, read_yaml(path), str(path))
+    cls = config_class(spec.kind) if spec.kind in KINDS else None
+    if cls is None:
+        raise ConfigError(f"{path}: kind: unknown experiment kind {spec.kind!r}{_suggest(spec.kind, KINDS)}")
+    base, grid, n_seeds, resources = spec.base, spec.grid, spec.seeds, spec.resources
+    if smoke:
+        if spec.smoke is None:
+            raise ConfigError(f"{path}: this sweep has no 'smoke' variant")
+        base = deep_merge(base, spec.smoke.base)
+        grid = spec.smoke.grid if spec.smoke.grid is not None else grid
+        n_seeds = spec.smoke.seeds or n_seeds
+        resources = spec.smoke.resources or resources
+    base = copy.deepcopy(base)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(base, key, value, cls, f"--set {key}")
+        grid = {k: v for k, v in grid.items() if k != key}  # an explicit --set pins a grid key
+    for key, values in grid.items():
+        set_dotted({}, key, None, cls, f"{path}: grid")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{key}: expected a non-empty list of values")
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError(f"--seeds {seeds}: must be at least 1")
+        n_seeds = seeds
+    if n_seeds < 1:
+        raise ConfigError(f"{path}: seeds must be at least 1")
+    sweep = Sweep(
+        name=spec.name,
+        description=spec.description,
+        kind=spec.kind,
+        path=path,
+        base=base,
+        grid=grid,
+        seeds=list(range(spec.first_seed, spec.first_seed + n_seeds)),
+        resources=resources,
+        max_failures=spec.max_failures,
+        smoke=smoke,
+    )
+    sweep.trials()  # validate every trial config now, before anything starts
+    return sweep

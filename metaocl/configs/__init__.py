@@ -1,0 +1,1 @@
+"""Typed config dataclasses, one module per experiment kind (no heavy imports here)."""

@@ -1,0 +1,41 @@
+"""Experiment runners: one module per kind, each with ``run(config, reporter) -> final metrics``.
+
+The contract every runner follows (the sweep driver and ``metaocl run`` rely on it):
+
+- ``run(config, reporter)`` trains and evaluates one trial described by the kind's config dataclass
+  and returns a flat ``dict[str, float]`` of final metrics.
+- After every evaluation it calls ``reporter(metrics)`` with a flat dict of floats that contains
+  ``epoch`` (a global, monotonically increasing step across stages: it becomes MLflow's ``step``)
+  and ``stage`` (1, 2, 3). Metric names are ``{measure}/{split}``: ``acc/qd1consis``,
+  ``em/d2consis``, ``loss/qd2incons``, ``train/loss``; the gaps are ``gap/ocl``
+  (qd1consis - qd2incons) and ``gap/meta_ocl`` (d1consis - d2consis) of the headline measure.
+- ``reporter.interactive`` says whether to draw progress bars (True in ``metaocl run``, False
+  inside a Ray trial).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+
+class Reporter(Protocol):
+    interactive: bool
+
+    def __call__(self, metrics: Mapping[str, float]) -> None: ...
+
+
+class PrintReporter:
+    """Collects reported metrics in memory (``history``); optionally prints each report."""
+
+    def __init__(self, interactive: bool = False, echo: bool = False):
+        self.interactive = interactive
+        self.echo = echo
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self, metrics: Mapping[str, float]) -> None:
+        row = {k: float(v) for k, v in metrics.items()}
+        self.history.append(row)
+        if self.echo:
+            shown = {k: v for k, v in row.items() if k.startswith(("acc/", "em/", "gap/", "train/"))}
+            text = "  ".join(f"{k}={v:.3f}" for k, v in shown.items())
+            print(f"epoch {int(row.get('epoch', 0))} stage {int(row.get('stage', 0))}  {text}", flush=True)
