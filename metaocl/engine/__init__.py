@@ -1,0 +1,1 @@
+"""Training loops and evaluation (no dataset building here)."""

@@ -1,0 +1,1 @@
+"""``metaocl report``: figures and effect statistics read from MLflow only."""
