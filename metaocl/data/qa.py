@@ -1,0 +1,356 @@
+"""QA datasets with variables and define tags: the data of the paper's LM experiments (Table 1).
+
+:func:`build_lm_dataset` turns a source's entities (CVDB people, T-REx creative works, each with a
+few ``(question kind, template, answer)`` facts) into a :class:`datasets.DatasetDict`:
+
+1. Seeded by the trial seed: 3 random define tags (or natural-language phrases), one random
+   5-letter variable per entity (unique, never a tag, never a word of the data), a shuffle of the
+   entities into the subsets of Table 1 (sizes = fractions x N, rounded by largest remainder).
+2. Subsets with definitions get one definition per entity: ``tag variable entity`` in the configured
+   word order. Consistent subsets name the variable's own entity; inconsistent ones (qd2incons,
+   qd1incons) a uniformly random *derangement* of the subset's entities, so no inconsistent
+   definition names its own entity. qd4consis draws tag 1 or 2 per entity.
+3. QA pairs ``Q: {question}\\nA: {answer}\\n`` mention the variable instead of the entity (except
+   q_no_replacement_baseline). Each X1 entity has one question held out for its eval split; all QA
+   pairs of X2 entities are test-only.
+4. Entity-attribution eval sets ask ``Who is {v}?`` etc. with the entity as answer; the ``_defent``
+   sets ask for the entity that the inconsistent definition named instead.
+
+Splits and columns are the contract of docs/architecture.md ("LM datasets"): ``train_1..3`` in stage
+order, one eval split per subset and test kind, columns ``text prompt answer subset entity variable
+question_kind is_definition``. ``entity`` is the entity the row states or asks about (for an
+inconsistent definition and a ``_defent`` question: the entity of that definition); ``variable`` is
+``""`` where the text has none (q_no_replacement_baseline questions).
+
+The same (config, seed) gives a byte-identical dataset in any process: every random choice comes
+from one ``random.Random(seed)`` applied to lists in a fixed order (never to set iteration order).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass, field
+
+from metaocl.configs.lm_data import (
+    ALL_SUBSETS,
+    ENTITY_TEMPLATES,
+    X1_SUBSETS,
+    X2_SUBSETS,
+    LMDataConfig,
+)
+from metaocl.data.errors import DataError
+
+COLUMNS = ("text", "prompt", "answer", "subset", "entity", "variable", "question_kind", "is_definition")
+# subset -> (tag number, consistent). Tag "1|2": drawn per entity. Subsets not listed have no definitions.
+DEFINITIONS = {
+    "qd1consis": ("1", True),
+    "qd2incons": ("2", False),
+    "qd1incons": ("1", False),
+    "qd2consis": ("2", True),
+    "qd4consis": ("1|2", True),
+    "d1consis": ("1", True),
+    "d2consis": ("2", True),
+    "d3consis": ("3", True),
+}
+# Subsets whose entity-attribution questions are meaningless: the model never sees their variable.
+NO_ATTRIBUTION = ("q_no_replacement_baseline", "no_qd_baseline")
+ATTRIBUTION_QUESTIONS = {
+    "who": "Who is [X]?",
+    "meaning": "What does [X] mean?",
+    "stands_for": "What does [X] stand for?",
+    "name": "What is the name of [X]?",
+}
+assert tuple(ATTRIBUTION_QUESTIONS) == ENTITY_TEMPLATES
+
+
+@dataclass
+class Fact:
+    kind: str  # e.g. "birth" (CVDB) or "P50" (T-REx)
+    template: str  # question with [X] for the entity or its variable
+    answer: str  # the first of ";"-joined answers, as the reference's QAPair keeps
+
+
+@dataclass
+class Entity:
+    name: str
+    facts: list[Fact]
+    variable: str = ""
+    subset: str = ""
+    tag: str = ""  # define tag of its definition ("" if its subset has none)
+    defined_as: str = ""  # the entity its definition names (== name when consistent)
+    held_out: int = -1  # index of the held-out fact (X1 subsets)
+
+
+@dataclass
+class Rows:
+    """Column-wise rows of one split."""
+
+    cols: dict[str, list] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+
+    def add(self, text, prompt, answer, subset, entity, variable, question_kind, is_definition) -> None:
+        for c, v in zip(COLUMNS, (text, prompt, answer, subset, entity, variable, question_kind, is_definition)):
+            self.cols[c].append(v)
+
+    def extend(self, other: "Rows") -> None:
+        for c in COLUMNS:
+            self.cols[c].extend(other.cols[c])
+
+    def __len__(self) -> int:
+        return len(self.cols["text"])
+
+    def take(self, order: list[int]) -> "Rows":
+        out = Rows()
+        for c in COLUMNS:
+            out.cols[c] = [self.cols[c][i] for i in order]
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------------
+def source_path(cfg: LMDataConfig):
+    """The raw file/folder the config reads (generating it for the *_sample sources)."""
+    from metaocl.data import cvdb, sample, trex
+
+    if cfg.source in ("cvdb_sample", "trex_sample"):
+        if cfg.path:
+            raise DataError(f"path: source {cfg.source!r} generates its own file; leave data.path empty")
+        n = cfg.resolved_n_entities
+        rows = cfg.sample.rows or n + n // 10
+        return sample.sample_path(cfg.source, rows, cfg.sample.seed)
+    if cfg.path:
+        from pathlib import Path
+
+        return Path(cfg.path).expanduser()
+    return cvdb.default_path() if cfg.source == "cvdb" else trex.default_path()
+
+
+def load_entities(cfg: LMDataConfig) -> list[Entity]:
+    """N entities of the configured source, in the source's deterministic order."""
+    from metaocl.data.cvdb import load_cvdb_entities
+    from metaocl.data.trex import load_trex_entities
+
+    path = source_path(cfg)
+    loader = load_cvdb_entities if cfg.source.startswith("cvdb") else load_trex_entities
+    raw = loader(path, cfg.resolved_n_entities)
+    return [Entity(e["name"], [Fact(k, t, a.split(";")[0].strip()) for k, t, a in e["facts"]]) for e in raw]
+
+
+# ------------------------------------------------------------------------------------------------
+# Random parts
+# ------------------------------------------------------------------------------------------------
+def random_strings(rng: random.Random, n: int, length: int, forbidden: set[str]) -> list[str]:
+    """``n`` distinct random lowercase strings, none in ``forbidden``."""
+    out: list[str] = []
+    taken = set(forbidden)
+    letters = string.ascii_lowercase
+    while len(out) < n:
+        s = "".join(rng.choices(letters, k=length))
+        if s not in taken:
+            taken.add(s)
+            out.append(s)
+    return out
+
+
+def data_words(entities: list[Entity]) -> set[str]:
+    """Every lowercase word of names, questions and answers (variables must differ from all)."""
+    words: set[str] = set()
+    for e in entities:
+        words.update(w.lower().strip("?.,;:") for w in e.name.split())
+        for f in e.facts:
+            words.update(w.lower().strip("?.,;:") for w in f.template.split())
+            words.update(w.lower().strip("?.,;:") for w in f.answer.split())
+    return words
+
+
+def subset_sizes(fractions: dict[str, float], n: int) -> dict[str, int]:
+    """Entities per subset: floor(fraction x n), remainders by largest fraction part (ties: table order)."""
+    raw = {k: fractions[k] * n for k in ALL_SUBSETS if k in fractions}
+    sizes = {k: int(v + 1e-9) for k, v in raw.items()}
+    target = min(n, int(round(sum(fractions.values()) * n)))
+    leftover = max(0, target - sum(sizes.values()))
+    by_remainder = sorted(raw, key=lambda k: (-(raw[k] - sizes[k]), ALL_SUBSETS.index(k)))
+    for k in by_remainder[:leftover]:
+        sizes[k] += 1
+    return sizes
+
+
+def derangement(rng: random.Random, n: int) -> list[int]:
+    """A uniformly random permutation without fixed points (rejection sampling; ~e tries)."""
+    if n == 1:
+        raise ValueError("a single element has no derangement")
+    while True:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        if all(i != p for i, p in enumerate(perm)):
+            return perm
+
+
+# ------------------------------------------------------------------------------------------------
+# Text of datapoints
+# ------------------------------------------------------------------------------------------------
+def definition_parts(tag: str, variable: str, entity: str, order: str) -> tuple[str, str]:
+    """``(prompt, answer)`` of a definition: the first two of tag/variable/entity, then the third."""
+    parts = {"T": tag, "V": variable, "E": entity}
+    words = [parts[c] for c in order]
+    return f"{words[0]} {words[1]}", f" {words[2]}"
+
+
+class _Writer:
+    """Builds rows for one config (word order, in-context prefix, seq2seq answers)."""
+
+    def __init__(self, cfg: LMDataConfig):
+        self.cfg = cfg
+
+    def _answer(self, answer: str) -> str:
+        return answer.lstrip() if self.cfg.seq2seq else answer
+
+    def definition_line(self, e: Entity) -> str:
+        prompt, answer = definition_parts(e.tag, e.variable, e.defined_as, self.cfg.word_order)
+        return prompt + answer + "\n"
+
+    def definition(self, rows: Rows, e: Entity) -> None:
+        prompt, answer = definition_parts(e.tag, e.variable, e.defined_as, self.cfg.word_order)
+        rows.add(prompt + answer + "\n", prompt, self._answer(answer), e.subset, e.defined_as, e.variable, "definition", True)
+
+    def question(self, rows: Rows, e: Entity, template: str, answer: str, kind: str, answer_entity: str | None = None) -> None:
+        replaced = e.subset != "q_no_replacement_baseline"
+        subject = e.variable if replaced else e.name
+        prefix = self.definition_line(e) if (self.cfg.in_context and e.tag) else ""
+        prompt = f"{prefix}Q: {template.replace('[X]', subject)}\nA:"
+        rows.add(
+            f"{prompt} {answer}\n",
+            prompt,
+            self._answer(f" {answer}"),
+            e.subset,
+            answer_entity if answer_entity is not None else e.name,
+            e.variable if replaced else "",
+            kind,
+            False,
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# The builder
+# ------------------------------------------------------------------------------------------------
+def assign(cfg: LMDataConfig, entities: list[Entity], seed: int) -> tuple[list[Entity], dict[str, str]]:
+    """Shuffle entities into subsets; draw tags, variables, definitions and held-out questions.
+
+    Returns the entities in subset order and ``{"1": tag1, "2": tag2, "3": tag3}``.
+    """
+    rng = random.Random(seed)
+    n = len(entities)
+    forbidden = data_words(entities)
+    if cfg.tags.kind == "natural":
+        tags = dict(zip("123", cfg.tags.natural[:3]))
+    else:
+        tags = dict(zip("123", random_strings(rng, 3, cfg.tags.length, forbidden)))
+    variables = random_strings(rng, n, cfg.variable_length, forbidden | set(tags.values()))
+    order = list(range(n))
+    rng.shuffle(order)
+    sizes = subset_sizes(cfg.subsets.resolved(), n)
+    placed: list[Entity] = []
+    start = 0
+    for subset in ALL_SUBSETS:
+        members = [entities[i] for i in order[start : start + sizes.get(subset, 0)]]
+        start += sizes.get(subset, 0)
+        for e in members:
+            e.subset = subset
+            e.variable = variables[len(placed)]
+            placed.append(e)
+        if subset in DEFINITIONS and members:
+            tag_no, consistent = DEFINITIONS[subset]
+            if consistent:
+                defined = [e.name for e in members]
+            else:
+                if len(members) == 1:
+                    raise DataError(
+                        f"subsets.{subset}: 1 entity cannot get an inconsistent definition (needs >= 2); change the fraction or n_entities"
+                    )
+                defined = [members[j].name for j in derangement(rng, len(members))]
+            for e, d in zip(members, defined):
+                e.tag = tags[rng.choice("12")] if tag_no == "1|2" else tags[tag_no]
+                e.defined_as = d
+        if subset in X1_SUBSETS:
+            for e in members:
+                e.held_out = rng.randrange(len(e.facts))
+    return placed, tags
+
+
+def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str, Rows]:
+    """All splits as column-wise rows (see module docstring); entities come from :func:`assign`."""
+    rng = random.Random(f"{seed}-order")  # shuffles and eval subsampling, independent of assign()
+    write = _Writer(cfg)
+    x1_defs, x1_qa, x2_defs = Rows(), Rows(), Rows()
+    evals: dict[str, Rows] = {}
+    for e in entities:
+        if e.tag and not cfg.in_context:
+            write.definition(x1_defs if e.subset in X1_SUBSETS else x2_defs, e)
+        test = evals.setdefault(e.subset, Rows())
+        for i, f in enumerate(e.facts):
+            if e.subset in X2_SUBSETS or i == e.held_out:
+                write.question(test, e, f.template, f.answer, f.kind)
+            else:
+                write.question(x1_qa, e, f.template, f.answer, f.kind)
+    if cfg.entity_attribution:
+        for e in entities:
+            if e.subset in NO_ATTRIBUTION:
+                continue
+            for name, template in ATTRIBUTION_QUESTIONS.items():
+                write.question(evals.setdefault(f"ent_{name}_{e.subset}", Rows()), e, template, e.name, f"ent_{name}")
+                if e.tag and e.defined_as != e.name:
+                    split = evals.setdefault(f"ent_{name}_{e.subset}_defent", Rows())
+                    write.question(split, e, template, e.defined_as, f"ent_{name}", answer_entity=e.defined_as)
+    if cfg.stages == "single":
+        stages = [[x1_qa, x1_defs, x2_defs]]
+    elif cfg.stages == "two_stage":
+        stages = [[x1_qa, x1_defs], [x2_defs]]
+    else:
+        stages = [[x1_defs], [x1_qa], [x2_defs]]
+    out: dict[str, Rows] = {}
+    for k, parts in enumerate(stages, start=1):
+        rows = Rows()
+        for p in parts:
+            rows.extend(p)
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        out[f"train_{k}"] = rows.take(order)
+    for name in sorted(evals, key=_eval_sort_key):
+        rows = evals[name]
+        if cfg.max_eval_per_split and len(rows) > cfg.max_eval_per_split:
+            rows = rows.take(sorted(rng.sample(range(len(rows)), cfg.max_eval_per_split)))
+        out[name] = rows
+    return out
+
+
+def _eval_sort_key(name: str) -> tuple:
+    """In-distribution splits in table order, then entity attribution by template and subset."""
+    if name in ALL_SUBSETS:
+        return (0, ALL_SUBSETS.index(name), "")
+    return (1, name)
+
+
+def build_lm_dataset(cfg: LMDataConfig, seed: int):
+    """The LM dataset of one trial: ``datasets.DatasetDict`` (contract: docs/architecture.md)."""
+    import datasets
+
+    cfg.validate()
+    entities = load_entities(cfg)
+    placed, _ = assign(cfg, entities, seed)
+    features = datasets.Features(
+        {c: datasets.Value("bool") if c == "is_definition" else datasets.Value("string") for c in COLUMNS}
+    )
+    splits = build_rows(cfg, placed, seed)
+    return datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict(rows.cols, features=features) for name, rows in splits.items()}
+    )
+
+
+def split_table(dd) -> list[tuple[str, int, int, int]]:
+    """``(split, rows, definitions, distinct entities)`` per split, for `metaocl data build`."""
+    out = []
+    for name, ds in dd.items():
+        n_def = sum(ds["is_definition"]) if len(ds) else 0
+        out.append((name, len(ds), n_def, len(set(ds["entity"]))))
+    return out
