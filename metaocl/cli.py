@@ -1,0 +1,195 @@
+"""The ``metaocl`` command.
+
+    metaocl list                                   # the sweeps, one per paper experiment
+    metaocl sweep quickstart                       # the embedded default: local Ray, ./mlflow.db, CPU
+    metaocl sweep batch_size --smoke --dry-run     # print the trial table, run nothing
+    metaocl sweep set_inclusion --seeds 3 --set train.batch_size=256
+    metaocl run quickstart --set seed=1            # one trial in this process, no Ray
+    metaocl ui                                     # MLflow UI on the sweep store
+
+User mistakes (unknown sweep, bad key, bad value, unreachable service) print one line and exit with
+status 2; nothing is written before the input is known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from typing import Sequence
+
+from metaocl.config import ConfigError, known_sweeps, load_sweep, read_yaml
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit 2), like every other user mistake."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep name (see `metaocl list`) or path to a sweep YAML file")
+    p.add_argument("--smoke", action="store_true", help="the sweep's reduced variant (CPU, minutes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set train.lr=0.001 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metaocl", description="Reproduce and extend meta-out-of-context learning: "
+                     "every experiment of the paper is one sweep file, run on Ray Tune and tracked in MLflow.")
+    parser.add_argument("--version", action="version", version=f"metaocl {__import__('metaocl').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("list", help="list the sweeps with their descriptions")
+
+    p = sub.add_parser("sweep", help="run a sweep: grid x seeds as Ray Tune trials, tracked in MLflow")
+    _sweep_args(p)
+    p.add_argument("--seeds", type=int, help="number of seeds (overrides the sweep file)")
+    p.add_argument("--dry-run", action="store_true", help="print the trial table and run nothing")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--storage", help="where Ray keeps trial state (default: ./metaocl-results)")
+
+    p = sub.add_parser("run", help="run one trial of a sweep in this process, without Ray")
+    _sweep_args(p)
+    p.add_argument("--trial", help="trial id from `metaocl sweep NAME --dry-run` (default: the first)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the sweep store")
+    p.add_argument("--tracking-uri", help="store to show (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+
+    for module in ("metaocl.data.cli", "metaocl.report.cli"):  # sub-commands that live beside their area
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub)  # sets `handler` with set_defaults
+    return parser
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    sweeps = known_sweeps()
+    if not sweeps:
+        raise ConfigError("no sweep files found (set METAOCL_SWEEPS to the folder that holds them)")
+    width = max(len(n) for n in sweeps)
+    for name, path in sweeps.items():
+        try:
+            data = read_yaml(path)
+            desc = str(data.get("description", "")).strip().replace("\n", " ")
+            kind = data.get("kind", "?")
+        except ConfigError as e:
+            desc, kind = f"(invalid: {e})", "?"
+        print(f"{name:<{width}}  [{kind}]  {desc}")
+    return 0
+
+
+def _trial_table(sweep) -> str:
+    trials = sweep.trials()
+    keys = list(sweep.grid)
+    header = ["trial", "seed"] + keys
+    rows = [[t.trial_id, str(t.seed)] + [str(t.params[k]) for k in keys] for t in trials]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header)] + [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from metaocl.tracking import check_reachable, describe_store, tracking_uri
+
+    sweep = load_sweep(args.sweep, smoke=args.smoke, seeds=args.seeds, overrides=args.overrides)
+    n = len(sweep.trials())
+    res = sweep.resources
+    print(f"sweep {sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.description}")
+    print(f"{n} trial{'s' if n != 1 else ''} ({sweep.kind}); each gets cpu={res.cpu:g}, gpu={res.gpu}")
+    if args.dry_run:
+        print(_trial_table(sweep))
+        return 0
+    uri = tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    from metaocl.sweep import run_sweep
+
+    outcome = run_sweep(sweep, uri, address=args.address, storage=args.storage)
+    print()
+    print(outcome.summary())
+    print()
+    for tid, err in outcome.failed.items():
+        print(f"trial {tid} FAILED: {err}")
+    done = len(outcome.histories) - len(outcome.failed)
+    print(f"trials: {done} done, {len(outcome.failed)} failed, {sum(outcome.retried.values())} retried")
+    print(f"MLflow store: {describe_store(uri)}")
+    print(f"experiment: {sweep.experiment_name}; figures and statistics: metaocl report {sweep.name}"
+          f"{' --smoke' if sweep.smoke else ''}")
+    return 0 if outcome.ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from metaocl.tracking import check_reachable, describe_store, tracking_uri
+
+    sweep = load_sweep(args.sweep, smoke=args.smoke, seeds=1 if not args.trial else None, overrides=args.overrides)
+    trials = sweep.trials()
+    if args.trial:
+        match = [t for t in trials if t.trial_id == args.trial]
+        if not match:
+            raise ConfigError(f"--trial {args.trial}: no such trial; known: {', '.join(t.trial_id for t in trials)}")
+        trial = match[0]
+    else:
+        trial = trials[0]
+    uri = None if args.no_track else tracking_uri(args.tracking_uri)
+    if uri:
+        check_reachable(uri)
+    from metaocl.summary import summarize
+    from metaocl.sweep import run_single
+
+    print(f"run {sweep.name} trial {trial.trial_id} (seed {trial.seed}) in this process")
+    result = run_single(trial, sweep.kind, sweep.name, uri)
+    print()
+    print(summarize({trial.trial_id: result["history"]}, {trial.trial_id: trial.params}))
+    if uri:
+        print(f"MLflow store: {describe_store(uri)}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from metaocl.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep here first, or pass --tracking-uri")
+    mlflow = shutil.which("mlflow")
+    if mlflow is None:
+        raise ConfigError("the mlflow command is not installed (pip install -r requirements.txt)")
+    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)")
+    return subprocess.call(cmd)
+
+
+COMMANDS = {"list": cmd_list, "sweep": cmd_sweep, "run": cmd_run, "ui": cmd_ui}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
+    except ConfigError as e:
+        print(f"metaocl: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("metaocl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Config of the set-inclusion experiment (paper section 3.1, appendix D).
+
+Defaults are the paper's: 8000 variables, qd1consis/qd2incons/d1consis/d2consis = 0.4/0.4/0.1/0.1,
+12 training and 12 test questions per variable, Pythia-70M architecture from random weights,
+Adafactor, batch 512, 100 + 40 epochs. Sweep files override what they vary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from metaocl.config import ConfigError
+
+
+@dataclass
+class SetInclusionData:
+    n_variables: int = 8000
+    max_number: int = 98  # variables stand for integers 0..max_number
+    list_length: int = 8  # numbers per question
+    var_length: int = 3  # letters per variable name
+    train_questions: int = 12  # per variable with QA in training (half true)
+    test_questions: int = 12  # per variable, every subset (half true)
+    # fractions of variables per subset; d3consis (tag never seen in stage 1) is optional
+    qd1consis: float = 0.4
+    qd2incons: float = 0.4
+    d1consis: float = 0.1
+    d2consis: float = 0.1
+    d3consis: float = 0.0
+
+    def validate(self) -> None:
+        fracs = [self.qd1consis, self.qd2incons, self.d1consis, self.d2consis, self.d3consis]
+        if any(f < 0 for f in fracs):
+            raise ConfigError("subset fractions must be >= 0")
+        if sum(fracs) > 1.0 + 1e-9:
+            raise ConfigError(f"subset fractions sum to {sum(fracs):.3f} > 1")
+        if self.train_questions % 2 or self.test_questions % 2:
+            raise ConfigError("train_questions and test_questions must be even (half true, half false)")
+        if not 1 <= self.list_length <= self.max_number:
+            raise ConfigError("list_length must be between 1 and max_number")
+        if 26**self.var_length < 2 * self.n_variables:
+            raise ConfigError(f"var_length {self.var_length} is too short for {self.n_variables} unique variables")
+
+
+@dataclass
+class GPTNeoXArch:
+    """GPT-NeoX architecture built from config with random weights (Pythia-70M by default)."""
+
+    hidden_size: int = 512
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    rotary_pct: float = 0.25
+    max_position_embeddings: int = 64
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError("hidden_size must be divisible by num_attention_heads")
+
+
+@dataclass
+class SetInclusionTrain:
+    stage1_epochs: int = 100
+    stage2_epochs: int = 40
+    batch_size: int = 512
+    stage2_batch_size: int | None = None  # default: batch_size
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"
+    lr: float | None = None  # None with adafactor = its own relative-step schedule (the paper's "defaults")
+    stage2_lr: float | None = None  # default: lr
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    # which tokens carry the loss: every token (plain causal LM, the paper) or only the answer token
+    loss_on: Literal["all", "answer"] = "all"
+    # single-stage (joint) training: stage-1 and stage-2 data together for stage1_epochs
+    joint: bool = False
+    grad_alignment_every: int = 0  # >0: log gradient alignment (tag defs vs QA) every K steps
+
+    def validate(self) -> None:
+        if self.stage1_epochs < 1 or self.stage2_epochs < 0:
+            raise ConfigError("stage1_epochs must be >= 1 and stage2_epochs >= 0")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        if self.optimizer == "adamw" and self.lr is None:
+            raise ConfigError("optimizer adamw needs an explicit lr")
+
+
+@dataclass
+class SetInclusionEval:
+    # argmax: the model's answer is the most likely next token after '=' over the whole vocabulary
+    # (wrong unless it is the right one of true/false); true_false: compare only those two logits.
+    scoring: Literal["argmax", "true_false"] = "argmax"
+    batch_size: int = 2048
+    every: int = 1  # evaluate every N epochs (and always at the end of a stage)
+
+
+@dataclass
+class SetInclusionConfig:
+    seed: int = 0
+    device: str = "auto"
+    data: SetInclusionData = field(default_factory=SetInclusionData)
+    model: GPTNeoXArch = field(default_factory=GPTNeoXArch)
+    train: SetInclusionTrain = field(default_factory=SetInclusionTrain)
+    eval: SetInclusionEval = field(default_factory=SetInclusionEval)

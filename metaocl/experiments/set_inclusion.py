@@ -1,0 +1,92 @@
+"""One set-inclusion trial: generate the data, train in two stages, evaluate every subset each epoch.
+
+Run one trial in the foreground (no Ray)::
+
+    metaocl run quickstart --set train.stage1_epochs=5
+
+Stage 1 trains on X1 (qd1consis and qd2incons: definitions + training questions), stage 2 on X2
+(d1consis / d2consis / d3consis definitions only), each with a fresh optimizer. With
+``train.joint: true`` everything is trained together in one stage (paper's single-stage variant).
+Reported per evaluation: ``acc/{subset}``, ``loss/{subset}``, ``acc_def/{subset}``, ``train/loss``,
+``gap/ocl`` (qd1consis - qd2incons), ``gap/meta_ocl`` (d1consis - d2consis),
+``perf/examples_per_s``, ``epoch``, ``stage``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from metaocl.configs.set_inclusion import SetInclusionConfig
+from metaocl.data.set_inclusion import generate
+from metaocl.engine import set_inclusion as engine
+from metaocl.experiments import Reporter
+from metaocl.runtime import resolve_device, seed_everything, set_threads
+
+
+def gaps(metrics: Mapping[str, float], measure: str = "acc") -> dict[str, float]:
+    """OCL and meta-OCL gaps of ``measure`` from a flat metrics dict (only those computable)."""
+    out = {}
+    pairs = {"gap/ocl": ("qd1consis", "qd2incons"), "gap/meta_ocl": ("d1consis", "d2consis")}
+    for name, (a, b) in pairs.items():
+        if f"{measure}/{a}" in metrics and f"{measure}/{b}" in metrics:
+            out[name] = metrics[f"{measure}/{a}"] - metrics[f"{measure}/{b}"]
+    return out
+
+
+def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
+    seed_everything(config.seed)
+    set_threads()
+    device = resolve_device(config.device)
+    cfg_t = config.train
+
+    dataset = generate(config.data, config.seed)
+    tok = engine.build_tokenizer(dataset.vocab)
+    model = engine.build_model(config.model, tok.get_vocab_size()).to(device)
+    eval_sets = {s: engine.EvalSet.from_questions(tok, qs) for s, qs in dataset.test_qa.items() if qs}
+    defs = {s: engine.encode(tok, d, add_eos=False).to(device) for s, d in dataset.definitions.items() if d}
+
+    stages = [(1, config.train.stage1_epochs)]
+    if not cfg_t.joint and cfg_t.stage2_epochs > 0:
+        stages.append((2, cfg_t.stage2_epochs))
+
+    generator = torch.Generator().manual_seed(config.seed)
+    epoch_global = 0
+    metrics: dict[str, float] = {}
+    for stage, n_epochs in stages:
+        data = engine.encode(tok, dataset.stage_examples(stage, joint=cfg_t.joint)).to(device)
+        batch_size = cfg_t.batch_size if stage == 1 else (cfg_t.stage2_batch_size or cfg_t.batch_size)
+        lr = cfg_t.lr if stage == 1 else (cfg_t.stage2_lr if cfg_t.stage2_lr is not None else cfg_t.lr)
+        steps_per_epoch = -(-len(data) // batch_size)
+        opt, sched = engine.make_optimizer(model, cfg_t, lr, steps_per_epoch * n_epochs)
+        bar = _progress(reporter, n_epochs, stage)
+        for epoch in range(1, n_epochs + 1):
+            clock = engine.Throughput()
+            train_loss = engine.train_one_epoch(model, data, opt, sched, cfg_t, batch_size, generator)
+            rate = clock.rate(len(data))
+            epoch_global += 1
+            if epoch % config.eval.every and epoch != n_epochs:
+                continue
+            metrics = engine.evaluate(model, eval_sets, tok, config.eval, device)
+            metrics.update(engine.definition_recall(model, defs, config.eval.batch_size))
+            metrics.update(gaps(metrics))
+            metrics.update({"train/loss": train_loss, "perf/examples_per_s": rate,
+                            "epoch": epoch_global, "stage": stage})
+            reporter(metrics)
+            if bar is not None:
+                bar.update(epoch - bar.n)
+                bar.set_postfix({k.split("/")[1]: f"{v:.2f}" for k, v in metrics.items()
+                                 if k.startswith("acc/")})
+        if bar is not None:
+            bar.close()
+    return metrics
+
+
+def _progress(reporter: Reporter, total: int, stage: int):
+    if not getattr(reporter, "interactive", False):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"stage {stage}", unit="epoch", leave=True)
+

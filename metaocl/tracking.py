@@ -1,0 +1,137 @@
+"""MLflow tracking: one experiment per sweep, a parent run per invocation, a child run per trial.
+
+Only the process that drives a sweep writes to MLflow; trials hand their metrics to it through
+``tune.report``. That keeps the embedded SQLite store (``sqlite:///mlflow.db`` in the working
+directory, MLflow's own default, so ``mlflow ui`` there shows it) free of concurrent writers, and
+means a trial never needs to reach the tracking server. The layout is specified in
+``docs/architecture.md`` and read back by ``metaocl report``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from metaocl.config import ConfigError, Sweep, Trial, flatten
+
+DEFAULT_STORE = "mlflow.db"
+MAX_PARAM_LENGTH = 500  # MLflow's limit on a param value
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store in the working directory."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+
+
+def describe_store(uri: str) -> str:
+    """How a user opens ``uri`` in the MLflow UI."""
+    if uri.startswith("sqlite:///"):
+        return f"{uri[len('sqlite:///'):]} (open it with: metaocl ui, or mlflow ui --backend-store-uri {uri})"
+    return f"{uri} (open that address in a browser)"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _metric_items(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics a runner reported (``a/b`` names, ``epoch``, ``stage``), without Ray's bookkeeping."""
+    out = {}
+    for k, v in metrics.items():
+        if ("/" in k or k in ("epoch", "stage")) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+class SweepTracker:
+    """Writes one sweep invocation into MLflow. All calls come from the driver process."""
+
+    def __init__(self, uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str]):
+        self.uri = uri
+        self.client = _client(uri)
+        exp = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment_name)
+        self.parent_id: str | None = None
+        self._parent_tags = dict(tags)
+        self._run_name = run_name
+        self.trial_runs: dict[str, str] = {}
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, uri: str) -> "SweepTracker":
+        tracker = cls(uri, sweep.experiment_name, f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                      {"metaocl.role": "sweep", "metaocl.sweep": sweep.name, "metaocl.kind": sweep.kind,
+                       "metaocl.smoke": str(sweep.smoke).lower()})
+        tracker.start_parent()
+        tracker.client.log_text(tracker.parent_id, sweep.path.read_text(), f"sweep/{sweep.path.name}")
+        tracker.client.log_text(tracker.parent_id, yaml.safe_dump(
+            {"base": sweep.base, "grid": sweep.grid, "seeds": sweep.seeds}, sort_keys=False), "sweep/resolved.yaml")
+        return tracker
+
+    def start_parent(self) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=self._run_name, tags=self._parent_tags)
+        self.parent_id = run.info.run_id
+        return self.parent_id
+
+    def start_trial(self, trial: Trial, sweep_name: str, kind: str) -> str:
+        from mlflow.entities import Param, RunTag
+
+        tags = {"metaocl.role": "trial", "metaocl.sweep": sweep_name, "metaocl.kind": kind,
+                "metaocl.trial_id": trial.trial_id, "metaocl.grid": json.dumps(trial.params, sort_keys=True),
+                "seed": str(trial.seed), "stage": "1"}
+        if self.parent_id:
+            tags["mlflow.parentRunId"] = self.parent_id
+        run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
+        run_id = run.info.run_id
+        params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(trial.config_dict()).items()]
+        for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        self.client.log_text(run_id, yaml.safe_dump(trial.config_dict(), sort_keys=False), "config.yaml")
+        self.client.set_tag(run_id, "metaocl.config", "config.yaml")
+        self.trial_runs[trial.trial_id] = run_id
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        values = _metric_items(metrics)
+        step = int(values.get("epoch", 0))
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step) for k, v in values.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
+        if "stage" in values:
+            self.client.set_tag(run_id, "stage", str(int(values["stage"])))
+
+    def end_trial(self, run_id: str, ok: bool, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(run_id, "metaocl.error", error[:5000])
+            self.client.log_text(run_id, error, "error.txt")
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def end(self, ok: bool) -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, "FINISHED" if ok else "FAILED")
+
+
+def check_reachable(uri: str) -> None:
+    """Fail early, with one line, when an MLflow server cannot be reached (before any trial starts)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"MLflow tracking URI {uri} is unreachable ({reason})") from None
