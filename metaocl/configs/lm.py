@@ -1,0 +1,147 @@
+"""The config of one language-model finetuning trial (experiment kind ``lm``).
+
+Defaults reproduce the paper's headline run (appendix B): Pythia-2.8B finetuned two-stage on CVDB,
+20 + 10 epochs, Adafactor with the Hugging Face Trainer defaults the authors kept (lr 5e-5,
+``scale_parameter=False``, ``relative_step=False``, linear decay to 0, no warmup, weight decay 0,
+grad-norm clip 1.0), effective batch 256, exact match of greedy decoding (8 new tokens for CVDB, 16
+for T-REx) on every eval split after every epoch.
+
+No heavy imports here: configs are validated before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from metaocl.config import ConfigError
+from metaocl.configs.lm_data import LMDataConfig
+
+# Named CPU-smoke models built in code (see metaocl.engine.models.BUILTIN_MODELS).
+BUILTIN_MODEL_NAMES = ("tiny-gpt-neox", "tiny-t5")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to finetune.
+
+    ``name``: a Hugging Face hub name (``EleutherAI/pythia-2.8b``, ``t5-3b``), a local folder saved
+    with ``save_pretrained``, or a named CPU-smoke model (``tiny-gpt-neox``, ``tiny-t5``: tiny
+    architectures with random weights and a tokenizer trained on the dataset's text).
+    """
+
+    name: str = "EleutherAI/pythia-2.8b"
+    # auto: read from the model's config (encoder-decoder -> seq2seq).
+    kind: Literal["auto", "causal", "seq2seq"] = "auto"
+    # Same architecture, random weights (Pythia architectures are embedded: no hub needed for them).
+    from_scratch: bool = False
+    # Tokenizer name or folder when it differs from ``name`` (e.g. a from-scratch Pythia offline).
+    tokenizer: str | None = None
+    # auto: fp32 weights + bf16 autocast on CUDA (Trainer's bf16=True), fp32 on CPU.
+    # float32: no autocast. bfloat16: bf16 weights (memory saver for 6.9B/12B; not the paper's).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, per stage. A fresh optimizer and LR schedule per stage, as separate Trainer runs."""
+
+    # Epochs per stage, in stage order; as many entries as data.stages has stages.
+    epochs: list[int] = field(default_factory=lambda: [20, 10])
+    # Effective batch (datapoints per optimizer step).
+    batch_size: int = 256
+    # Datapoints per forward/backward; 0 = auto: the whole batch, halved on CUDA out-of-memory
+    # (found at the first step, then kept) and made up by gradient accumulation.
+    micro_batch_size: int = 0
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"
+    lr: float = 5e-5
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # false: dynamic padding, loss on real tokens + the terminating EOS (fast).
+    # true: every datapoint padded to block_size with EOS and loss on the padding too (the reference).
+    faithful_padding: bool = False
+    # Tokens per datapoint with faithful_padding (paper: 48 CVDB, 64 T-REx, 72 in-context).
+    block_size: int = 48
+    # Seed of the dataset and of stage 1; null = the trial seed. Several trials with the same
+    # stage1_seed and different seeds are stage-2 seeds branching from one stage-1 run.
+    stage1_seed: int | None = None
+    # Folder (shared between trials, e.g. NFS on a cluster) where the end-of-stage-1 model is saved
+    # under a key of everything that determines it, and reused by trials with the same key.
+    stage1_cache: str | None = None
+    # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
+    # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
+    grad_alignment_every: int = 0
+
+    def validate(self) -> None:
+        if not self.epochs or any(e < 0 for e in self.epochs):
+            raise ConfigError(f"epochs: expected a non-empty list of epochs >= 0 per stage, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"micro_batch_size: must be >= 0 (0 = auto), got {self.micro_batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("warmup_steps, weight_decay and max_grad_norm must be >= 0")
+        if self.block_size < 2:
+            raise ConfigError(f"block_size: must be >= 2, got {self.block_size}")
+        if self.grad_alignment_every < 0:
+            raise ConfigError(f"grad_alignment_every: must be >= 0, got {self.grad_alignment_every}")
+
+
+@dataclass
+class EvalConfig:
+    """Exact match of greedy decoding on every eval split, after every epoch."""
+
+    # Greedy decoding budget; 0 = the paper's: 8 for CVDB, 16 for T-REx.
+    max_new_tokens: int = 0
+    # Datapoints per evaluation forward pass (halved on CUDA out-of-memory).
+    batch_size: int = 128
+    # fast: one teacher-forced pass, generation only where greedy leaves the trained continuation
+    # (identical results); generate: plain batched greedy `generate` (slow; for checking).
+    method: Literal["fast", "generate"] = "fast"
+    # Evaluate every N epochs (the last epoch of every stage is always evaluated).
+    every: int = 1
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0 or self.batch_size < 1 or self.every < 1:
+            raise ConfigError("max_new_tokens must be >= 0, batch_size >= 1 and every >= 1")
+
+    def resolved_max_new_tokens(self, source: str) -> int:
+        return self.max_new_tokens or (16 if source.startswith("trex") else 8)
+
+
+@dataclass
+class LMConfig:
+    """One LM trial: data x model x optimisation x evaluation, and a seed."""
+
+    seed: int = 0
+    device: str = "auto"
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def stage1_seed(self) -> int:
+        return self.seed if self.train.stage1_seed is None else self.train.stage1_seed
+
+    def validate(self) -> None:
+        if len(self.train.epochs) != self.data.n_stages:
+            raise ConfigError(
+                f"train.epochs: data.stages={self.data.stages!r} has {self.data.n_stages} stage(s) but "
+                f"train.epochs lists {len(self.train.epochs)}: {self.train.epochs}"
+            )
+        if self.model.name == "tiny-t5" or self.model.kind == "seq2seq":
+            if not self.data.seq2seq:
+                raise ConfigError("data.seq2seq: must be true for a seq2seq model (input = prompt, target = answer)")
+        if self.model.name == "tiny-gpt-neox" or self.model.kind == "causal":
+            if self.data.seq2seq:
+                raise ConfigError("data.seq2seq: must be false for a causal model")
+        if self.model.name in BUILTIN_MODEL_NAMES and self.model.from_scratch:
+            raise ConfigError(f"model.from_scratch: builtin {self.model.name!r} is always built from scratch; drop it")
+        if self.train.faithful_padding and (self.model.kind == "seq2seq" or self.model.name == "tiny-t5"):
+            raise ConfigError("train.faithful_padding: applies to causal models only (the reference padded causal LM inputs)")

@@ -1,0 +1,292 @@
+"""The language-model finetuning loop: encode, batch, loss, one epoch of optimizer steps.
+
+Written out by hand instead of Hugging Face ``Trainer`` because the paper's effects depend on
+details we want in plain sight: how datapoints are padded and which tokens carry loss, how the
+effective batch is accumulated, and a fresh optimizer and schedule per stage. Read top to bottom:
+
+1. :func:`encode` turns a dataset split into token lists (causal: ``text`` + EOS; seq2seq:
+   ``prompt`` -> ``answer``), never packing two datapoints together;
+2. :func:`collate` pads a list of examples (dynamic, or the reference's EOS padding to the block
+   size with loss on the padding: ``faithful_padding``);
+3. :func:`loss_sum` is the summed token cross-entropy and the number of target tokens, so a step's
+   loss is "mean over every target token of the effective batch" however it is split into
+   micro-batches (gradient accumulation gives the full-batch update);
+4. :func:`train_one_epoch` shuffles, cuts effective batches, accumulates micro-batches, clips,
+   steps Adafactor and the linear schedule.
+
+Evaluation (exact match, eval loss) lives in :mod:`metaocl.engine.evaluate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from metaocl.config import ConfigError
+
+IGNORE = -100
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoding
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    """One split as token lists. Causal: ``ids`` = text + EOS, ``prompt_len`` = tokens of the prompt
+    when ``ids`` starts with the prompt's tokens (else -1). Seq2seq: ``ids`` = encoder input (prompt),
+    ``labels`` = decoder target (answer + EOS)."""
+
+    ids: list[list[int]]
+    labels: list[list[int]] | None = None
+    prompt_len: list[int] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    is_definition: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def n_tokens(self, i: int) -> int:
+        return len(self.ids[i]) + (len(self.labels[i]) if self.labels is not None else 0)
+
+
+def encode(split, tokenizer, is_seq2seq: bool, with_prompts: bool = False) -> Encoded:
+    """Tokenize a ``datasets.Dataset`` split with the LM-dataset columns (docs/architecture.md)."""
+    cols = split.column_names
+    is_def = [bool(x) for x in split["is_definition"]] if "is_definition" in cols else [False] * len(split)
+    answers = list(split["answer"]) if "answer" in cols else []
+    if is_seq2seq:
+        prompts, answers = list(split["prompt"]), list(split["answer"])
+        ids = tokenizer(prompts)["input_ids"]
+        labels = tokenizer(answers)["input_ids"]
+        eos = tokenizer.eos_token_id
+        labels = [lab if lab and lab[-1] == eos else lab + [eos] for lab in labels]
+        return Encoded(ids=ids, labels=labels, prompt_ids=ids, answers=answers, is_definition=is_def)
+    eos = tokenizer.eos_token_id
+    ids = [t + [eos] for t in tokenizer(list(split["text"]))["input_ids"]]
+    enc = Encoded(ids=ids, answers=answers, is_definition=is_def)
+    if with_prompts:
+        enc.prompt_ids = tokenizer(list(split["prompt"]))["input_ids"]
+        enc.prompt_len = [len(p) if full[: len(p)] == p and len(p) < len(full) else -1
+                          for full, p in zip(ids, enc.prompt_ids)]
+    return enc
+
+
+# ------------------------------------------------------------------------------------------------
+# Batching and loss
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    target: torch.Tensor  # causal: next-token targets aligned with logits[:, :-1]; seq2seq: labels
+    decoder_input_ids: torch.Tensor | None = None
+    decoder_attention_mask: torch.Tensor | None = None
+
+    @property
+    def n_target(self) -> int:
+        return int((self.target != IGNORE).sum())
+
+    def to(self, device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.target),
+                     move(self.decoder_input_ids), move(self.decoder_attention_mask))
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int, length: int | None = None) -> torch.Tensor:
+    length = length or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def collate(enc: Encoded, idx: Sequence[int], pad_id: int, decoder_start_id: int | None = None,
+            faithful_padding: bool = False, block_size: int = 0) -> Batch:
+    """Right-pad the examples ``idx`` of ``enc`` into a :class:`Batch`.
+
+    Causal, dynamic: loss on every real token after the first, including the terminating EOS.
+    Causal, faithful: pad with EOS (= pad) to ``block_size``; the loss also covers the padding, and
+    attention masks only the padding beyond the first EOS, as the reference implementation did.
+    Seq2seq: encoder input = prompt, decoder input = [start] + answer, loss on answer + EOS.
+    """
+    seqs = [enc.ids[i] for i in idx]
+    if enc.labels is not None:
+        labels = [enc.labels[i] for i in idx]
+        input_ids = _pad(seqs, pad_id)
+        attention = _pad([[1] * len(s) for s in seqs], 0)
+        target = _pad(labels, IGNORE)
+        dec_in = _pad([[decoder_start_id] + lab[:-1] for lab in labels], pad_id)
+        dec_mask = _pad([[1] * len(lab) for lab in labels], 0)
+        return Batch(input_ids, attention, target, dec_in, dec_mask)
+    if faithful_padding:
+        too_long = max(len(s) for s in seqs)
+        if too_long > block_size:
+            raise ConfigError(f"train.block_size: a datapoint has {too_long} tokens (text + EOS) > block_size {block_size}; "
+                              "raise block_size (the reference never truncated)")
+        input_ids = _pad(seqs, pad_id, block_size)
+        attention = _pad([[1] * len(s) for s in seqs], 0, block_size)
+        target = input_ids[:, 1:].clone()  # loss on the EOS padding too
+    else:
+        input_ids = _pad(seqs, pad_id)
+        attention = _pad([[1] * len(s) for s in seqs], 0)
+        target = input_ids[:, 1:].masked_fill(attention[:, 1:] == 0, IGNORE)
+    return Batch(input_ids, attention, target)
+
+
+def forward_logits(model, batch: Batch) -> torch.Tensor:
+    """Logits aligned with ``batch.target``."""
+    if batch.decoder_input_ids is not None:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    decoder_input_ids=batch.decoder_input_ids, decoder_attention_mask=batch.decoder_attention_mask,
+                    use_cache=False)
+        return out.logits
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return out.logits[:, :-1]
+
+
+def loss_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over target tokens (fp32)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def autocast(device: str, enabled: bool):
+    """bf16 autocast on CUDA (the paper's ``bf16=True``); nothing elsewhere."""
+    if enabled and device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ------------------------------------------------------------------------------------------------
+def make_optimizer(model, train_cfg, total_steps: int):
+    """Adafactor with the HF Trainer settings of the paper, and a linear decay to 0 (no warmup)."""
+    from transformers.optimization import Adafactor
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() or "bias" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if train_cfg.optimizer == "adafactor":
+        opt = Adafactor(groups, lr=train_cfg.lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    else:
+        opt = torch.optim.AdamW(groups, lr=train_cfg.lr)
+    warm = train_cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return step / max(1, warm)
+        if train_cfg.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class StepContext:
+    """Everything a training step needs besides the data."""
+
+    model: object
+    optimizer: object
+    scheduler: object
+    device: str
+    pad_id: int
+    decoder_start_id: int | None
+    batch_size: int
+    micro_batch_size: int  # current; halved on CUDA OOM when auto
+    auto_micro: bool
+    max_grad_norm: float
+    faithful_padding: bool
+    block_size: int
+    use_autocast: bool
+
+
+def train_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[float, int]:
+    """One optimizer step on the effective batch ``idx``: accumulate micro-batches, clip, step.
+
+    Returns (mean loss over the batch's target tokens, number of real input tokens). On CUDA
+    out-of-memory with an automatic micro-batch, halves it and redoes the same batch.
+    """
+    while True:
+        try:
+            return _accumulate_and_step(ctx, enc, idx)
+        except RuntimeError as e:
+            if not (ctx.auto_micro and is_oom(e) and ctx.micro_batch_size > 1):
+                raise
+            ctx.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            ctx.micro_batch_size //= 2
+
+
+def _accumulate_and_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[float, int]:
+    model = ctx.model
+    micro = [idx[i : i + ctx.micro_batch_size] for i in range(0, len(idx), ctx.micro_batch_size)]
+    batches = [collate(enc, m, ctx.pad_id, ctx.decoder_start_id, ctx.faithful_padding, ctx.block_size) for m in micro]
+    n_target = sum(b.n_target for b in batches)  # the whole effective batch's target tokens
+    total, n_real = 0.0, 0
+    for b in batches:
+        b = b.to(ctx.device)
+        with autocast(ctx.device, ctx.use_autocast):
+            logits = forward_logits(model, b)
+        loss = loss_sum(logits, b.target) / n_target
+        loss.backward()
+        total += float(loss.detach())
+        n_real += int(b.attention_mask.sum()) + (int((b.target != IGNORE).sum()) if b.decoder_input_ids is not None else 0)
+    if ctx.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.max_grad_norm)
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return total, n_real
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    tokens_per_s: float
+    examples_per_s: float
+    steps: int
+
+
+def train_one_epoch(ctx: StepContext, enc: Encoded, generator: torch.Generator,
+                    progress: Callable | None = None, on_step: Callable[[int], None] | None = None) -> EpochStats:
+    """Shuffle, then one optimizer step per effective batch (the last batch may be smaller)."""
+    ctx.model.train()
+    order = torch.randperm(len(enc), generator=generator).tolist()
+    starts = range(0, len(order), ctx.batch_size)
+    if progress is not None:
+        starts = progress(starts)
+    losses, tokens = [], 0
+    t0 = time.perf_counter()
+    for start in starts:
+        loss, n_tok = train_step(ctx, enc, order[start : start + ctx.batch_size])
+        losses.append(loss)
+        tokens += n_tok
+        if on_step is not None:
+            on_step(len(losses))
+    if ctx.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = max(time.perf_counter() - t0, 1e-9)
+    return EpochStats(loss=sum(losses) / max(1, len(losses)), tokens_per_s=tokens / dt,
+                      examples_per_s=len(order) / dt, steps=len(losses))

@@ -1,0 +1,228 @@
+"""One language-model finetuning trial: build the dataset, finetune stage by stage, evaluate every epoch.
+
+Run one trial in the foreground (no Ray)::
+
+    metaocl run two_stage --smoke                      # tiny model, generated CVDB-shaped sample
+    metaocl run two_stage --set model.name=EleutherAI/pythia-410m
+
+Stages follow ``data.stages`` (single: everything; two_stage: X1 then X2 definitions;
+three_stage: X1 definitions, X1 QA, X2 definitions), with ``train.epochs[k]`` epochs each and a
+fresh optimizer and schedule per stage; stage k+1 continues from the weights at the end of stage k.
+
+Reported after every evaluated epoch (docs/architecture.md): ``em/{split}`` and ``loss/{split}`` for
+every eval split, ``train/loss``, ``perf/tokens_per_s``, ``perf/examples_per_s``, ``epoch`` (global,
+across stages), ``stage``, and the gaps
+
+- ``gap/ocl`` = em/qd1consis - em/qd2incons, ``gap/meta_ocl`` = em/d1consis - em/d2consis;
+- per entity-attribution template T: ``gap/ocl_ent_T`` = em/ent_T_qd1consis - em/ent_T_qd2incons_defent
+  (the entity its definition named, the paper's Fig. 2b comparison) and
+  ``gap/meta_ocl_ent_T`` = em/ent_T_d1consis - em/ent_T_d2consis.
+
+Seeds: the dataset, the initial weights and stage 1 use ``train.stage1_seed`` (default: the trial
+seed); later stages shuffle with the trial seed. With ``train.stage1_cache`` the end-of-stage-1
+model (and its reported history) is saved under a key of everything that determines it, so trials
+that differ only in ``seed`` branch their later stages from one stage-1 run, as the paper's 3-5
+stage-2 seeds per stage-1 seed did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from metaocl.config import ConfigError, to_dict
+from metaocl.configs.lm import LMConfig
+from metaocl.configs.lm_data import ENTITY_TEMPLATES
+from metaocl.engine import evaluate as ev
+from metaocl.engine import lm as engine
+from metaocl.engine.models import LoadedModel, load_model, load_pretrained
+from metaocl.experiments import Reporter
+from metaocl.runtime import resolve_device, seed_everything, set_threads
+
+
+def gaps(metrics: Mapping[str, float]) -> dict[str, float]:
+    """OCL and meta-OCL gaps of exact match, in distribution and per entity-attribution template."""
+    pairs = {"gap/ocl": ("qd1consis", "qd2incons"), "gap/meta_ocl": ("d1consis", "d2consis")}
+    for t in ENTITY_TEMPLATES:
+        pairs[f"gap/ocl_ent_{t}"] = (f"ent_{t}_qd1consis", f"ent_{t}_qd2incons_defent")
+        pairs[f"gap/meta_ocl_ent_{t}"] = (f"ent_{t}_d1consis", f"ent_{t}_d2consis")
+    out = {}
+    for name, (a, b) in pairs.items():
+        if f"em/{a}" in metrics and f"em/{b}" in metrics:
+            out[name] = metrics[f"em/{a}"] - metrics[f"em/{b}"]
+    return out
+
+
+def _stage_generator(seed: int, stage: int) -> torch.Generator:
+    """Shuffling RNG of one stage, independent of what earlier stages consumed (so a stage-2 branch
+    from a cached stage-1 model shuffles exactly as an uninterrupted run)."""
+    return torch.Generator().manual_seed(seed * 1009 + stage)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage-1 cache (branching later stages from one stage-1 run)
+# ------------------------------------------------------------------------------------------------
+def stage1_key(config: LMConfig) -> str:
+    """Hash of everything that determines the end-of-stage-1 model and its reported history."""
+    t = config.train
+    what = {
+        "data": to_dict(config.data), "model": to_dict(config.model), "eval": to_dict(config.eval),
+        "stage1_seed": config.stage1_seed, "epochs": t.epochs[0],
+        "train": {k: getattr(t, k) for k in ("batch_size", "optimizer", "lr", "lr_schedule", "warmup_steps",
+                                             "weight_decay", "max_grad_norm", "faithful_padding", "block_size")},
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock file, so concurrent trials train a shared stage 1 once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _save_stage1(folder: Path, loaded: LoadedModel, history: list[dict]) -> None:
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp)
+    loaded.tokenizer.save_pretrained(tmp)
+    (tmp / "history.json").write_text(json.dumps(history))
+    tmp.rename(folder)  # atomic: a folder that exists is complete
+
+
+# ------------------------------------------------------------------------------------------------
+# The trial
+# ------------------------------------------------------------------------------------------------
+def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
+    set_threads()
+    device = resolve_device(config.device)
+    seed_everything(config.stage1_seed)
+    dataset = engine_dataset(config)
+    n_stages = config.data.n_stages
+
+    cache = Path(config.train.stage1_cache).expanduser() / stage1_key(config) if (
+        config.train.stage1_cache and n_stages > 1) else None
+    history: list[dict] = []
+    if cache is None:
+        loaded = _load(config, dataset)
+        return _train(config, reporter, dataset, loaded, device, first_stage=1, history=history)
+    with _locked(cache.with_suffix(".lock")):  # the first trial with this key trains stage 1; the rest wait
+        if cache.is_dir():
+            loaded = load_pretrained(str(cache), kind="seq2seq" if config.data.seq2seq else "causal",
+                                     dtype="bfloat16" if config.model.dtype == "bfloat16" else "float32")
+            history = json.loads((cache / "history.json").read_text())
+            for row in history:
+                reporter(row)
+        else:
+            loaded = _load(config, dataset)
+            _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, last_stage=1)
+            _save_stage1(cache, loaded, history)
+    return _train(config, reporter, dataset, loaded, device, first_stage=2, history=history)
+
+
+def _load(config: LMConfig, dataset) -> LoadedModel:
+    """The configured model; builtin tiny models train their tokenizer on every split's text."""
+    texts = [t for name in dataset for t in dataset[name]["text"]]
+    loaded = load_model(config.model, texts)
+    if loaded.is_seq2seq != config.data.seq2seq:
+        raise ConfigError(f"data.seq2seq: must be {str(loaded.is_seq2seq).lower()} for {config.model.name!r} "
+                          f"({'an encoder-decoder' if loaded.is_seq2seq else 'a causal'} model)")
+    return loaded
+
+
+def engine_dataset(config: LMConfig):
+    from metaocl.data.qa import build_lm_dataset
+
+    return build_lm_dataset(config.data, config.stage1_seed)
+
+
+def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
+           first_stage: int, history: list[dict], last_stage: int | None = None) -> dict[str, float]:
+    """Stages ``first_stage..last_stage``; appends every report to ``history``; returns the last."""
+    cfg_t, cfg_e = config.train, config.eval
+    model, tok = loaded.model, loaded.tokenizer
+    if cfg_t.faithful_padding and loaded.is_seq2seq:
+        raise ConfigError("train.faithful_padding: applies to causal models only")
+    model.to(device)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    use_autocast = device.startswith("cuda") and config.model.dtype == "auto"
+    max_new = cfg_e.resolved_max_new_tokens(config.data.source)
+    n_stages = config.data.n_stages
+    last_stage = last_stage or n_stages
+
+    eval_names = [name for name in dataset if not name.startswith("train_") and len(dataset[name])]
+    eval_sets = {name: engine.encode(dataset[name], tok, loaded.is_seq2seq, with_prompts=True) for name in eval_names}
+    evaluate = ev.evaluate_split if cfg_e.method == "fast" else ev.evaluate_split_generate
+    alignment = _grad_alignment_probe(config, dataset, loaded, device)
+
+    epoch_global = sum(config.train.epochs[: first_stage - 1])
+    metrics: dict[str, float] = dict(history[-1]) if history else {}
+    micro = cfg_t.micro_batch_size or cfg_t.batch_size
+    for stage in range(first_stage, last_stage + 1):
+        n_epochs = cfg_t.epochs[stage - 1]
+        train_set = engine.encode(dataset[f"train_{stage}"], tok, loaded.is_seq2seq)
+        total_steps = engine.steps_per_epoch(len(train_set), cfg_t.batch_size) * n_epochs
+        optimizer, scheduler = engine.make_optimizer(model, cfg_t, total_steps)  # fresh per stage
+        ctx = engine.StepContext(
+            model=model, optimizer=optimizer, scheduler=scheduler, device=device, pad_id=loaded.pad_id,
+            decoder_start_id=getattr(model.config, "decoder_start_token_id", None), batch_size=cfg_t.batch_size,
+            micro_batch_size=min(micro, cfg_t.batch_size), auto_micro=cfg_t.micro_batch_size == 0 and device.startswith("cuda"),
+            max_grad_norm=cfg_t.max_grad_norm, faithful_padding=cfg_t.faithful_padding, block_size=cfg_t.block_size,
+            use_autocast=use_autocast,
+        )
+        stage_seed = config.stage1_seed if stage == 1 else config.seed
+        seed_everything(stage_seed * 1009 + stage)  # dropout RNG (T5), independent of earlier stages
+        generator = _stage_generator(stage_seed, stage)
+        for epoch in range(1, n_epochs + 1):
+            epoch_global += 1
+            grad_metrics: dict[str, float] = {}
+            on_step = None
+            if alignment is not None:
+                on_step = lambda step, gm=grad_metrics: alignment.maybe(step, ctx, gm)  # noqa: E731
+            stats = engine.train_one_epoch(ctx, train_set, generator, _progress(reporter, stage, epoch), on_step)
+            micro = ctx.micro_batch_size  # keep what auto found
+            if epoch % cfg_e.every and epoch != n_epochs:
+                continue
+            metrics = {}
+            for name, enc in eval_sets.items():
+                result = evaluate(model, tok, enc, max_new_tokens=max_new, device=device,
+                                  is_seq2seq=loaded.is_seq2seq, batch_size=cfg_e.batch_size, use_autocast=use_autocast)
+                metrics[f"em/{name}"] = result.em
+                metrics[f"loss/{name}"] = result.loss
+            metrics.update(gaps(metrics))
+            metrics.update(grad_metrics)
+            metrics.update({"train/loss": stats.loss, "perf/tokens_per_s": stats.tokens_per_s,
+                            "perf/examples_per_s": stats.examples_per_s, "epoch": float(epoch_global),
+                            "stage": float(stage)})
+            history.append(dict(metrics))
+            reporter(metrics)
+    return metrics
+
+
+def _progress(reporter: Reporter, stage: int, epoch: int):
+    """A tqdm bar over the epoch's optimizer steps, only when run interactively."""
+    if not getattr(reporter, "interactive", False):
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=f"stage {stage} epoch {epoch}", unit="step", leave=False)
+
+
+def _grad_alignment_probe(config: LMConfig, dataset, loaded: LoadedModel, device: str):
+    return None
