@@ -1,0 +1,351 @@
+"""``make_report``: a sweep's runs in MLflow -> figures, effect statistics, verdicts, summary.md.
+
+Reads only MLflow (see :mod:`metaocl.report.runs`). For each configuration (grid point, all its
+seeds) it measures, at the end of every stage:
+
+- OCL = ``qd1consis - qd2incons`` and meta-OCL = ``d1consis - d2consis`` of the headline measure
+  (``acc`` for set inclusion and MNIST, ``em`` for language models);
+- for every entity-attribution template T (LM): OCL = ``ent_T_qd1consis - ent_T_qd2incons_defent``
+  (the consistent entity vs the entity the inconsistent definition named, as in paper Fig. 2b) and
+  meta-OCL = ``ent_T_d1consis - ent_T_d2consis``.
+
+Verdicts (the function's return value and the top of ``summary.md``) use the stage where each
+effect is meant to be read: meta-OCL at the end of the last stage; OCL at the end of the stage
+before it (stage 1 of the two-stage experiment, stage 2 of the three-stage one) or of the only
+stage. Every other stage end is in the summary's table.
+
+Outputs are written into a temporary folder next to ``out_dir`` and moved into place only when
+complete, then logged as artifacts (``report/``) of the sweep's newest parent run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from metaocl.report import figures
+from metaocl.report.paper_values import PaperReference, match_reference
+from metaocl.report.runs import Configuration, SweepRuns, load_sweep_runs, split_family
+from metaocl.report.stats import (
+    METHOD_NOTE,
+    Effect,
+    markdown_effects_table,
+    mean_ci_text,
+    paired_effect,
+    verdict_line,
+)
+
+# (effect name, first split, second split); in-distribution splits
+EFFECT_PAIRS = (("OCL", "qd1consis", "qd2incons"), ("meta-OCL", "d1consis", "d2consis"))
+GAP_METRICS = {"OCL": "gap/ocl", "meta-OCL": "gap/meta_ocl"}
+GRAD_METRICS = ("grad/cos_def1_qa", "grad/cos_def2_qa")
+
+
+@dataclass
+class ConfigurationReport:
+    configuration: Configuration
+    stages: list[int]
+    effects: list[Effect]
+    headline: list[Effect]
+    paper: PaperReference | None
+    figures: list[Path] = field(default_factory=list)
+
+
+def default_out_dir(sweep: str, smoke: bool = False) -> Path:
+    return Path("reports") / (sweep + ("-smoke" if smoke else ""))
+
+
+def verdict_stages(stages: list[int]) -> dict[str, int]:
+    """Effect kind -> the stage whose end its verdict reads (see the module docstring)."""
+    last = stages[-1]
+    return {"OCL": stages[-2] if len(stages) >= 2 else last, "meta-OCL": last}
+
+
+def _entity_templates(c: Configuration, measure: str) -> list[str]:
+    found = []
+    for name in c.metric_names():
+        if name.startswith(f"{measure}/ent_"):
+            family, _ = split_family(name.split("/", 1)[1])
+            template = family.split(": ", 1)[1]
+            if template not in found:
+                found.append(template)
+    return sorted(found, key=lambda t: (t != "name", t))
+
+
+def configuration_effects(c: Configuration, measure: str) -> list[Effect]:
+    """Every measurable effect of ``c`` at the end of every stage."""
+    names = c.metric_names()
+    pairs = [(name, a, b) for name, a, b in EFFECT_PAIRS]
+    for template in _entity_templates(c, measure):
+        pairs.append((f"OCL (entity attribution, {template})", f"ent_{template}_qd1consis", f"ent_{template}_qd2incons_defent"))
+        pairs.append((f"meta-OCL (entity attribution, {template})", f"ent_{template}_d1consis", f"ent_{template}_d2consis"))
+    effects = []
+    for stage in c.stages():
+        for name, a, b in pairs:
+            ma, mb = f"{measure}/{a}", f"{measure}/{b}"
+            if ma in names and mb in names:
+                av = [t.at_stage_end(ma, stage) for t in c.trials]
+                bv = [t.at_stage_end(mb, stage) for t in c.trials]
+            elif name in GAP_METRICS and GAP_METRICS[name] in names:
+                # Only the logged gap is there: test it against 0 (same statistics, b = 0).
+                av = [t.at_stage_end(GAP_METRICS[name], stage) for t in c.trials]
+                bv = [0.0 if math.isfinite(v) else math.nan for v in av]
+            else:
+                continue
+            eff = paired_effect(name, a, b, av, bv, measure=measure, stage=stage, seeds=c.seeds, configuration=c.label)
+            if eff.n:
+                effects.append(eff)
+    return effects
+
+
+def headline_effects(effects: list[Effect], stages: list[int]) -> list[Effect]:
+    """The effects a verdict is given for: each effect name at its verdict stage."""
+    wanted = verdict_stages(stages) if stages else {}
+    out = []
+    for e in effects:
+        kind = "meta-OCL" if e.name.startswith("meta-OCL") else "OCL"
+        if wanted.get(kind) == e.stage and (e.name in ("OCL", "meta-OCL") or "entity attribution, name" in e.name):
+            out.append(e)
+    return sorted(out, key=lambda e: ("(" in e.name, e.name.startswith("meta-OCL"), e.name))
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+def _curve_panels(c: Configuration, measure: str, paper: PaperReference | None) -> dict[str, list[figures.CurveSet]]:
+    """``{"curves": [in-distribution panel], "entity": [one panel per template]}``."""
+    steps = c.steps()
+    ends = {}
+    for t in c.trials:
+        for stage, step in t.stage_ends().items():
+            ends[stage] = max(ends.get(stage, step), step)
+    families: dict[str, dict[str, np.ndarray]] = {}
+    for metric in sorted(c.metric_names()):
+        if not metric.startswith(f"{measure}/"):
+            continue
+        split = metric.split("/", 1)[1]
+        family, subset = split_family(split)
+        families.setdefault(family, {})[subset] = c.matrix(metric, steps)
+
+    def paper_points(prefix: str, subsets) -> dict[str, list[tuple[float, float]]] | None:
+        if paper is None:
+            return None
+        pts = {}
+        for subset in subsets:
+            for (split, stage), value in paper.subsets.items():
+                if split == prefix + subset and stage in ends:
+                    pts.setdefault(subset, []).append((float(ends[stage]), value))
+        return pts or None
+
+    out: dict[str, list[figures.CurveSet]] = {"curves": [], "entity": []}
+    if "in-distribution" in families:
+        subs = families["in-distribution"]
+        out["curves"].append(figures.CurveSet("in-distribution questions", steps, subs, paper_points("", subs)))
+    templates = sorted((f for f in families if f.startswith("entity attribution")), key=lambda f: (not f.endswith(": name"), f))
+    for family in templates:
+        template = family.split(": ", 1)[1]
+        subs = families[family]
+        title = {"name": '"What is the name of xyz?"', "who": '"Who is xyz?"', "meaning": '"What does xyz mean?"',
+                 "stands_for": '"What does xyz stand for?"'}.get(template, template)
+        out["entity"].append(figures.CurveSet(title, steps, subs, paper_points(f"ent_{template}_", subs)))
+    return out
+
+
+def _primary_key(keys: list[str]) -> str | None:
+    if not keys:
+        return None
+    for k in keys:
+        if figures.key_style(k).xlabel != k:  # a key with a known summary layout
+            return k
+    return keys[0]
+
+
+def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Path) -> list[Path]:
+    measure = runs.measure
+    written: list[Path] = []
+    many = len(reports) > 1
+    for r in reports:
+        c = r.configuration
+        panels = _curve_panels(c, measure, r.paper)
+        where = f" — {c.label}" if c.label else ""
+        seeds = f"{len(c.trials)} seed" + ("s" if len(c.trials) != 1 else "")
+        if panels["curves"]:
+            r.figures += figures.plot_curves(
+                panels["curves"], c.stage_boundaries(), measure,
+                f"{runs.sweep}{where}: test {measure} per subset (mean, 95% CI over {seeds})",
+                out / f"curves_{c.slug}" if many else out / "curves",
+            )
+        if panels["entity"]:
+            r.figures += figures.plot_curves(
+                panels["entity"], c.stage_boundaries(), measure,
+                f"{runs.sweep}{where}: entity attribution (mean, 95% CI over {seeds})",
+                out / f"entity_{c.slug}" if many else out / "entity",
+            )
+        written += r.figures
+
+    key = _primary_key(runs.grid_keys)
+    if key is not None and many:
+        points = []
+        for r in reports:
+            c = r.configuration
+            others = ", ".join(f"{k}={v}" for k, v in c.grid.items() if k != key)
+            paper = None
+            if r.paper is not None:
+                paper = {name: value for (name, stage), value in r.paper.effects.items()
+                         if any(e.name == name and e.stage == stage for e in r.headline)}
+            points.append(figures.GapPoint(x=c.grid.get(key), panel=others, effects=r.headline, paper=paper))
+        leaf = key.rsplit(".", 1)[-1]
+        written += figures.plot_gaps_vs_key(key, points, measure, out / f"summary_{leaf}")
+    elif not many and reports:
+        r = reports[0]
+        values = {
+            stage: {
+                m.split("/", 1)[1]: [t.at_stage_end(m, stage) for t in r.configuration.trials]
+                for m in r.configuration.metric_names()
+                if m.startswith(f"{measure}/") and split_family(m.split("/", 1)[1])[0] == "in-distribution"
+            }
+            for stage in r.stages
+        }
+        if any(values.values()):
+            written += figures.plot_stage_end_bars(
+                values, measure, f"{runs.sweep}: test {measure} at the end of each stage (mean, 95% CI)",
+                out / "stage_ends", r.paper.subsets if r.paper else None,
+            )
+
+    grad_series = []
+    for r in reports:
+        c = r.configuration
+        present = [m for m in GRAD_METRICS if m in c.metric_names()]
+        if not present:
+            continue
+        steps = sorted({s for t in c.trials for m in present for s in t.history.get(m, {})})
+        grad_series.append(figures.GradSeries(
+            label=c.label, x=c.grid.get(key) if key else None, steps=steps,
+            curves={m: c.matrix(m, steps) for m in present}, boundaries=c.stage_boundaries(),
+        ))
+    if grad_series:
+        written += figures.plot_grad_alignment(grad_series, key if many else None, out / "grad_alignment")
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+def _subset_table(r: ConfigurationReport, measure: str) -> str:
+    c = r.configuration
+    metrics = sorted(
+        (m for m in c.metric_names() if m.startswith(f"{measure}/")),
+        key=lambda m: (split_family(m.split("/", 1)[1])[0] != "in-distribution", split_family(m.split("/", 1)[1])[0],
+                       figures.subset_sort_key(split_family(m.split("/", 1)[1])[1])),
+    )
+    head = ["split"] + [f"end of stage {s}" for s in r.stages]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in metrics:
+        split = m.split("/", 1)[1]
+        cells = [f"`{split}`"]
+        for s in r.stages:
+            text = mean_ci_text([t.at_stage_end(m, s) for t in c.trials])
+            if r.paper is not None and (split, s) in r.paper.subsets:
+                text += f" (paper ~{r.paper.subsets[(split, s)]:.2f})"
+            cells.append(text)
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdicts: list[str],
+                      figure_paths: list[Path], out: Path) -> str:
+    measure = runs.measure
+    seeds = sorted({len(r.configuration.trials) for r in reports})
+    lines = [
+        f"# Report: {runs.sweep}",
+        "",
+        f"- MLflow experiment `{runs.experiment_name}` at `{runs.tracking_uri}`"
+        + (f", parent run `{runs.parent_run_id}`" if runs.parent_run_id else ", no parent run"),
+        f"- kind: {runs.kind or 'unknown'}; headline measure: `{measure}`; {runs.n_trials} trial runs in "
+        f"{len(reports)} configuration(s), {'/'.join(map(str, seeds))} seed(s) each"
+        + (f"; grid: {', '.join(f'`{k}`' for k in runs.grid_keys)}" if runs.grid_keys else ""),
+        f"- generated {_dt.datetime.now().isoformat(timespec='seconds')}",
+    ]
+    if runs.skipped:
+        lines.append("- left out: " + ", ".join(f"{n} {s.lower()} run(s)" for s, n in runs.skipped.items()))
+    matched = [r for r in reports if r.paper is not None]
+    if matched:
+        lines.append(f"- paper values: {matched[0].paper.title}; {matched[0].paper.source}")
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- {v}" for v in verdicts] or ["- no OCL / meta-OCL subsets were logged; no verdict"]
+    lines += ["", "## Effects at the end of each stage", ""]
+    all_effects = [e for r in reports for e in r.effects]
+    paper = {}
+    for r in matched:
+        paper.update(r.paper.effects)
+    if all_effects:
+        lines.append(markdown_effects_table(all_effects, paper if matched else None))
+    else:
+        lines.append("(none measurable)")
+    lines += ["", f"## Test {measure} per split at the end of each stage (mean [95% CI] over seeds)", ""]
+    for r in reports:
+        if len(reports) > 1:
+            lines += [f"### {r.configuration.label}", ""]
+        lines += [_subset_table(r, measure), ""]
+    lines += ["## Figures", ""]
+    for p in figure_paths:
+        if p.suffix == ".png":
+            lines.append(f"![{p.stem}]({p.name})")
+    lines += ["", "## Method", "", METHOD_NOTE, ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+def make_report(
+    sweep_name: str,
+    tracking_uri: str,
+    out_dir: str | Path | None = None,
+    smoke: bool = False,
+    log_to_mlflow: bool = True,
+) -> list[str]:
+    """Write figures + ``summary.md`` for ``sweep_name`` into ``out_dir``; return the verdict lines.
+
+    ``out_dir`` defaults to ``reports/{sweep}`` (``reports/{sweep}-smoke``). Raises ``ConfigError``
+    when the sweep has no experiment or no usable trial runs at ``tracking_uri``.
+    """
+    runs = load_sweep_runs(sweep_name, tracking_uri, smoke=smoke)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_name, smoke)
+    measure = runs.measure
+
+    reports = []
+    for c in runs.configurations:
+        stages = c.stages()
+        effects = configuration_effects(c, measure)
+        params = c.trials[0].params if c.trials else {}
+        reports.append(ConfigurationReport(
+            configuration=c, stages=stages, effects=effects, headline=headline_effects(effects, stages),
+            paper=match_reference(runs.kind, params, len(stages)),
+        ))
+    verdicts = [verdict_line(e) for r in reports for e in r.headline]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        figure_paths = _write_figures(runs, reports, tmp)
+        (tmp / "summary.md").write_text(_summary_markdown(runs, reports, verdicts, figure_paths, tmp))
+        (tmp / "verdicts.txt").write_text("\n".join(verdicts) + ("\n" if verdicts else ""))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    if log_to_mlflow and runs.parent_run_id is not None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri).log_artifacts(runs.parent_run_id, str(out), artifact_path="report")
+    return verdicts
