@@ -75,7 +75,10 @@ def resolve_data_config(spec: str, smoke: bool = False, overrides=(), seed: int 
     if not isinstance(cfg, LMDataConfig):
         raise ConfigError(f"{sweep.path}: sweep of kind {sweep.kind!r} has no LM data config (`metaocl data` is for kind lm)")
     label = sweep.name + ("-smoke" if smoke else "")
-    return cfg, (trial.seed if seed is None else seed), label
+    if seed is None:  # the LM runner builds its data with train.stage1_seed when set, else the trial seed
+        stage1_seed = getattr(getattr(trial.config, "train", None), "stage1_seed", None)
+        seed = trial.seed if stage1_seed is None else stage1_seed
+    return cfg, seed, label
 
 
 def format_table(dd) -> str:
