@@ -85,12 +85,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # Login shells (bash -l, as KubeRay starts Ray) may reset PATH; keep this Python's bin dir on it.
 RUN echo "export PATH=\"$(dirname "$(command -v python)"):\${PATH}\"" > /etc/profile.d/metaocl-path.sh \
-    && mkdir -p /runs /mlflow /cache/huggingface /cache/torch /cache/metaocl /home/metaocl/ray_results \
+    && mkdir -p /runs /mlflow /cache /cache/huggingface /cache/torch /cache/metaocl \
     && chown -R "${APP_UID}:${APP_UID}" /runs /mlflow /cache /home/metaocl
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER ${APP_UID}:${APP_UID}
-# The working directory holds the default MLflow store (sqlite:///mlflow.db) and outputs.
+# The working directory holds the default MLflow store (sqlite:///mlflow.db) and Ray Tune's
+# trial state (./metaocl-results): mount a volume here.
 WORKDIR /runs
 
 ENTRYPOINT ["metaocl"]

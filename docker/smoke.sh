@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of the image on a machine with Docker, the NVIDIA container toolkit and a GPU:
 #   1. build the image from this checkout,
-#   2. check that the container sees the GPU with the pinned torch/CUDA, and run `pytest -m gpu`,
+#   2. check that the container sees the GPU with the pinned torch/CUDA, run `pytest -m gpu`, and
+#      train one smoke trial on the GPU (`metaocl run NAME --smoke --set device=cuda`),
 #   3. run the smoke variant of a sweep inside it (`metaocl sweep NAME --smoke`, the entrypoint
 #      exactly as users call it),
 #   4. check that MLflow holds the sweep's parent run and finished trial runs with metrics.
@@ -23,7 +24,7 @@ for arg in "$@"; do
     case "$arg" in
         --compose) WITH_COMPOSE=1 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         -*) echo "smoke.sh: unknown option $arg" >&2; exit 2 ;;
         *) SWEEP="$arg" ;;
     esac
@@ -98,6 +99,10 @@ status=$?
 set -e
 # 5 = no tests collected, which is fine while no test needs a GPU.
 [ "$status" = 0 ] || [ "$status" = 5 ] || fail "GPU tests failed (pytest exit $status)"
+
+step "one smoke trial on the GPU: metaocl run $SWEEP --smoke --set device=cuda"
+docker run --rm --gpus all --shm-size="$SHM_SIZE" "$IMAGE" run "$SWEEP" --smoke --set device=cuda --no-track \
+    || fail "a smoke trial does not train on the GPU"
 
 step "the entrypoint lists the sweep"
 docker run --rm "$IMAGE" list | grep -qw -- "$SWEEP" || fail "'metaocl list' does not show $SWEEP"
