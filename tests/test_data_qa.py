@@ -320,3 +320,14 @@ def test_full_size_cvdb_build_from_a_generated_csv_is_fast(tmp_path):
           f"{sum(len(d) for d in dd.values())} rows in {len(dd)} splits")
     assert len(entity_subsets(dd)) == 4000 and len(entity_subsets(dd2)) == 4000
     assert len(dd["train_1"]) == 0.7 * 4000 * 5 + 0.5 * 4000
+
+
+def test_max_eval_per_split_caps_eval_splits_only():
+    full = build(n_entities=100)
+    capped = build(n_entities=100, max_eval_per_split=7)
+    for name in full:
+        if name.startswith("train_"):
+            assert list(capped[name]["text"]) == list(full[name]["text"])
+        else:
+            assert len(capped[name]) == min(7, len(full[name]))
+            assert set(capped[name]["text"]) <= set(full[name]["text"])
