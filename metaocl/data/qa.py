@@ -16,6 +16,11 @@ few ``(question kind, template, answer)`` facts) into a :class:`datasets.Dataset
 4. Entity-attribution eval sets ask ``Who is {v}?`` etc. with the entity as answer; the ``_defent``
    sets ask for the entity that the inconsistent definition named instead.
 
+Variants: ``in_context`` prepends each question's definition line to the question (training QA and
+every eval split of a subset with definitions, X2 included) and drops standalone definitions;
+``seq2seq`` drops the leading space of ``answer`` (T5 input = ``prompt``, target = ``answer``);
+``max_eval_per_split`` subsamples eval splits (seeded) and never touches training splits.
+
 Splits and columns are the contract of docs/architecture.md ("LM datasets"): ``train_1..3`` in stage
 order, one eval split per subset and test kind, columns ``text prompt answer subset entity variable
 question_kind is_definition``. ``entity`` is the entity the row states or asks about (for an
