@@ -29,7 +29,7 @@ STAGE2_EPOCHS = 4
 # batch size -> per-seed planted end values: (OCL diff at end of stage 1, meta-OCL diff at end of stage 2)
 PLANTED = {
     128: ([0.06, 0.05, 0.07, 0.06, 0.065], [0.02, 0.03, 0.04, 0.025, 0.035]),
-    1024: ([0.04, 0.06, 0.05, 0.045, 0.055], [0.01, -0.01, 0.005, -0.005, 0.0]),
+    0: ([0.04, 0.06, 0.05, 0.045, 0.055], [0.01, -0.01, 0.005, -0.005, 0.0]),  # 0 = full batch
 }
 ENT = ["ent_name_qd1consis", "ent_name_qd2incons_defent", "ent_name_d1consis", "ent_name_d2consis"]
 
@@ -40,7 +40,8 @@ def _curve(final: float, epoch: int, last: int, start: float = 0.2) -> float:
     return start + (final - start) * shape
 
 
-def trial_metrics(seed: int, ocl: float, meta: float, grad: bool = True, entity: bool = True, config_index: int = 0) -> list[dict]:
+def trial_metrics(seed: int, ocl: float, meta: float, grad: bool = True, entity: bool = True, config_index: int = 0,
+                  templates: tuple[str, ...] = ("name",)) -> list[dict]:
     """Per-epoch metric dicts of one two-stage trial with the planted end-of-stage gaps."""
     rng = np.random.default_rng(seed + 100 * config_index)
     s1_end = {"qd1consis": 0.50 + ocl / 2, "qd2incons": 0.50 - ocl / 2, "q": 0.46, "q_no_replacement_baseline": 0.58,
@@ -60,11 +61,12 @@ def trial_metrics(seed: int, ocl: float, meta: float, grad: bool = True, entity:
                 value = _curve(s2_end[subset] - s1_end[subset], epoch - STAGE1_EPOCHS, STAGE2_EPOCHS, 0.0) + s1_end[subset]
             last_of_stage = epoch in (STAGE1_EPOCHS, total)
             row[f"em/{subset}"] = value if last_of_stage else value + rng.normal(0, 0.01)
-        if entity:
-            row["em/ent_name_qd1consis"] = 0.18 * epoch / total
-            row["em/ent_name_qd2incons_defent"] = 0.04 * epoch / total
-            row["em/ent_name_d1consis"] = 0.0 if stage == 1 else 0.18 + 0.01 * rng.normal()
-            row["em/ent_name_d2consis"] = 0.0 if stage == 1 else 0.07 + 0.01 * rng.normal()
+        for k, template in enumerate(templates if entity else ()):
+            scale = 1.0 / (1 + k)
+            row[f"em/ent_{template}_qd1consis"] = scale * (0.18 * epoch / total + 0.005 * rng.normal())
+            row[f"em/ent_{template}_qd2incons_defent"] = scale * 0.04 * epoch / total
+            row[f"em/ent_{template}_d1consis"] = 0.0 if stage == 1 else scale * (0.18 + 0.01 * rng.normal())
+            row[f"em/ent_{template}_d2consis"] = 0.0 if stage == 1 else scale * (0.07 + 0.01 * rng.normal())
         row["gap/ocl"] = row["em/qd1consis"] - row["em/qd2incons"]
         row["gap/meta_ocl"] = row["em/d1consis"] - row["em/d2consis"]
         if grad:
@@ -77,6 +79,7 @@ def trial_metrics(seed: int, ocl: float, meta: float, grad: bool = True, entity:
 def build_store(
     tmp_path, sweep: str = "batch_size", grid_key: str | None = "train.batch_size", planted: dict = PLANTED,
     params: dict | None = None, smoke: bool = False, grad: bool = True, entity: bool = True,
+    templates: tuple[str, ...] = ("name",),
 ) -> tuple[str, dict]:
     """Write a sweep into the SQLite MLflow store in ``tmp_path``; returns (tracking URI, {trial_id: run_id})."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -101,7 +104,7 @@ def build_store(
             if grid_key:
                 p[grid_key] = str(value)
             metrics = []
-            for i, row in enumerate(trial_metrics(seed, o, m, grad=grad, entity=entity, config_index=p_index)):
+            for i, row in enumerate(trial_metrics(seed, o, m, grad=grad, entity=entity, config_index=p_index, templates=templates)):
                 step = int(row.pop("epoch"))
                 metrics += [Metric(k, float(v), now + i, step) for k, v in row.items()]
             client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in p.items()],
@@ -113,6 +116,7 @@ def build_store(
 
 
 HEADLINE = {None: ([0.06, 0.07, 0.05], [0.03, 0.02, 0.04])}
+REPLICATED = {0: ([0.06, 0.06], [0.02, 0.04]), 1: ([0.05, 0.05], [0.01, 0.03]), 2: ([0.07, 0.07], [0.03, 0.03])}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +125,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri, _ = build_store(root)
     build_store(root, sweep="headline", grid_key=None, planted=HEADLINE, smoke=True, grad=False,
-                params={"model.name": "EleutherAI/pythia-2.8b", "data.source": "cvdb"})
+                params={"model.name": "EleutherAI/pythia-2.8b", "data.source": "cvdb"}, templates=("who", "name"))
     build_store(root, sweep="s", grid_key=None, planted=HEADLINE, grad=False, entity=False)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("metaocl/s")
@@ -134,6 +138,8 @@ def store(tmp_path_factory):
                                                Metric("em/d2consis", 0.0, 0, 10)])
     client.set_terminated(run.info.run_id, status="FAILED")
     client.create_experiment("metaocl/empty", artifact_location=str(root / "artifacts" / "empty"))
+    # Two-stage layout: 3 stage-1 seeds (a grid key) x 2 seeds; runs of one stage-1 seed share stage 1.
+    build_store(root, sweep="two_stage", grid_key="train.stage1_seed", planted=REPLICATED, grad=False, entity=False)
     return uri
 
 
@@ -155,11 +161,11 @@ def test_report_grid_sweep_statistics_figures_and_artifacts(store, tmp_path):
     meta_128 = next(v for v in verdicts if v.startswith("train.batch_size=128: meta-OCL "))
     assert meta_128.startswith(f"train.batch_size=128: meta-OCL reproduced: d1consis - d2consis = +{mean:.3f} [")
     assert f"p={p:.3f}, 5 seeds (em, end of stage 2)" in meta_128
-    meta_1024 = next(v for v in verdicts if v.startswith("train.batch_size=1024: meta-OCL "))
-    assert "meta-OCL not shown: d1consis - d2consis = +0.000 [" in meta_1024
-    ocl_1024 = next(v for v in verdicts if v.startswith("train.batch_size=1024: OCL "))
-    mean, p = _expected(PLANTED[1024][0])
-    assert f"OCL reproduced: qd1consis - qd2incons = +{mean:.3f}" in ocl_1024 and "end of stage 1" in ocl_1024
+    meta_full = next(v for v in verdicts if v.startswith("train.batch_size=0: meta-OCL "))
+    assert "meta-OCL not shown: d1consis - d2consis = +0.000 [" in meta_full
+    ocl_full = next(v for v in verdicts if v.startswith("train.batch_size=0: OCL "))
+    mean, p = _expected(PLANTED[0][0])
+    assert f"OCL reproduced: qd1consis - qd2incons = +{mean:.3f}" in ocl_full and "end of stage 1" in ocl_full
     assert by_start  # configuration prefixes present
     assert any("meta-OCL (entity attribution, name) reproduced" in v for v in verdicts)
 
@@ -168,7 +174,7 @@ def test_report_grid_sweep_statistics_figures_and_artifacts(store, tmp_path):
     assert min(PLANTED[128][1]) <= lo < 0.03 < hi <= max(PLANTED[128][1])
 
     names = {p.name for p in out.iterdir()}
-    for stem in ("curves_batch_size-128", "curves_batch_size-1024", "entity_batch_size-128", "summary_batch_size",
+    for stem in ("curves_batch_size-128", "curves_batch_size-0", "entity_batch_size-128", "summary_batch_size",
                  "grad_alignment"):
         for ext in ("png", "pdf"):
             assert f"{stem}.{ext}" in names, f"missing {stem}.{ext}; have {sorted(names)}"
@@ -216,3 +222,34 @@ def test_report_unknown_sweep_and_empty_experiment_are_one_line_config_errors(st
     with pytest.raises(ConfigError, match="no usable trial runs"):
         make_report("empty", uri, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cli_report_prints_verdicts_and_one_line_errors(store, tmp_path, capsys):
+    from metaocl.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["report", "s", "--tracking-uri", store, "--out", str(out), "--no-log"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and printed.splitlines()[0].startswith("OCL reproduced: qd1consis - qd2incons = +0.060 [")
+    assert f"report: {out}/summary.md" in printed and (out / "summary.md").is_file()
+
+    assert main(["report", "nosuch", "--tracking-uri", store, "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metaocl: error: report nosuch: no MLflow experiment 'metaocl/nosuch'") and "\n" not in err
+    missing = f"sqlite:///{tmp_path}/absent.db"
+    assert main(["report", "headline", "--tracking-uri", missing]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err and not (tmp_path / "absent.db").exists()
+
+
+def test_seed_grid_keys_are_replicates_and_each_value_is_one_unit(store, tmp_path):
+    verdicts = make_report("two_stage", store, tmp_path / "out", log_to_mlflow=False)
+    # One configuration (stage1_seed is not a configuration); units = stage-1 seeds, runs averaged inside.
+    assert [v.split(" ", 1)[0] for v in verdicts] == ["OCL", "meta-OCL"]
+    ocl_units = [0.06, 0.05, 0.07]
+    meta_units = [0.03, 0.02, 0.03]
+    mean, p = _expected(meta_units)
+    assert verdicts[1].startswith(f"meta-OCL ")
+    assert f"d1consis - d2consis = +{mean:.3f} [" in verdicts[1] and f"p={p:.3f}, 3 seeds (6 runs)" in verdicts[1]
+    mean, p = _expected(ocl_units)
+    assert f"qd1consis - qd2incons = +{mean:.3f} [" in verdicts[0] and f"p={p:.3f}, 3 seeds (6 runs)" in verdicts[0]
+    assert "replicate axes" in (tmp_path / "out" / "summary.md").read_text()

@@ -90,15 +90,15 @@ def configuration_effects(c: Configuration, measure: str) -> list[Effect]:
         for name, a, b in pairs:
             ma, mb = f"{measure}/{a}", f"{measure}/{b}"
             if ma in names and mb in names:
-                av = [t.at_stage_end(ma, stage) for t in c.trials]
-                bv = [t.at_stage_end(mb, stage) for t in c.trials]
+                av, bv = c.unit_values(ma, stage), c.unit_values(mb, stage)
             elif name in GAP_METRICS and GAP_METRICS[name] in names:
                 # Only the logged gap is there: test it against 0 (same statistics, b = 0).
-                av = [t.at_stage_end(GAP_METRICS[name], stage) for t in c.trials]
+                av = c.unit_values(GAP_METRICS[name], stage)
                 bv = [0.0 if math.isfinite(v) else math.nan for v in av]
             else:
                 continue
-            eff = paired_effect(name, a, b, av, bv, measure=measure, stage=stage, seeds=c.seeds, configuration=c.label)
+            n_runs = len(c.trials) if c.replicate_keys else 0
+            eff = paired_effect(name, a, b, av, bv, measure=measure, stage=stage, configuration=c.label, n_runs=n_runs)
             if eff.n:
                 effects.append(eff)
     return effects
@@ -131,7 +131,7 @@ def _curve_panels(c: Configuration, measure: str, paper: PaperReference | None) 
             continue
         split = metric.split("/", 1)[1]
         family, subset = split_family(split)
-        families.setdefault(family, {})[subset] = c.matrix(metric, steps)
+        families.setdefault(family, {})[subset] = c.unit_matrix(metric, steps)
 
     def paper_points(prefix: str, subsets) -> dict[str, list[tuple[float, float]]] | None:
         if paper is None:
@@ -174,7 +174,8 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         c = r.configuration
         panels = _curve_panels(c, measure, r.paper)
         where = f" — {c.label}" if c.label else ""
-        seeds = f"{len(c.trials)} seed" + ("s" if len(c.trials) != 1 else "")
+        n_units = len(c.clusters())
+        seeds = f"{n_units} seed" + ("s" if n_units != 1 else "")
         if panels["curves"]:
             r.figures += figures.plot_curves(
                 panels["curves"], c.stage_boundaries(), measure,
@@ -206,7 +207,7 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         r = reports[0]
         values = {
             stage: {
-                m.split("/", 1)[1]: [t.at_stage_end(m, stage) for t in r.configuration.trials]
+                m.split("/", 1)[1]: r.configuration.unit_values(m, stage)
                 for m in r.configuration.metric_names()
                 if m.startswith(f"{measure}/") and split_family(m.split("/", 1)[1])[0] == "in-distribution"
             }
@@ -227,7 +228,7 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         steps = sorted({s for t in c.trials for m in present for s in t.history.get(m, {})})
         grad_series.append(figures.GradSeries(
             label=c.label, x=c.grid.get(key) if key else None, steps=steps,
-            curves={m: c.matrix(m, steps) for m in present}, boundaries=c.stage_boundaries(),
+            curves={m: c.unit_matrix(m, steps) for m in present}, boundaries=c.stage_boundaries(),
         ))
     if grad_series:
         written += figures.plot_grad_alignment(grad_series, key if many else None, out / "grad_alignment")
@@ -250,7 +251,7 @@ def _subset_table(r: ConfigurationReport, measure: str) -> str:
         split = m.split("/", 1)[1]
         cells = [f"`{split}`"]
         for s in r.stages:
-            text = mean_ci_text([t.at_stage_end(m, s) for t in c.trials])
+            text = mean_ci_text(c.unit_values(m, s))
             if r.paper is not None and (split, s) in r.paper.subsets:
                 text += f" (paper ~{r.paper.subsets[(split, s)]:.2f})"
             cells.append(text)
@@ -261,7 +262,7 @@ def _subset_table(r: ConfigurationReport, measure: str) -> str:
 def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdicts: list[str],
                       figure_paths: list[Path], out: Path) -> str:
     measure = runs.measure
-    seeds = sorted({len(r.configuration.trials) for r in reports})
+    seeds = sorted({len(r.configuration.clusters()) for r in reports})
     lines = [
         f"# Report: {runs.sweep}",
         "",
@@ -269,7 +270,9 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
         + (f", parent run `{runs.parent_run_id}`" if runs.parent_run_id else ", no parent run"),
         f"- kind: {runs.kind or 'unknown'}; headline measure: `{measure}`; {runs.n_trials} trial runs in "
         f"{len(reports)} configuration(s), {'/'.join(map(str, seeds))} seed(s) each"
-        + (f"; grid: {', '.join(f'`{k}`' for k in runs.grid_keys)}" if runs.grid_keys else ""),
+        + (f"; grid: {', '.join(f'`{k}`' for k in runs.grid_keys)}" if runs.grid_keys else "")
+        + (f"; replicate axes (counted as seeds, runs averaged within each value): "
+           f"{', '.join(f'`{k}`' for k in runs.replicate_keys)}" if runs.replicate_keys else ""),
         f"- generated {_dt.datetime.now().isoformat(timespec='seconds')}",
     ]
     if runs.skipped:

@@ -91,7 +91,11 @@ def save(fig, base: Path) -> list[Path]:
     return paths
 
 
-def _stage_lines(ax, boundaries: Sequence[float], label_stages: bool = True) -> None:
+def _stage_lines(ax, boundaries: Sequence[float], label_stages: bool = True, headroom: bool = True) -> None:
+    """Dotted vertical lines at stage boundaries, labelled in headroom added above the data."""
+    if boundaries and label_stages and headroom:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.1 * (hi - lo))
     for i, x in enumerate(boundaries):
         ax.axvline(x, color="0.35", linestyle=":", linewidth=1.2, zorder=0)
         if label_stages:
@@ -135,7 +139,6 @@ def _draw_curves(ax, panel: CurveSet, boundaries: Sequence[float], measure: str)
     if panel.paper:
         ax.plot([], [], marker="*", markersize=11, color="white", markeredgecolor="black", linestyle="none",
                 label="paper (approx.)")
-    _stage_lines(ax, boundaries)
     ax.set_title(panel.title, fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"test {_measure_label(measure)}")
@@ -151,6 +154,8 @@ def plot_curves(panels: Sequence[CurveSet], boundaries: Sequence[float], measure
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.9 * rows), squeeze=False, sharey=True)
     for ax, panel in zip(axes.flat, panels):
         _draw_curves(ax, panel, boundaries, measure)
+    for i, ax in enumerate(axes.flat[:n]):  # after all panels: the y axis is shared, add headroom once
+        _stage_lines(ax, boundaries, headroom=i == 0)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     handles, labels = {}, []
@@ -224,6 +229,36 @@ def _label(v: Any) -> str:
     return s.rsplit("/", 1)[-1] if "/" in s else s
 
 
+def x_axis(key: str, values: Sequence[Any]) -> tuple[bool, list[Any], list[str]]:
+    """(numeric?, ordered distinct values, tick labels) of a summary's x axis.
+
+    A batch size of 0 means full batch: the axis becomes ordinal with "full" at the right end.
+    """
+    style = key_style(key)
+    uniq = list(dict.fromkeys(values))
+    if "batch_size" in key.lower() and _is_numeric(uniq) and 0 in uniq:
+        order = sorted(v for v in uniq if v != 0) + [0]
+        return False, order, [_label(v) if v != 0 else "full" for v in order]
+    if style.scale != "category" and _is_numeric(uniq):
+        order = sorted(uniq)
+        return True, order, [_label(v) for v in order]
+    order = category_order(key, uniq)
+    return False, order, [_label(v) for v in order]
+
+
+def _format_x(ax, style: KeyStyle, numeric: bool, order: list[Any], labels: list[str]) -> None:
+    if numeric:
+        if style.scale == "log2" and all(float(v) > 0 for v in order):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([float(v) for v in order])
+            ax.set_xticklabels(labels)
+            ax.minorticks_off()
+    else:
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(labels, rotation=0 if len(order) < 7 else 30)
+        ax.set_xlim(-0.6, len(order) - 0.4)
+
+
 @dataclass
 class GapPoint:
     """One configuration's effects for a summary plot."""
@@ -238,9 +273,7 @@ def plot_gaps_vs_key(key: str, points: Sequence[GapPoint], measure: str, base: P
     """OCL and meta-OCL gap (mean, 95% CI) against ``key``; one panel per value of the other keys."""
     style = key_style(key)
     panels = list(dict.fromkeys(p.panel for p in points))
-    xs_all = [p.x for p in points]
-    numeric = style.scale != "category" and _is_numeric(xs_all)
-    order = category_order(key, xs_all) if not numeric else sorted(set(xs_all))
+    numeric, order, labels = x_axis(key, [p.x for p in points])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels) + 1.6, 3.9), squeeze=False, sharey=True)
     names = list(dict.fromkeys(e.name for p in points for e in p.effects))
     for ax, panel in zip(axes[0], panels):
@@ -278,16 +311,7 @@ def plot_gaps_vs_key(key: str, points: Sequence[GapPoint], measure: str, base: P
             ax.plot([], [], marker="*", markersize=12, color="white", markeredgecolor="black", linestyle="none",
                     label="paper (approx.)")
         ax.axhline(0.0, color="black", linewidth=0.8)
-        if numeric:
-            if style.scale == "log2" and all(float(v) > 0 for v in order):
-                ax.set_xscale("log", base=2)
-                ax.set_xticks([float(v) for v in order])
-                ax.set_xticklabels([_label(v) for v in order])
-                ax.minorticks_off()
-        else:
-            ax.set_xticks(range(len(order)))
-            ax.set_xticklabels([_label(v) for v in order], rotation=0 if len(order) < 7 else 30)
-            ax.set_xlim(-0.6, len(order) - 0.4)
+        _format_x(ax, style, numeric, order, labels)
         ax.set_xlabel(style.xlabel)
         ax.set_title(panel or style.title, fontsize=10)
         ax.grid(alpha=0.25)
@@ -361,9 +385,12 @@ def plot_grad_alignment(series: Sequence[GradSeries], key: str | None, base: Pat
     with_summary = key is not None and len(series) > 1
     fig, axes = plt.subplots(1, 2 if with_summary else 1, figsize=(11.5 if with_summary else 6.4, 3.9), squeeze=False)
     ax = axes[0][0]
+    if with_summary:  # colour configurations in axis order (e.g. batch size ascending, full batch last)
+        _, order, _ = x_axis(key, [s.x for s in series])
+        series = sorted(series, key=lambda s: order.index(s.x) if s.x in order else len(order))
     cmap = plt.get_cmap("viridis")
     for i, s in enumerate(series):
-        shade = cmap(0.1 + 0.8 * i / max(1, len(series) - 1)) if len(series) > 1 else None
+        shade = cmap(0.05 + 0.7 * i / max(1, len(series) - 1)) if len(series) > 1 else None
         x = np.asarray(s.steps, dtype=float)
         for metric, (colour, ls, label) in GRAD_STYLE.items():
             if metric not in s.curves:
@@ -376,20 +403,21 @@ def plot_grad_alignment(series: Sequence[GradSeries], key: str | None, base: Pat
             band = np.isfinite(lo) & np.isfinite(hi)
             if band.any():
                 ax.fill_between(x[band], lo[band], hi[band], color=c, alpha=0.15, linewidth=0)
+    ax.axhline(0.0, color="black", linewidth=0.8)
     if series:
         _stage_lines(ax, series[0].boundaries)
-    ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("cosine(mean grad defs, mean grad QA)")
     ax.set_title("Gradient alignment over training", fontsize=10)
     ax.grid(alpha=0.25)
-    ax.legend(fontsize=7, frameon=False, loc="best")
+    if len(series) > 1:
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    else:
+        ax.legend(fontsize=8, frameon=False, loc="best")
     if with_summary:
         ax2 = axes[0][1]
         style = key_style(key)
-        xs = [s.x for s in series]
-        numeric = style.scale != "category" and _is_numeric(xs)
-        order = sorted(set(xs)) if numeric else category_order(key, xs)
+        numeric, order, labels = x_axis(key, [s.x for s in series])
         for j, (metric, (colour, ls, label)) in enumerate(GRAD_STYLE.items()):
             px, py, plo, phi = [], [], [], []
             for s in series:
@@ -410,14 +438,7 @@ def plot_grad_alignment(series: Sequence[GradSeries], key: str | None, base: Pat
                 ax2.errorbar(np.array(px)[idx], np.array(py)[idx], yerr=[np.array(plo)[idx], np.array(phi)[idx]],
                              color=colour, marker="o", capsize=3, linestyle="-" if numeric else "none", label=label)
         ax2.axhline(0.0, color="black", linewidth=0.8)
-        if numeric and style.scale == "log2" and all(float(v) > 0 for v in order):
-            ax2.set_xscale("log", base=2)
-            ax2.set_xticks([float(v) for v in order])
-            ax2.set_xticklabels([_label(v) for v in order])
-            ax2.minorticks_off()
-        elif not numeric:
-            ax2.set_xticks(range(len(order)))
-            ax2.set_xticklabels([_label(v) for v in order])
+        _format_x(ax2, style, numeric, order, labels)
         ax2.set_xlabel(style.xlabel)
         ax2.set_ylabel("mean cosine over training")
         ax2.set_title(f"Gradient alignment vs {style.xlabel}", fontsize=10)

@@ -6,7 +6,12 @@ tagged ``metaocl.role=trial`` with ``metaocl.trial_id``, ``metaocl.grid`` (JSON 
 values) and ``seed``; per-epoch metrics with ``step = epoch`` including a ``stage`` metric.
 
 Trials are grouped into *configurations* by their ``metaocl.grid``; a configuration's trials are
-its seeds. If a sweep was run more than once (a resume), the newest run of each trial id wins.
+its seeds. Grid keys that are themselves seeds (leaf name ending in ``seed``, e.g.
+``train.stage1_seed`` of the two-stage sweep) are *replicate axes*, not configurations: trials that
+differ only in them belong to one configuration. Trials sharing a replicate value (e.g. three stage-2
+seeds branching from one cached stage-1 model) are not independent, so statistics treat each
+replicate value as one unit (a *cluster*: the mean of its trials); without replicate axes every trial
+is its own unit. If a sweep was run more than once (a resume), the newest run of each trial id wins.
 Failed and killed runs are left out (and counted), so a crashed seed never pulls an average down.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,12 +66,46 @@ class TrialRun:
         return math.nan if step is None else self.value(metric, step)
 
 
+def is_replicate_key(key: str) -> bool:
+    """``train.stage1_seed`` -> True: a grid key that replicates rather than configures."""
+    return key.rsplit(".", 1)[-1].endswith("seed")
+
+
 @dataclass
 class Configuration:
-    """All seeds of one grid point."""
+    """All seeds of one grid point (replicate axes excluded from ``grid``)."""
 
     grid: dict[str, Any]
     trials: list[TrialRun] = field(default_factory=list)
+    replicate_keys: list[str] = field(default_factory=list)
+
+    def clusters(self) -> list[list[TrialRun]]:
+        """Independent units: trials grouped by their replicate-axis values (each trial alone if none)."""
+        if not self.replicate_keys:
+            return [[t] for t in self.trials]
+        groups: dict[str, list[TrialRun]] = {}
+        for t in self.trials:
+            key = json.dumps([t.grid.get(k) for k in self.replicate_keys])
+            groups.setdefault(key, []).append(t)
+        return list(groups.values())
+
+    def unit_values(self, metric: str, stage: int) -> list[float]:
+        """``metric`` at the end of ``stage``, one value per independent unit (cluster mean, NaNs skipped)."""
+        out = []
+        for cluster in self.clusters():
+            vals = [v for v in (t.at_stage_end(metric, stage) for t in cluster) if math.isfinite(v)]
+            out.append(sum(vals) / len(vals) if vals else math.nan)
+        return out
+
+    def unit_matrix(self, metric: str, steps: list[int]) -> np.ndarray:
+        """``units x steps``: :meth:`matrix` averaged within clusters (for bands over independent units)."""
+        rows = []
+        for cluster in self.clusters():
+            m = np.array([[t.value(metric, s) for s in steps] for t in cluster], dtype=float).reshape(len(cluster), len(steps))
+            finite = np.isfinite(m)
+            counts = finite.sum(axis=0)
+            rows.append(np.where(counts > 0, np.where(finite, m, 0.0).sum(axis=0) / np.maximum(counts, 1), np.nan))
+        return np.array(rows, dtype=float).reshape(len(rows), len(steps))
 
     @property
     def label(self) -> str:
@@ -134,6 +174,13 @@ class SweepRuns:
     skipped: dict[str, int]  # status -> count of runs left out
 
     @property
+    def replicate_keys(self) -> list[str]:
+        keys: list[str] = []
+        for c in self.configurations:
+            keys.extend(k for k in c.replicate_keys if k not in keys)
+        return keys
+
+    @property
     def grid_keys(self) -> list[str]:
         keys: list[str] = []
         for c in self.configurations:
@@ -197,8 +244,13 @@ def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False) -> Sweep
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
     name = experiment_name(sweep, smoke)
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri[len("sqlite:///"):]
+        if not os.path.isfile(path):  # do not let MLflow create an empty store as a side effect
+            raise ConfigError(f"report {sweep}: no MLflow store at {path} (run `metaocl sweep {sweep}` first, "
+                              "or pass --tracking-uri)")
+    client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         known = sorted(e.name for e in client.search_experiments() if e.name.startswith("metaocl/"))
@@ -226,7 +278,9 @@ def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False) -> Sweep
     for tid, run in sorted(newest.items()):
         tags = run.data.tags
         grid = _parse_grid(tags.get("metaocl.grid"), run.info.run_id)
-        key = json.dumps(grid, sort_keys=True)
+        config_grid = {k: v for k, v in grid.items() if not is_replicate_key(k)}
+        replicate = sorted(k for k in grid if is_replicate_key(k))
+        key = json.dumps(config_grid, sort_keys=True)
         history: dict[str, dict[int, float]] = {}
         for metric in run.data.metrics:
             points = client.get_metric_history(run.info.run_id, metric)
@@ -242,7 +296,7 @@ def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False) -> Sweep
             run_id=run.info.run_id, trial_id=tid, grid=grid, seed=seed, status=run.info.status,
             params=dict(run.data.params), history=history,
         )
-        groups.setdefault(key, Configuration(grid=grid)).trials.append(trial)
+        groups.setdefault(key, Configuration(grid=config_grid, replicate_keys=replicate)).trials.append(trial)
 
     configurations = list(groups.values())
     for c in configurations:

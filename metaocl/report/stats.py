@@ -162,6 +162,7 @@ class Effect:
     b_values: list[float]
     seeds: list[int] = field(default_factory=list)
     configuration: str = ""  # "train.batch_size=128" ("" for a sweep without a grid)
+    n_runs: int = 0  # trials behind the units when units are clusters of runs (0 = one run per unit)
     mean: float = math.nan
     lo: float = math.nan
     hi: float = math.nan
@@ -192,6 +193,7 @@ def paired_effect(
     stage: int,
     seeds: Sequence[int] = (),
     configuration: str = "",
+    n_runs: int = 0,
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> Effect:
@@ -204,7 +206,7 @@ def paired_effect(
     d = x - y
     eff = Effect(
         name=name, a=a, b=b, measure=measure, stage=stage, a_values=x.tolist(), b_values=y.tolist(),
-        seeds=kept_seeds, configuration=configuration,
+        seeds=kept_seeds, configuration=configuration, n_runs=n_runs,
     )
     if d.size:
         eff.mean = float(d.mean())
@@ -239,6 +241,8 @@ def format_p(p: float) -> str:
 def format_effect(e: Effect) -> str:
     """``d1consis - d2consis = +0.031 [0.012, 0.050], p=0.003, 10 seeds``."""
     seeds = f"{e.n} seed" + ("" if e.n == 1 else "s")
+    if e.n_runs > e.n:
+        seeds += f" ({e.n_runs} runs)"
     if not math.isfinite(e.mean):
         return f"{e.a} - {e.b} = n/a, {seeds}"
     ci = f" [{e.lo:.3f}, {e.hi:.3f}]" if math.isfinite(e.lo) else " [no CI]"
@@ -308,7 +312,9 @@ def mean_ci_text(values: Sequence[float], seed: int = 0) -> str:
 
 METHOD_NOTE = (
     "Each effect is a paired difference inside a trial (same model, same seed); statistics run over "
-    "seeds. Mean with a percentile-bootstrap 95% CI over seeds (10,000 resamples, seeded); p is a "
+    "seeds. Where a grid key is itself a seed (e.g. `train.stage1_seed`, whose runs share a stage-1 "
+    "model), each of its values is one unit (the mean of its runs), so shared models are not counted "
+    "as independent evidence. Mean with a percentile-bootstrap 95% CI over seeds (10,000 resamples, seeded); p is a "
     "two-sided paired t-test, with a two-sided sign-flip permutation test (exact up to 16 seeds) as "
     "a distribution-free check. Verdicts: *reproduced* = mean > 0, CI above 0 and p < 0.05; "
     "*reversed* = significantly below 0; *not shown* = mean <= 0 without significance; "

@@ -1,0 +1,41 @@
+"""``metaocl report NAME``: figures, effect statistics and verdicts of a sweep, from MLflow only.
+
+    metaocl report batch_size                     # reports/batch_size/{summary.md, *.png, *.pdf}
+    metaocl report quickstart --smoke --out /tmp/r
+    metaocl report set_inclusion --tracking-uri http://mlflow:5000
+
+Registered by ``metaocl/cli.py`` through :func:`register`. Unknown sweeps and sweeps without runs are
+one-line ``ConfigError``s (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="figures, effect statistics (95%% CIs, paired tests) and verdicts of a sweep, read from MLflow",
+    )
+    p.add_argument("sweep", metavar="NAME", help="sweep name (its MLflow experiment is metaocl/NAME)")
+    p.add_argument("--smoke", action="store_true", help="report on the smoke variant (experiment metaocl/NAME-smoke)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: reports/NAME or reports/NAME-smoke)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report as artifacts of the sweep's parent run")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metaocl.report.build import default_out_dir, make_report
+    from metaocl.tracking import check_reachable, tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    out = args.out or default_out_dir(args.sweep, args.smoke)
+    verdicts = make_report(args.sweep, uri, out, smoke=args.smoke, log_to_mlflow=not args.no_log)
+    for line in verdicts:
+        print(line)
+    if not verdicts:
+        print("no OCL / meta-OCL subsets were logged; no verdict (see the figures)")
+    print(f"report: {out}/summary.md")
+    return 0
