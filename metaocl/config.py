@@ -110,6 +110,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             hint = _suggest(str(value), [str(c) for c in choices])
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}")
         return value
+    if tp in (list, dict):
+        tp = list[Any] if tp is list else dict[str, Any]
+        origin = typing.get_origin(tp)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -436,6 +439,7 @@ def load_sweep(
         n_seeds = seeds
     if n_seeds < 1:
         raise ConfigError(f"{path}: seeds must be at least 1")
+    from_dict(cls, base, f"{path}: base" + (" (with smoke)" if smoke else ""))  # errors name base keys
     sweep = Sweep(
         name=spec.name,
         description=spec.description,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ray import tune
+
 from metaocl.config import ConfigError, Sweep, Trial, config_class, from_dict, runner_module
 from metaocl.summary import summarize
 from metaocl.tracking import SweepTracker, _metric_items
@@ -65,43 +67,50 @@ class SweepOutcome:
         return summarize(self.histories, self.params)
 
 
-def _make_callback(tracker: SweepTracker, sweep: Sweep, trial_by_id: dict[str, Trial], outcome: SweepOutcome, bar):
-    from ray import tune
+class MlflowDriverCallback(tune.Callback):
+    """Runs in the driver: the only MLflow writer of the sweep.
 
-    class MlflowDriverCallback(tune.Callback):
-        """Runs in the driver: the only MLflow writer of the sweep."""
+    Ray checkpoints callbacks with the experiment state, so the driver-side handles (MLflow client,
+    progress bar) are left out of the pickled state.
+    """
 
-        def _tid(self, trial) -> str:
-            return trial.config["trial"]["trial_id"]
+    def __init__(self, tracker: SweepTracker, sweep: Sweep, trial_by_id: dict[str, Trial],
+                 outcome: SweepOutcome, bar=None):
+        self.tracker, self.sweep, self.trial_by_id, self.outcome, self.bar = tracker, sweep, trial_by_id, outcome, bar
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            tid = self._tid(trial)
-            if tid not in tracker.trial_runs:
-                tracker.start_trial(trial_by_id[tid], sweep.name, sweep.kind)
-            outcome.histories[tid] = []
+    def __getstate__(self):
+        return {}
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            tid = self._tid(trial)
-            tracker.log_metrics(tracker.trial_runs[tid], result)
-            outcome.histories.setdefault(tid, []).append(_metric_items(result))
-            if bar is not None:
-                bar.update(1)
+    @staticmethod
+    def _tid(trial) -> str:
+        return trial.config["trial"]["trial_id"]
 
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            tid = self._tid(trial)
-            outcome.retried[tid] = outcome.retried.get(tid, 0) + 1
-            tracker.client.set_tag(tracker.trial_runs[tid], "metaocl.retries", str(outcome.retried[tid]))
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tid = self._tid(trial)
+        if tid not in self.tracker.trial_runs:
+            self.tracker.start_trial(self.trial_by_id[tid], self.sweep.name, self.sweep.kind)
+        self.outcome.histories[tid] = []
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            tracker.end_trial(tracker.trial_runs[self._tid(trial)], ok=True)
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = self._tid(trial)
+        self.tracker.log_metrics(self.tracker.trial_runs[tid], result)
+        self.outcome.histories.setdefault(tid, []).append(_metric_items(result))
+        if self.bar is not None:
+            self.bar.update(1)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            tid = self._tid(trial)
-            error = _trial_error_text(trial)
-            outcome.failed[tid] = error.strip().splitlines()[-1] if error.strip() else "failed"
-            tracker.end_trial(tracker.trial_runs[tid], ok=False, error=error)
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        tid = self._tid(trial)
+        self.outcome.retried[tid] = self.outcome.retried.get(tid, 0) + 1
+        self.tracker.client.set_tag(self.tracker.trial_runs[tid], "metaocl.retries", str(self.outcome.retried[tid]))
 
-    return MlflowDriverCallback()
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(self.tracker.trial_runs[self._tid(trial)], ok=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tid = self._tid(trial)
+        error = _trial_error_text(trial)
+        self.outcome.failed[tid] = error.strip().splitlines()[-1] if error.strip() else "failed"
+        self.tracker.end_trial(self.tracker.trial_runs[tid], ok=False, error=error)
 
 
 def _trial_error_text(trial) -> str:
@@ -142,14 +151,10 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
               progress: bool = True) -> SweepOutcome:
     """Run every trial of ``sweep`` on Ray Tune and track it into MLflow at ``tracking``."""
     import ray
-    from ray import tune
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trials = {t.trial_id: t for t in sweep.trials()}
-    import torch
-
-    resources = sweep.trial_resources(torch.cuda.is_available())
     tracker = SweepTracker.for_sweep(sweep, tracking)
     outcome = SweepOutcome(params={tid: t.params for tid, t in trials.items()})
     total = [expected_reports(t) for t in trials.values()]
@@ -161,6 +166,8 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
     ok = False
     try:
         init_ray(address)
+        # gpu: auto is decided by the cluster (the driver itself may have no GPU)
+        resources = sweep.trial_resources(ray.cluster_resources().get("GPU", 0) > 0)
         space = [{"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "config": t.config_dict()}
                  for tid, t in trials.items()]
         tuner = tune.Tuner(
@@ -170,7 +177,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             run_config=tune.RunConfig(
                 name=sweep.experiment_name.replace("/", "-") + "-" + tracker.parent_id[:8],
                 storage_path=str(storage or default_storage()),
-                callbacks=[_make_callback(tracker, sweep, trials, outcome, bar)],
+                callbacks=[MlflowDriverCallback(tracker, sweep, trials, outcome, bar)],
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 verbose=0,
             ),

@@ -1,0 +1,92 @@
+"""The set-inclusion engine on a tiny model: tokenizer, loss, gradients, evaluation, a full run."""
+
+import math
+
+import torch
+
+from metaocl.config import from_dict
+from metaocl.configs.set_inclusion import GPTNeoXArch, SetInclusionConfig, SetInclusionData, SetInclusionTrain
+from metaocl.data.set_inclusion import generate
+from metaocl.engine import set_inclusion as eng
+from metaocl.experiments import PrintReporter
+from metaocl.experiments.set_inclusion import run
+
+TINY = GPTNeoXArch(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def small():
+    ds = generate(SetInclusionData(n_variables=60), seed=0)
+    return ds, eng.build_tokenizer(ds.vocab)
+
+
+def test_tokenizer_round_trip_one_token_per_word():
+    ds, tok = small()
+    words = ds.train_qa["qd1consis"][0].words
+    enc = tok.encode(" ".join(words))
+    assert len(enc.ids) == len(words)
+    assert tok.decode(enc.ids) == " ".join(words)
+    assert tok.get_vocab_size() == len(ds.vocab)
+    assert all(tok.token_to_id(v) is not None for v in ds.numbers)  # every variable is its own token
+
+
+def test_encode_pads_and_appends_eos():
+    ds, tok = small()
+    batch = eng.encode(tok, [["define1", "abc", "%", "3"], ds.train_qa["qd1consis"][0].words])
+    assert batch.shape == (2, 13)
+    assert batch[0, 4] == tok.token_to_id("<eos>") and (batch[0, 5:] == 0).all()
+
+
+def test_gradients_reach_every_parameter_and_loss_decreases():
+    torch.manual_seed(0)
+    ds, tok = small()
+    model = eng.build_model(TINY, tok.get_vocab_size())
+    data = eng.encode(tok, ds.stage_examples(1)[:64])
+    loss = eng.lm_loss(model, data)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    cfg = SetInclusionTrain(optimizer="adamw", lr=3e-3)
+    opt, sched = eng.make_optimizer(model, cfg, cfg.lr, 100)
+    first = eng.lm_loss(model, data).item()
+    for _ in range(30):
+        eng.train_one_epoch(model, data, opt, sched, cfg, 64, torch.Generator().manual_seed(0))
+    assert eng.lm_loss(model, data).item() < first * 0.7
+
+
+def test_answer_only_loss_targets_the_answer_token():
+    ds, tok = small()
+    model = eng.build_model(TINY, tok.get_vocab_size())
+    q = ds.train_qa["qd1consis"][0]
+    batch = eng.encode(tok, [q.words])
+    logits = model(input_ids=batch).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits[len(q.words) - 2][None], batch[0, len(q.words) - 1][None])
+    assert torch.allclose(eng.lm_loss(model, batch, answer_only=True), expected, atol=1e-5)
+
+
+def test_evaluate_returns_accuracy_and_loss_per_subset():
+    ds, tok = small()
+    model = eng.build_model(TINY, tok.get_vocab_size())
+    sets = {s: eng.EvalSet.from_questions(tok, qs) for s, qs in ds.test_qa.items()}
+    from metaocl.configs.set_inclusion import SetInclusionEval
+
+    for scoring in ("argmax", "true_false"):
+        out = eng.evaluate(model, sets, tok, SetInclusionEval(scoring=scoring, batch_size=50), "cpu")
+        for s in sets:
+            assert 0.0 <= out[f"acc/{s}"] <= 1.0 and math.isfinite(out[f"loss/{s}"])
+    # true/false scoring always answers one of the two, so on a half-true set it is 0.5 for a constant guess
+    assert set(out) == {f"{m}/{s}" for s in sets for m in ("acc", "loss")}
+
+
+def test_run_reports_every_epoch_with_gaps():
+    cfg = from_dict(SetInclusionConfig, {
+        "data": {"n_variables": 60}, "model": {"hidden_size": 32, "num_hidden_layers": 1,
+                                              "num_attention_heads": 2, "intermediate_size": 64},
+        "train": {"stage1_epochs": 2, "stage2_epochs": 1, "batch_size": 64}})
+    reporter = PrintReporter()
+    final = run(cfg, reporter)
+    assert [r["epoch"] for r in reporter.history] == [1, 2, 3]
+    assert [r["stage"] for r in reporter.history] == [1, 1, 2]
+    for key in ("acc/qd1consis", "acc/d2consis", "gap/ocl", "gap/meta_ocl", "train/loss", "acc_def/qd2incons"):
+        assert key in final
+    assert final["gap/ocl"] == final["acc/qd1consis"] - final["acc/qd2incons"]

@@ -1,0 +1,38 @@
+"""A smoke sweep through a real local Ray instance into a real MLflow store."""
+
+import json
+
+import pytest
+
+from metaocl.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
+    assert main(["sweep", "quickstart", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "after stage 1" in out and "after stage 2" in out
+    assert "OCL" in out and "meta-OCL" in out
+    assert "trials: 2 done, 0 failed" in out
+    assert (in_tmp / "mlflow.db").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("metaocl/quickstart-smoke")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("metaocl.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("metaocl.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["seed"] for r in children} == {"0", "1"}
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert json.loads(r.data.tags["metaocl.grid"]) == {}
+        assert r.data.params["data.n_variables"] == "200"
+        for subset in ("qd1consis", "qd2incons", "d1consis", "d2consis"):
+            history = client.get_metric_history(r.info.run_id, f"acc/{subset}")
+            assert [m.step for m in history] == [1, 2, 3]
+        assert [m.value for m in client.get_metric_history(r.info.run_id, "stage")] == [1, 1, 2]
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["config.yaml"]
