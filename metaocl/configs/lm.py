@@ -17,6 +17,9 @@ from typing import Literal
 from metaocl.config import ConfigError
 from metaocl.configs.lm_data import LMDataConfig
 
+# Epochs per stage when train.epochs is [] (paper appendix B; the three-stage split is ours).
+PAPER_EPOCHS = {"single": [20], "two_stage": [20, 10], "three_stage": [20, 20, 10]}
+
 # Named CPU-smoke models built in code (see metaocl.engine.models.BUILTIN_MODELS).
 BUILTIN_MODEL_NAMES = ("tiny-gpt-neox", "tiny-t5")
 
@@ -47,9 +50,10 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, per stage. A fresh optimizer and LR schedule per stage, as separate Trainer runs."""
 
-    # Epochs per stage, in stage order; as many entries as data.stages has stages.
-    epochs: list[int] = field(default_factory=lambda: [20, 10])
-    # Effective batch (datapoints per optimizer step).
+    # Epochs per stage, in stage order, one entry per stage of data.stages; [] = the paper's:
+    # single [20], two_stage [20, 10], three_stage [20, 20, 10] (see PAPER_EPOCHS).
+    epochs: list[int] = field(default_factory=list)
+    # Effective batch (datapoints per optimizer step); 0 = full batch (one step per epoch).
     batch_size: int = 256
     # Datapoints per forward/backward; 0 = auto: the whole batch, halved on CUDA out-of-memory
     # (found at the first step, then kept) and made up by gradient accumulation.
@@ -68,18 +72,19 @@ class TrainConfig:
     # Seed of the dataset and of stage 1; null = the trial seed. Several trials with the same
     # stage1_seed and different seeds are stage-2 seeds branching from one stage-1 run.
     stage1_seed: int | None = None
-    # Folder (shared between trials, e.g. NFS on a cluster) where the end-of-stage-1 model is saved
-    # under a key of everything that determines it, and reused by trials with the same key.
+    # Folder where the end-of-stage-1 model is saved under a key of everything that determines it,
+    # and reused by trials with the same key. Relative paths are under the data cache
+    # ($METAOCL_DATA); on a cluster it must be shared storage (NFS) or every node trains its own.
     stage1_cache: str | None = None
     # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
     # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
     grad_alignment_every: int = 0
 
     def validate(self) -> None:
-        if not self.epochs or any(e < 0 for e in self.epochs):
-            raise ConfigError(f"epochs: expected a non-empty list of epochs >= 0 per stage, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if any(e < 0 for e in self.epochs):
+            raise ConfigError(f"epochs: expected epochs >= 0 per stage, got {self.epochs}")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size: must be >= 1, or 0 for full batch; got {self.batch_size}")
         if self.micro_batch_size < 0:
             raise ConfigError(f"micro_batch_size: must be >= 0 (0 = auto), got {self.micro_batch_size}")
         if self.lr <= 0:
@@ -126,11 +131,16 @@ class LMConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
+    def epochs(self) -> list[int]:
+        """Epochs per stage, with [] resolved to the paper's for data.stages."""
+        return list(self.train.epochs) or list(PAPER_EPOCHS[self.data.stages])
+
+    @property
     def stage1_seed(self) -> int:
         return self.seed if self.train.stage1_seed is None else self.train.stage1_seed
 
     def validate(self) -> None:
-        if len(self.train.epochs) != self.data.n_stages:
+        if self.train.epochs and len(self.train.epochs) != self.data.n_stages:
             raise ConfigError(
                 f"train.epochs: data.stages={self.data.stages!r} has {self.data.n_stages} stage(s) but "
                 f"train.epochs lists {len(self.train.epochs)}: {self.train.epochs}"

@@ -28,6 +28,7 @@ stage-2 seeds per stage-1 seed did.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ from metaocl.configs.lm import LMConfig
 from metaocl.configs.lm_data import ENTITY_TEMPLATES
 from metaocl.engine import evaluate as ev
 from metaocl.engine import lm as engine
+from metaocl.engine.grad_alignment import GradAlignmentMonitor
 from metaocl.engine.models import LoadedModel, load_model, load_pretrained
 from metaocl.experiments import Reporter
 from metaocl.runtime import resolve_device, seed_everything, set_threads
@@ -74,11 +76,23 @@ def stage1_key(config: LMConfig) -> str:
     t = config.train
     what = {
         "data": to_dict(config.data), "model": to_dict(config.model), "eval": to_dict(config.eval),
-        "stage1_seed": config.stage1_seed, "epochs": t.epochs[0],
+        "stage1_seed": config.stage1_seed, "epochs": config.epochs[0],
         "train": {k: getattr(t, k) for k in ("batch_size", "optimizer", "lr", "lr_schedule", "warmup_steps",
                                              "weight_decay", "max_grad_norm", "faithful_padding", "block_size")},
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage1_cache_dir(config: LMConfig) -> Path | None:
+    """``train.stage1_cache`` / key (relative paths under the data cache), or None when unset."""
+    if not config.train.stage1_cache:
+        return None
+    from metaocl.data import data_home
+
+    root = Path(config.train.stage1_cache).expanduser()
+    if not root.is_absolute():
+        root = data_home() / root
+    return root / stage1_key(config)
 
 
 @contextlib.contextmanager
@@ -108,14 +122,16 @@ def _save_stage1(folder: Path, loaded: LoadedModel, history: list[dict]) -> None
 # The trial
 # ------------------------------------------------------------------------------------------------
 def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in trial logs
     set_threads()
     device = resolve_device(config.device)
     seed_everything(config.stage1_seed)
     dataset = engine_dataset(config)
     n_stages = config.data.n_stages
 
-    cache = Path(config.train.stage1_cache).expanduser() / stage1_key(config) if (
-        config.train.stage1_cache and n_stages > 1) else None
+    cache = stage1_cache_dir(config) if n_stages > 1 else None
     history: list[dict] = []
     if cache is None:
         loaded = _load(config, dataset)
@@ -169,20 +185,32 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
     eval_names = [name for name in dataset if not name.startswith("train_") and len(dataset[name])]
     eval_sets = {name: engine.encode(dataset[name], tok, loaded.is_seq2seq, with_prompts=True) for name in eval_names}
     evaluate = ev.evaluate_split if cfg_e.method == "fast" else ev.evaluate_split_generate
-    alignment = _grad_alignment_probe(config, dataset, loaded, device)
+    epochs = config.epochs
+    monitor = GradAlignmentMonitor(every_steps=cfg_t.grad_alignment_every)
+    probes = _alignment_probes(config, dataset, loaded, device, use_autocast) if monitor.enabled else None
+    global_step = sum(  # optimizer steps of stages run before this call (e.g. a cached stage 1)
+        engine.steps_per_epoch(len(dataset[f"train_{s}"]), cfg_t.batch_size or len(dataset[f"train_{s}"])) * epochs[s - 1]
+        for s in range(1, first_stage))
 
-    epoch_global = sum(config.train.epochs[: first_stage - 1])
+    def after_step(_: int) -> None:
+        nonlocal global_step
+        global_step += 1
+        if probes is not None and monitor.due(global_step):
+            monitor.measure(model, probes.loss_fn, probes.def1, probes.def2, probes.qa, step=global_step)
+
+    epoch_global = sum(epochs[: first_stage - 1])
     metrics: dict[str, float] = dict(history[-1]) if history else {}
     micro = cfg_t.micro_batch_size or cfg_t.batch_size
     for stage in range(first_stage, last_stage + 1):
-        n_epochs = cfg_t.epochs[stage - 1]
+        n_epochs = epochs[stage - 1]
         train_set = engine.encode(dataset[f"train_{stage}"], tok, loaded.is_seq2seq)
-        total_steps = engine.steps_per_epoch(len(train_set), cfg_t.batch_size) * n_epochs
+        batch_size = cfg_t.batch_size or len(train_set)  # 0 = full batch
+        total_steps = engine.steps_per_epoch(len(train_set), batch_size) * n_epochs
         optimizer, scheduler = engine.make_optimizer(model, cfg_t, total_steps)  # fresh per stage
         ctx = engine.StepContext(
             model=model, optimizer=optimizer, scheduler=scheduler, device=device, pad_id=loaded.pad_id,
-            decoder_start_id=getattr(model.config, "decoder_start_token_id", None), batch_size=cfg_t.batch_size,
-            micro_batch_size=min(micro, cfg_t.batch_size), auto_micro=cfg_t.micro_batch_size == 0 and device.startswith("cuda"),
+            decoder_start_id=getattr(model.config, "decoder_start_token_id", None), batch_size=batch_size,
+            micro_batch_size=min(micro or batch_size, batch_size), auto_micro=cfg_t.micro_batch_size == 0 and device.startswith("cuda"),
             max_grad_norm=cfg_t.max_grad_norm, faithful_padding=cfg_t.faithful_padding, block_size=cfg_t.block_size,
             use_autocast=use_autocast,
         )
@@ -191,11 +219,7 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
         generator = _stage_generator(stage_seed, stage)
         for epoch in range(1, n_epochs + 1):
             epoch_global += 1
-            grad_metrics: dict[str, float] = {}
-            on_step = None
-            if alignment is not None:
-                on_step = lambda step, gm=grad_metrics: alignment.maybe(step, ctx, gm)  # noqa: E731
-            stats = engine.train_one_epoch(ctx, train_set, generator, _progress(reporter, stage, epoch), on_step)
+            stats = engine.train_one_epoch(ctx, train_set, generator, _progress(reporter, stage, epoch), after_step)
             micro = ctx.micro_batch_size  # keep what auto found
             if epoch % cfg_e.every and epoch != n_epochs:
                 continue
@@ -206,7 +230,7 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
                 metrics[f"em/{name}"] = result.em
                 metrics[f"loss/{name}"] = result.loss
             metrics.update(gaps(metrics))
-            metrics.update(grad_metrics)
+            metrics.update(monitor.epoch_metrics())
             metrics.update({"train/loss": stats.loss, "perf/tokens_per_s": stats.tokens_per_s,
                             "perf/examples_per_s": stats.examples_per_s, "epoch": float(epoch_global),
                             "stage": float(stage)})
@@ -224,5 +248,43 @@ def _progress(reporter: Reporter, stage: int, epoch: int):
     return lambda it: tqdm(it, desc=f"stage {stage} epoch {epoch}", unit="step", leave=False)
 
 
-def _grad_alignment_probe(config: LMConfig, dataset, loaded: LoadedModel, device: str):
-    return None
+@dataclasses.dataclass
+class _AlignmentProbes:
+    """Fixed probe batches for the gradient-alignment diagnostic (drawn once per trial)."""
+
+    def1: engine.Batch
+    def2: engine.Batch | None
+    qa: engine.Batch
+    use_autocast: bool
+    device: str
+
+    def loss_fn(self, model, batch: engine.Batch):
+        with engine.autocast(self.device, self.use_autocast):
+            return engine.loss_sum(engine.forward_logits(model, batch), batch.target) / batch.n_target
+
+
+def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: str, use_autocast: bool,
+                      size: int = 64) -> _AlignmentProbes | None:
+    """Up to ``size`` tag-1 definitions, tag-2 definitions and QA pairs from all training splits."""
+    import datasets
+
+    from metaocl.data.qa import DEFINITIONS
+
+    train = datasets.concatenate_datasets([dataset[k] for k in dataset if k.startswith("train_")])
+    tags = [DEFINITIONS.get(s, ("", True))[0] if d else "qa" for s, d in zip(train["subset"], train["is_definition"])]
+    rng = torch.Generator().manual_seed(config.stage1_seed)
+    enc = engine.encode(train, loaded.tokenizer, loaded.is_seq2seq)
+    start = getattr(loaded.model.config, "decoder_start_token_id", None)
+
+    def pick(tag: str) -> engine.Batch | None:
+        idx = [i for i, t in enumerate(tags) if t == tag]
+        if not idx:
+            return None
+        chosen = [idx[j] for j in torch.randperm(len(idx), generator=rng)[:size].tolist()]
+        return engine.collate(enc, chosen, loaded.pad_id, start, config.train.faithful_padding,
+                              config.train.block_size).to(device)
+
+    def1, def2, qa = pick("1"), pick("2"), pick("qa")
+    if def1 is None or qa is None:
+        return None
+    return _AlignmentProbes(def1, def2, qa, use_autocast, device)

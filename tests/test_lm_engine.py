@@ -1,0 +1,192 @@
+"""The LM training loop and exact-match evaluation on tiny models built from configs (CPU, offline).
+
+Datasets here are built by hand in the LM-dataset layout (docs/architecture.md), small enough that
+a 100k-parameter model learns them in a few seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from types import SimpleNamespace
+
+import datasets
+import pytest
+import torch
+
+from metaocl.config import ConfigError
+from metaocl.engine import evaluate as ev
+from metaocl.engine import lm as engine
+from metaocl.engine.models import build_builtin
+
+torch.set_num_threads(1)
+
+NAMES = ["Cleopatra", "Socrates", "Ada Lovelace", "Isaac Newton", "Marie Curie", "Plato", "Homer", "Nero"]
+YEARS = ["1920s", "19 century", "2 century BC", "1950s", "2001", "17 century", "1880s", "5 century"]
+
+
+def toy_split(n: int, seed: int = 0, seq2seq: bool = False, definitions: bool = True) -> datasets.Dataset:
+    """QA pairs (and definitions) about ``n`` random 5-letter variables, in the LM-dataset columns."""
+    rng = random.Random(seed)
+    lead = "" if seq2seq else " "
+    rows = []
+    for e in range(n):
+        var = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
+        ent, year = NAMES[e % len(NAMES)], YEARS[e % len(YEARS)]
+        q = f"Q: When was {var} born?\nA:"
+        rows.append(dict(text=f"{q} {year}\n", prompt=q, answer=lead + year, subset="qd1consis", entity=ent,
+                         variable=var, question_kind="birth", is_definition=False))
+        if definitions:
+            rows.append(dict(text=f"qwerty {var} {ent}\n", prompt=f"qwerty {var}", answer=lead + ent, subset="qd1consis",
+                             entity=ent, variable=var, question_kind="definition", is_definition=True))
+    return datasets.Dataset.from_list(rows)
+
+
+def qa_only(split: datasets.Dataset) -> datasets.Dataset:
+    return split.filter(lambda r: not r["is_definition"])
+
+
+def make_ctx(loaded, batch_size: int, micro: int | None = None, lr: float = 1e-2, total_steps: int = 1000,
+             faithful: bool = False, block_size: int = 48, schedule: str = "constant") -> engine.StepContext:
+    cfg = SimpleNamespace(weight_decay=0.0, optimizer="adafactor", lr=lr, warmup_steps=0, lr_schedule=schedule)
+    opt, sched = engine.make_optimizer(loaded.model, cfg, total_steps)
+    return engine.StepContext(
+        model=loaded.model, optimizer=opt, scheduler=sched, device="cpu", pad_id=loaded.pad_id,
+        decoder_start_id=getattr(loaded.model.config, "decoder_start_token_id", None), batch_size=batch_size,
+        micro_batch_size=micro or batch_size, auto_micro=False, max_grad_norm=1.0, faithful_padding=faithful,
+        block_size=block_size, use_autocast=False,
+    )
+
+
+def tiny(name: str, split: datasets.Dataset, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_builtin(name, split["text"])
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt-neox", "tiny-t5"])
+def test_loss_decreases_and_tiny_model_overfits_qa_pairs_to_em_1(name):
+    seq2seq = name == "tiny-t5"
+    split = toy_split(6, seq2seq=seq2seq, definitions=False)
+    loaded = tiny(name, split)
+    train = engine.encode(split, loaded.tokenizer, seq2seq)
+    evalset = engine.encode(split, loaded.tokenizer, seq2seq, with_prompts=True)
+    ctx = make_ctx(loaded, batch_size=2, lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = [engine.train_one_epoch(ctx, train, g).loss for _ in range(60)]
+    assert losses[-1] < 0.25 * losses[0]
+    result = ev.evaluate_split(loaded.model, loaded.tokenizer, evalset, max_new_tokens=8, device="cpu", is_seq2seq=seq2seq)
+    assert result.em == 1.0, result.predictions
+    assert result.loss < losses[0]
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt-neox", "tiny-t5"])
+def test_fast_exact_match_equals_plain_greedy_generate(name):
+    """At several points of training (untrained: generation everywhere; later: mostly teacher
+    forcing), the fast path predicts exactly the strings of per-example `generate`."""
+    seq2seq = name == "tiny-t5"
+    split = toy_split(8, seed=1, seq2seq=seq2seq)
+    loaded = tiny(name, split, seed=1)
+    train = engine.encode(split, loaded.tokenizer, seq2seq)
+    evalset = engine.encode(qa_only(split).select(range(6)), loaded.tokenizer, seq2seq, with_prompts=True)
+    ctx = make_ctx(loaded, batch_size=8, lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    generated, hits = [], []
+    for epochs in (0, 4, 30):
+        for _ in range(epochs):
+            engine.train_one_epoch(ctx, train, g)
+        for max_new in (3, 8):
+            fast = ev.evaluate_split(loaded.model, loaded.tokenizer, evalset, max_new_tokens=max_new, device="cpu",
+                                     is_seq2seq=seq2seq, batch_size=4)
+            reference = ev.greedy_reference(loaded.model, loaded.tokenizer, evalset, max_new, "cpu", seq2seq)
+            assert fast.predictions == reference
+            slow = ev.evaluate_split_generate(loaded.model, loaded.tokenizer, evalset, max_new_tokens=max_new,
+                                              device="cpu", is_seq2seq=seq2seq)
+            assert slow.em == fast.em and slow.loss == pytest.approx(fast.loss, rel=1e-5)
+            generated.append(fast.n_generated)
+            hits.append(fast.em)
+    assert max(generated) == len(evalset) and min(generated) < len(evalset)  # both paths were exercised
+    assert max(hits) > 0
+
+
+def test_squad_normalization():
+    assert ev.normalize_answer("  The 1920s.\n") == "1920s"
+    assert ev.exact_match(" An Ada Lovelace!", "ada lovelace")
+    assert not ev.exact_match("19 century BC", "19 century")
+
+
+def test_padding_modes_dynamic_and_faithful():
+    split = toy_split(4)
+    loaded = tiny("tiny-gpt-neox", split)
+    enc = engine.encode(split, loaded.tokenizer, False)
+    eos = loaded.eos_id
+    idx = list(range(len(enc)))
+    dyn = engine.collate(enc, idx, loaded.pad_id)
+    fai = engine.collate(enc, idx, loaded.pad_id, faithful_padding=True, block_size=40)
+    lengths = [len(enc.ids[i]) for i in idx]
+    assert dyn.input_ids.shape == (len(idx), max(lengths)) and fai.input_ids.shape == (len(idx), 40)
+    # dynamic: loss on every real token after the first, the terminating EOS included, no padding
+    assert dyn.n_target == sum(n - 1 for n in lengths)
+    for row, n in enumerate(lengths):
+        assert dyn.target[row, n - 2] == eos and (dyn.target[row, n - 1 :] == engine.IGNORE).all()
+    # faithful: padded with EOS to the block size, loss on the padding too
+    assert fai.n_target == len(idx) * 39 and (fai.input_ids[0, lengths[0] :] == eos).all()
+    assert (fai.attention_mask.sum(1) == torch.tensor(lengths)).all()
+    # on the real tokens both modes compute the same loss (right padding never leaks backwards)
+    with torch.no_grad():
+        loss_dyn = engine.loss_sum(engine.forward_logits(loaded.model, dyn), dyn.target)
+        logits_fai = engine.forward_logits(loaded.model, fai)
+        target_real = fai.target.masked_fill(fai.attention_mask[:, 1:] == 0, engine.IGNORE)
+        loss_fai_real = engine.loss_sum(logits_fai, target_real)
+    assert loss_fai_real == pytest.approx(float(loss_dyn), rel=1e-4)
+    # both modes train
+    for faithful in (False, True):
+        model = tiny("tiny-gpt-neox", split)
+        ctx = make_ctx(model, batch_size=8, faithful=faithful, block_size=40)
+        g = torch.Generator().manual_seed(0)
+        losses = [engine.train_one_epoch(ctx, enc, g).loss for _ in range(8)]
+        assert losses[-1] < losses[0]
+    with pytest.raises(ConfigError, match="block_size"):
+        engine.collate(enc, idx, loaded.pad_id, faithful_padding=True, block_size=8)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt-neox", "tiny-t5"])
+def test_gradient_accumulation_gives_the_full_batch_update(name):
+    """Micro-batches 5 + 5 + 2 give the update of one batch of 12 (loss = mean over the whole
+    batch's target tokens). Plain SGD makes the update the clipped gradient itself; Adafactor
+    would amplify float noise in parameters whose gradient is ~0 into +-lr steps."""
+    seq2seq = name == "tiny-t5"
+    split = toy_split(6, seq2seq=seq2seq)
+    full = tiny(name, split)
+    accum = copy.deepcopy(full)
+    enc = engine.encode(split, full.tokenizer, seq2seq)
+    idx = list(range(len(enc)))
+    before = [p.detach().clone() for p in full.model.parameters()]
+
+    def sgd_ctx(loaded, micro):
+        ctx = make_ctx(loaded, batch_size=12, micro=micro)
+        ctx.optimizer = torch.optim.SGD(loaded.model.parameters(), lr=0.1)
+        ctx.scheduler = torch.optim.lr_scheduler.LambdaLR(ctx.optimizer, lambda step: 1.0)
+        return ctx
+
+    loss_full, _ = engine.train_step(sgd_ctx(full, 12), enc, idx)
+    loss_accum, _ = engine.train_step(sgd_ctx(accum, 5), enc, idx)
+    assert loss_accum == pytest.approx(loss_full, rel=1e-5)
+    moved = 0.0
+    with torch.no_grad():
+        for p0, pf, pa in zip(before, full.model.parameters(), accum.model.parameters()):
+            moved = max(moved, float((pf - p0).abs().max()))
+            torch.testing.assert_close(pa - p0, pf - p0, rtol=1e-4, atol=1e-7)
+    assert moved > 1e-4  # the step did change the weights
+
+
+def test_linear_schedule_decays_to_zero_without_warmup():
+    split = toy_split(2)
+    loaded = tiny("tiny-gpt-neox", split)
+    ctx = make_ctx(loaded, batch_size=4, lr=5e-5, total_steps=4, schedule="linear")
+    enc = engine.encode(split, loaded.tokenizer, False)
+    lrs = []
+    for _ in range(4):
+        lrs.append(ctx.optimizer.param_groups[0]["lr"])
+        engine.train_step(ctx, enc, [0, 1, 2, 3])
+    lrs.append(ctx.optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([5e-5, 3.75e-5, 2.5e-5, 1.25e-5, 0.0])
