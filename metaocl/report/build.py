@@ -175,17 +175,17 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         panels = _curve_panels(c, measure, r.paper)
         where = f" — {c.label}" if c.label else ""
         n_units = len(c.clusters())
-        seeds = f"{n_units} seed" + ("s" if n_units != 1 else "")
+        spread = f"mean, 95% CI over {n_units} seeds" if n_units > 1 else "1 seed, no CI"
         if panels["curves"]:
             r.figures += figures.plot_curves(
                 panels["curves"], c.stage_boundaries(), measure,
-                f"{runs.sweep}{where}: test {measure} per subset (mean, 95% CI over {seeds})",
+                f"{runs.sweep}{where}: test {measure} per subset ({spread})",
                 out / f"curves_{c.slug}" if many else out / "curves",
             )
         if panels["entity"]:
             r.figures += figures.plot_curves(
                 panels["entity"], c.stage_boundaries(), measure,
-                f"{runs.sweep}{where}: entity attribution (mean, 95% CI over {seeds})",
+                f"{runs.sweep}{where}: entity attribution ({spread})",
                 out / f"entity_{c.slug}" if many else out / "entity",
             )
         written += r.figures

@@ -34,6 +34,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metaocl.report.stats import Effect, bootstrap_band  # noqa: E402
@@ -140,6 +141,7 @@ def _draw_curves(ax, panel: CurveSet, boundaries: Sequence[float], measure: str)
         ax.plot([], [], marker="*", markersize=11, color="white", markeredgecolor="black", linestyle="none",
                 label="paper (approx.)")
     ax.set_title(panel.title, fontsize=10)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"test {_measure_label(measure)}")
     ax.grid(alpha=0.25)
@@ -404,6 +406,7 @@ def plot_grad_alignment(series: Sequence[GradSeries], key: str | None, base: Pat
             if band.any():
                 ax.fill_between(x[band], lo[band], hi[band], color=c, alpha=0.15, linewidth=0)
     ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if series:
         _stage_lines(ax, series[0].boundaries)
     ax.set_xlabel("epoch")

@@ -255,6 +255,9 @@ def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False) -> Sweep
     if exp is None:
         known = sorted(e.name for e in client.search_experiments() if e.name.startswith("metaocl/"))
         hint = f"; experiments there: {', '.join(known)}" if known else "; it has no metaocl experiments"
+        other = experiment_name(sweep, not smoke)
+        if other in known:
+            hint = f" (it has {other!r}: {'drop' if smoke else 'add'} --smoke)"
         raise ConfigError(f"report {sweep}: no MLflow experiment {name!r} at {tracking_uri}{hint}")
 
     parents = _search_all(client, exp.experiment_id, "tags.`metaocl.role` = 'sweep'")
