@@ -84,3 +84,14 @@ def test_stage2_starts_from_the_weights_at_the_end_of_stage1(monkeypatch):
     assert [r["stage"] for r in history] == [2] * config.epochs[1]
     for a, b in zip(end_of_stage1, loaded.model.parameters()):
         torch.testing.assert_close(b.detach(), a, rtol=0, atol=1e-8)
+
+
+def test_gradient_alignment_is_logged_when_enabled(monkeypatch):
+    monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
+    config = load_sweep("single_stage", smoke=True,
+                        overrides=FAST + ["train.epochs=[2]", "train.grad_alignment_every=1"]).trials()[0].config
+    reporter = PrintReporter()
+    final = lm_runner.run(config, reporter)
+    for key in ("grad/cos_def1_qa", "grad/cos_def2_qa"):
+        assert all(-1.0 <= row[key] <= 1.0 for row in reporter.history), key
+    assert "grad/cos_def1_qa" in final
