@@ -90,3 +90,20 @@ def test_run_reports_every_epoch_with_gaps():
     for key in ("acc/qd1consis", "acc/d2consis", "gap/ocl", "gap/meta_ocl", "train/loss", "acc_def/qd2incons"):
         assert key in final
     assert final["gap/ocl"] == final["acc/qd1consis"] - final["acc/qd2incons"]
+
+
+def test_grad_alignment_metrics_are_finite_cosines():
+    cfg = from_dict(SetInclusionConfig, {
+        "data": {"n_variables": 60}, "model": {"hidden_size": 32, "num_hidden_layers": 1,
+                                              "num_attention_heads": 2, "intermediate_size": 64},
+        "train": {"stage1_epochs": 2, "stage2_epochs": 1, "batch_size": 32, "grad_alignment_every": 1}})
+    reporter = PrintReporter()
+    run(cfg, reporter)
+    assert len(reporter.history) == 3
+    for row in reporter.history:  # both stages: stage-1 (qd) and stage-2 (d) definitions vs QA
+        for key in ("grad/cos_def1_qa", "grad/cos_def2_qa"):
+            assert math.isfinite(row[key]) and -1.0 <= row[key] <= 1.0, (key, row)
+    off = PrintReporter()
+    run(from_dict(SetInclusionConfig, {**{"data": {"n_variables": 60}}, "model": cfg.model.__dict__,
+                                       "train": {"stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 32}}), off)
+    assert not any(k.startswith("grad/") for k in off.history[-1])

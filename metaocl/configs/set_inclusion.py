@@ -52,6 +52,8 @@ class GPTNeoXArch:
     intermediate_size: int = 2048
     rotary_pct: float = 0.25
     max_position_embeddings: int = 64
+    # share the input embedding and the output (unembedding) matrix; Pythia does not (the default)
+    tie_embeddings: bool = False
 
     def validate(self) -> None:
         if self.hidden_size % self.num_attention_heads:

@@ -66,7 +66,7 @@ def build_model(arch: GPTNeoXArch, vocab_size: int) -> torch.nn.Module:
         bos_token_id=1,
         eos_token_id=1,
         use_cache=False,
-        tie_word_embeddings=False,
+        tie_word_embeddings=arch.tie_embeddings,
     )
     return GPTNeoXForCausalLM(config)
 
