@@ -5,6 +5,7 @@
     metaocl sweep batch_size --smoke --dry-run     # print the trial table, run nothing
     metaocl sweep set_inclusion --seeds 3 --set train.batch_size=256
     metaocl run quickstart --set seed=1            # one trial in this process, no Ray
+    metaocl sweep quickstart --resume              # continue after Ctrl-C or a killed driver
     metaocl ui                                     # MLflow UI on the sweep store
 
 User mistakes (unknown sweep, bad key, bad value, unreachable service) print one line and exit with
@@ -55,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the trial table and run nothing")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--storage", help="where Ray keeps trial state (default: ./metaocl-results)")
+    p.add_argument("--storage", help="where Ray keeps trial state: a local folder (on a cluster: one every node "
+                   "mounts) or an object store URI (default: $METAOCL_RESULTS, else ./metaocl-results)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the last run of this sweep (same --smoke/--seeds/--set/--storage): finished "
+                   "trials are kept, unfinished ones resume from their last checkpoint")
+    p.add_argument("--max-failures", type=int, metavar="N",
+                   help="retries per failing trial (default: the sweep file's max_failures)")
 
     p = sub.add_parser("run", help="run one trial of a sweep in this process, without Ray")
     _sweep_args(p)
@@ -105,6 +112,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from metaocl.tracking import check_reachable, describe_store, tracking_uri
 
     sweep = load_sweep(args.sweep, smoke=args.smoke, seeds=args.seeds, overrides=args.overrides)
+    if args.max_failures is not None and args.max_failures < 0:
+        raise ConfigError(f"--max-failures {args.max_failures}: must be at least 0")
     n = len(sweep.trials())
     res = sweep.resources
     print(f"sweep {sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.description}")
@@ -116,17 +125,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_reachable(uri)
     from metaocl.sweep import run_sweep
 
-    outcome = run_sweep(sweep, uri, address=args.address, storage=args.storage)
+    outcome = run_sweep(sweep, uri, address=args.address, storage=args.storage, resume=args.resume,
+                        tracking_explicit=bool(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
+                        max_failures=args.max_failures)
+    summary = outcome.summary()
+    if summary:
+        print()
+        print(summary)
     print()
-    print(outcome.summary())
-    print()
-    for tid, err in outcome.failed.items():
-        print(f"trial {tid} FAILED: {err}")
-    done = len(outcome.histories) - len(outcome.failed)
-    print(f"trials: {done} done, {len(outcome.failed)} failed, {sum(outcome.retried.values())} retried")
+    print(outcome.table())
     print(f"MLflow store: {describe_store(uri)}")
     print(f"experiment: {sweep.experiment_name}; figures and statistics: metaocl report {sweep.name}"
           f"{' --smoke' if sweep.smoke else ''}")
+    if outcome.interrupted:
+        print(f"metaocl: interrupted; {len(outcome.unfinished())} trial(s) unfinished. Resume with:\n"
+              f"  {outcome.resume_command}", file=sys.stderr)
+        return 130
     return 0 if outcome.ok else 1
 
 
@@ -161,6 +175,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from metaocl.tracking import tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is an MLflow server: open it in a browser (it is its own UI)")
+        return 0
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep here first, or pass --tracking-uri")
     mlflow = shutil.which("mlflow")
@@ -168,7 +185,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ConfigError("the mlflow command is not installed (pip install -r requirements.txt)")
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)")
-    return subprocess.call(cmd)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
 
 
 COMMANDS = {"list": cmd_list, "sweep": cmd_sweep, "run": cmd_run, "ui": cmd_ui}

@@ -65,6 +65,55 @@ class SweepTracker:
         self._parent_tags = dict(tags)
         self._run_name = run_name
         self.trial_runs: dict[str, str] = {}
+        self.trial_status: dict[str, str] = {}  # status of reattached child runs (``--resume``)
+        self.trial_tags: dict[str, dict[str, str]] = {}
+
+    @classmethod
+    def reattach(cls, uri: str, parent_id: str) -> "SweepTracker":
+        """The tracker of an earlier invocation (``--resume``): same parent run, same child runs.
+
+        Child runs are found by their ``mlflow.parentRunId`` tag, so a child created just before the
+        old driver died is found too and never duplicated.
+        """
+        client = _client(uri)
+        try:
+            parent = client.get_run(parent_id)
+        except Exception as e:  # MlflowException for an unknown run id
+            raise ConfigError(f"cannot resume: parent run {parent_id} is not in the MLflow store {uri} "
+                              f"({str(e).splitlines()[0]})") from None
+        exp = client.get_experiment(parent.info.experiment_id)
+        tracker = cls.__new__(cls)
+        tracker.uri, tracker.client, tracker.experiment_id = uri, client, exp.experiment_id
+        tracker.parent_id, tracker._parent_tags, tracker._run_name = parent_id, dict(parent.data.tags), parent.info.run_name
+        tracker.trial_runs = {}
+        tracker.trial_status: dict[str, str] = {}
+        tracker.trial_tags: dict[str, dict[str, str]] = {}
+        children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                      max_results=50000)
+        for run in sorted(children, key=lambda r: r.info.start_time or 0):
+            tid = run.data.tags.get("metaocl.trial_id")
+            if tid and tid not in tracker.trial_runs:
+                tracker.trial_runs[tid] = run.info.run_id
+                tracker.trial_status[tid] = run.info.status
+                tracker.trial_tags[tid] = dict(run.data.tags)
+        client.update_run(parent_id, status="RUNNING")
+        return tracker
+
+    def last_step(self, run_id: str) -> int:
+        """The last ``epoch`` logged to a run (0 when none): a resumed trial logs only later epochs."""
+        history = self.client.get_metric_history(run_id, "epoch")
+        return max((m.step for m in history), default=0)
+
+    def load_history(self, run_id: str) -> list[dict[str, float]]:
+        """The per-epoch metrics of a run as the runner reported them, one dict per step."""
+        rows: dict[int, dict[str, float]] = {}
+        for key in self.client.get_run(run_id).data.metrics:
+            for m in self.client.get_metric_history(run_id, key):
+                rows.setdefault(m.step, {})[key] = m.value
+        return [rows[s] for s in sorted(rows)]
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.update_run(run_id, status=status)
 
     @classmethod
     def for_sweep(cls, sweep: Sweep, uri: str) -> "SweepTracker":
@@ -118,13 +167,18 @@ class SweepTracker:
             self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
-    def end(self, ok: bool) -> None:
+    def end(self, ok: bool, status: str | None = None) -> None:
         if self.parent_id:
-            self.client.set_terminated(self.parent_id, "FINISHED" if ok else "FAILED")
+            self.client.set_terminated(self.parent_id, status or ("FINISHED" if ok else "FAILED"))
 
 
 def check_reachable(uri: str) -> None:
-    """Fail early, with one line, when an MLflow server cannot be reached (before any trial starts)."""
+    """Fail early, with one line, when an MLflow store cannot be reached (before any trial starts)."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise ConfigError(f"MLflow tracking URI {uri} is unreachable (no folder {folder})")
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error

@@ -11,6 +11,11 @@ The contract every runner follows (the sweep driver and ``metaocl run`` rely on 
   (qd1consis - qd2incons) and ``gap/meta_ocl`` (d1consis - d2consis) of the headline measure.
 - ``reporter.interactive`` says whether to draw progress bars (True in ``metaocl run``, False
   inside a Ray trial).
+- Optional, for long trials: ``reporter.save_checkpoint(state)`` at the end of an epoch (a
+  ``torch.save``-able dict: model/optimizer/scheduler state, stage, epoch, RNG states) and
+  ``reporter.restore_checkpoint() -> dict | None`` once at the start. In a Ray trial they are backed
+  by ``ray.tune.Checkpoint``, so a retried or resumed trial continues from its last epoch; here they
+  are no-ops. Call them through ``getattr(reporter, "save_checkpoint", None)`` so any reporter works.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ class PrintReporter:
         self.interactive = interactive
         self.echo = echo
         self.history: list[dict[str, float]] = []
+
+    def save_checkpoint(self, state: dict) -> None:
+        """No-op: a foreground run is not retried (see the module docstring)."""
+
+    def restore_checkpoint(self) -> dict | None:
+        return None
 
     def __call__(self, metrics: Mapping[str, float]) -> None:
         row = {k: float(v) for k, v in metrics.items()}
