@@ -84,7 +84,7 @@ def test_qa_examples_highlight_one_cell_and_answer_only_there(task):
         for c in range(task.n_cells):
             k = b.digit_index[i, c]
             assert bank.labels[k] == task.variables[pair, c]
-            assert torch.equal(crop(img, lay, c), bank.images[k].float() / 255)
+            assert torch.equal((crop(img, lay, c) * 255).round().to(torch.uint8), bank.images[k])
 
 
 def test_definitions_carry_their_tag_row_and_the_whole_entity(task):

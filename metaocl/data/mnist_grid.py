@@ -27,9 +27,10 @@ ConvNeXt's total stride: without it the stride-2 downsampling layers would drop 
 and with them the bottom cells' highlight. MNIST 28x28 digits give a 96x96 canvas.
 
 Speed: every split's digit images live on the training device as one uint8 tensor sorted by label.
-A batch is built by pure tensor indexing -- label grid -> random image index per cell -> gather ->
-pad and reshape into the grid -> ``max`` with a precomputed overlay (highlight ring or tag row) --
-with no per-image Python work and no DataLoader. Randomness comes from a ``torch.Generator`` on the
+A batch is built by pure tensor indexing -- label grid -> random image index per cell -> one strided
+copy of the gathered digits into a zero canvas -> one ``scatter_`` of the few white pixels of the
+example's overlay (highlight frame or tag row, precomputed as flat pixel indices) -> one
+uint8 -> float pass -- with no per-image Python work and no DataLoader. Randomness comes from a ``torch.Generator`` on the
 device, so a batch never waits on the host (``bench/mnist.py`` compares this with a per-image loop).
 
 Seeds: the world (variables, entities, held-out cells, inconsistent assignments) and the tag patterns
@@ -210,7 +211,8 @@ def make_tag_patterns(seed: int, n_bits: int, n_tags: int = N_TAGS) -> np.ndarra
 
 def make_overlays(layout: GridLayout, tag_bits: np.ndarray) -> torch.Tensor:
     """uint8 ``[1 + n_cells + n_tags, H, W]``: index 0 blank, ``1 + c`` the highlight ring of cell
-    ``c``, ``1 + n_cells + t`` the row of squares of tag ``t``. A batch ``max``-es one onto each image."""
+    ``c``, ``1 + n_cells + t`` the row of squares of tag ``t`` (batches use their white pixels'
+    indices, :func:`overlay_pixel_index`)."""
     n = layout.n_cells
     out = torch.zeros(1 + n + len(tag_bits), layout.height, layout.width, dtype=torch.uint8)
     b, size = layout.border, layout.cell
@@ -226,6 +228,18 @@ def make_overlays(layout: GridLayout, tag_bits: np.ndarray) -> torch.Tensor:
         for i, bit in enumerate(bits):
             if bit:
                 out[1 + n + t, 0:sq, i * sq : (i + 1) * sq] = 255
+    return out
+
+
+def overlay_pixel_index(overlays: torch.Tensor) -> torch.Tensor:
+    """int64 ``[n_overlays - 1, K]``: the flat pixel indices that overlay ``1 + i`` turns white,
+    padded to a common length K with the index ``H * W`` (a scratch pixel past the image)."""
+    n, H, W = overlays.shape
+    lists = [torch.nonzero(overlays[i].flatten()).flatten() for i in range(1, n)]
+    K = max(len(x) for x in lists)
+    out = torch.full((n - 1, K), H * W, dtype=torch.long)
+    for i, x in enumerate(lists):
+        out[i, : len(x)] = x
     return out
 
 
@@ -325,7 +339,8 @@ class MnistGridTask:
         else:
             probs = torch.as_tensor(w.group_size, dtype=torch.float)
         self.group_probs = (probs / probs.sum()).to(dev)
-        self.overlays = make_overlays(self.layout, self.tag_bits).to(dev)
+        self.overlays = make_overlays(self.layout, self.tag_bits)  # CPU, for reference and tests
+        self.overlay_pixels = overlay_pixel_index(self.overlays).to(dev)
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(seed * 1_000_003 + 3)
 
@@ -383,16 +398,18 @@ class MnistGridTask:
     def _render(self, pair, group, is_def, cell, split: str, generator: torch.Generator) -> Batch:
         lay, bank = self.layout, self.banks[split]
         B, G, s, b, C = len(pair), lay.grid, lay.digit, lay.border, self.n_cells
+        H, W = lay.height, lay.width
         digit_index = bank.sample_index(self.variables[pair], generator)  # [B, C]
-        digits = bank.images[digit_index].view(B, G, G, s, s)
-        cells = F.pad(digits, (b, b, b, b))  # [B, G, G, cell, cell], blank ring around each digit
-        grid = cells.permute(0, 1, 3, 2, 4).reshape(B, G * lay.cell, G * lay.cell)
-        right = lay.width - G * lay.cell
-        bottom = lay.height - lay.top - G * lay.cell
-        canvas = F.pad(grid, (0, right, lay.top, bottom))  # [B, H, W] uint8
-        overlay = torch.where(is_def, 1 + C + self.pair_tag[pair], 1 + cell)
-        canvas = torch.maximum(canvas, self.overlays[overlay])
-        images = canvas.unsqueeze(1).float().div_(255.0)
+        # one flat canvas per image plus one scratch pixel that absorbs the overlays' padding
+        flat = torch.zeros(B, H * W + 1, dtype=torch.uint8, device=self.device)
+        canvas = flat[:, : H * W].view(B, H, W)
+        grid = canvas[:, lay.top : lay.top + G * lay.cell, : G * lay.cell].unflatten(1, (G, lay.cell)).unflatten(3, (G, lay.cell))
+        # grid: [B, row, y, col, x]; digits land inside each cell's blank ring, in one strided copy
+        digits = bank.images.view(len(bank.images), -1).index_select(0, digit_index.flatten())  # row copies: ~10x `[]`
+        grid[:, :, b : b + s, :, b : b + s] = digits.view(B, G, G, s, s).permute(0, 1, 3, 2, 4)
+        overlay = torch.where(is_def, C + self.pair_tag[pair], cell)  # ring of `cell`, or row of tag
+        flat.scatter_(1, self.overlay_pixels[overlay], 255)  # only the few frame / tag pixels
+        images = canvas.unsqueeze(1).float().mul_(1.0 / 255.0)  # [0, 1]; a mixed-dtype mul is ~25x slower on CPU
 
         qa_targets = torch.full((B, C), NO_ANSWER, device=self.device, dtype=torch.long)
         safe_cell = cell.clamp(min=0).unsqueeze(1)
