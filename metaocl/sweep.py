@@ -294,7 +294,7 @@ class MlflowDriverCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         d, tid = _DRIVER, self._tid(trial)
-        if d is None:
+        if d is None or not _completed(trial):  # Ray also "completes" trials it stops on Ctrl-C
             return
         if tid not in d.finished_before:
             d.ledger.mark_finished(tid)  # first: a killed driver must never lead to a second training
@@ -312,16 +312,26 @@ class MlflowDriverCallback(tune.Callback):
         d.tracker.trial_status[tid] = "FAILED"
 
 
+def _completed(trial) -> bool:
+    """Whether the trial's function returned (Ray marks its last result ``done``), not merely stopped."""
+    return bool((getattr(trial, "last_result", None) or {}).get("done"))
+
+
 def _last_line(error: str) -> str:
     lines = [line for line in error.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "failed"
 
 
 def _trial_error_text(trial) -> str:
+    """The error (traceback) of the trial's last failed attempt, without terminal colour codes."""
+    import re
+
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
-        return Path(path).read_text()
-    return str(getattr(trial, "error_msg", "") or "trial failed")
+        text = Path(path).read_text()
+    else:
+        text = str(getattr(trial, "error_msg", "") or "trial failed")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def expected_reports(trial: Trial) -> int | None:
@@ -595,11 +605,15 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                                                          address))
     tracker = bar = None
     started = False
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if local:
+        check_data_files(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
     try:
         where = init_ray(address)
         resources = check_resources(sweep, where)
         check_shared_storage(storage, where)
-        check_data_files(sweep, trials, local=not (address or os.environ.get("RAY_ADDRESS")))
+        if not local:
+            check_data_files(sweep, trials, local=False)  # asked of the cluster, where trials read them
 
         # From here on things are written: the MLflow parent run, the experiment folder.
         if resume:
@@ -685,13 +699,14 @@ def _reconcile(driver: _Driver, results) -> None:
     """Make MLflow and the outcome agree with Ray's final word on every trial."""
     outcome, tracker = driver.outcome, driver.tracker
     analysis = getattr(results, "_experiment_analysis", None)
-    status = {t.config["trial"]["trial_id"]: t.status for t in getattr(analysis, "trials", None) or []}
-    for result in results:
-        tid = result.config["trial"]["trial_id"]
-        if result.error is not None:
+    for trial in getattr(analysis, "trials", None) or []:
+        tid = (trial.config or {}).get("trial", {}).get("trial_id")
+        if tid is None:
+            continue
+        if trial.status == "ERROR":
             if tid not in outcome.failed:  # failed under an earlier driver
-                outcome.failed[tid] = _last_line(str(result.error))
-        elif status.get(tid) == "TERMINATED" and tid not in outcome.finished:
+                outcome.failed[tid] = _last_line(_trial_error_text(trial))
+        elif trial.status == "TERMINATED" and _completed(trial) and tid not in outcome.finished:
             driver.ledger.mark_finished(tid)  # finished under an earlier driver that died before its ledger
             if tid in tracker.trial_runs and tracker.trial_status.get(tid) != "FINISHED":
                 tracker.end_trial(tracker.trial_runs[tid], ok=True)

@@ -1,0 +1,333 @@
+"""Sweeps on a real two-node Ray cluster on loopback, under faults, and into a real MLflow server.
+
+One cluster serves the whole module: a head on 127.0.0.2 and a second node on 127.0.0.3, one CPU
+each, no GPU. Where the machine allows (root, ``unshare``), the second node runs in its own mount
+namespace with a tmpfs over ``NODELOCAL``, so a storage path under it is truly node-local: the driver
+sees one folder, the second node another. Every process a test starts is in its own session and is
+killed by process group in a finalizer; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+WAIT_S = 180
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ray_env() -> dict:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "METAOCL_RESULTS"):
+        env.pop(var, None)
+    return env
+
+
+def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env or ray_env(),
+                            cwd=cwd, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a process started by :func:`start` and everything in its session."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(check, what: str, timeout: float = WAIT_S, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def tcp_open(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def can_unshare() -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cluster")
+    nodelocal = base / "nodelocal"
+    nodelocal.mkdir()
+    port = free_port(HEAD_IP)
+    address = f"{HEAD_IP}:{port}"
+    common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block"]
+    procs = []
+    try:
+        procs.append(start(["ray", "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}",
+                            "--include-dashboard=false", *common], base / "head.log"))
+        wait_for(lambda: tcp_open(HEAD_IP, port), "the Ray head")
+        worker = ["ray", "start", f"--address={address}", f"--node-ip-address={WORKER_IP}", *common]
+        isolated = can_unshare()
+        if isolated:  # the second node sees its own (empty) NODELOCAL: a node-local folder for real
+            worker = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                      f"mount -t tmpfs tmpfs {nodelocal} && exec " + " ".join(worker)]
+        procs.append(start(worker, base / "worker.log"))
+        probe = textwrap.dedent(f"""
+            import time, ray
+            ray.init(address="{address}", _node_ip_address="{HEAD_IP}", log_to_driver=False, logging_level="ERROR")
+            deadline = time.monotonic() + {WAIT_S}
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            print(len([n for n in ray.nodes() if n["Alive"]]))
+        """)
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ray_env(),
+                             timeout=WAIT_S + 60)
+        assert out.stdout.strip().endswith("2"), (out.stdout, out.stderr[-2000:], (base / "worker.log").read_text())
+        yield {"address": address, "base": base, "nodelocal": nodelocal if isolated else None}
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def sweep_file(folder: Path, name: str, grid: str = "{}", seeds: int = 2, epochs: tuple[int, int] = (2, 1),
+               resources: str = "{cpu: 1, gpu: 0}", max_failures: int = 0) -> Path:
+    """A tiny set-inclusion sweep (seconds per trial)."""
+    path = folder / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        description: "tiny set inclusion for cluster tests"
+        kind: set_inclusion
+        base:
+          device: cpu
+          data: {{n_variables: 100, train_questions: 12, test_questions: 12}}
+          model: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}}
+          train: {{stage1_epochs: {epochs[0]}, stage2_epochs: {epochs[1]}, batch_size: 128}}
+        grid: {grid}
+        seeds: {seeds}
+        resources: {resources}
+        max_failures: {max_failures}
+        """))
+    return path
+
+
+def driver(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    return start([sys.executable, "-m", "metaocl.cli", "sweep", *args], log, cwd=cwd)
+
+
+def run_driver(args: list[str], cwd: Path, timeout: float = 400) -> tuple[int, str]:
+    log = cwd / f"driver-{time.time_ns()}.log"
+    proc = driver(args, cwd, log)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        stop(proc)
+    return code, log.read_text()
+
+
+def mlflow_runs(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    parents = [r for r in runs if r.data.tags.get("metaocl.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("metaocl.role") == "trial"]
+    return client, parents, children
+
+
+def attempts(storage: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(storage.glob("*/metaocl/attempts/*.json"))]
+
+
+def finished_markers(storage: Path) -> set[str]:
+    return {p.name for p in storage.glob("*/metaocl/finished/*")}
+
+
+def steps(client, run_id: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, "acc/qd1consis")]
+
+
+# ----------------------------------------------------------------------------------------------------
+def test_two_node_sweep_tracks_into_mlflow_server(cluster, tmp_path):
+    art = tmp_path / "artifacts"
+    port = free_port()
+    env = dict(ray_env(), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    server = start(["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                    "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(art)],
+                   tmp_path / "mlflow.log", env=env)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+
+        def healthy():
+            try:
+                return urllib.request.urlopen(uri + "/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, "the MLflow server", every=1)
+        path = sweep_file(tmp_path, "twonode", seeds=2)
+        code, out = run_driver([str(path), "--address", cluster["address"], "--tracking-uri", uri,
+                                "--storage", str(tmp_path / "results")], tmp_path)
+        assert code == 0, out
+        assert "trials: 2 done, 0 failed, 0 retried" in out
+        assert {a["node_ip"] for a in attempts(tmp_path / "results")} == {HEAD_IP, WORKER_IP}  # both nodes ran one
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
+
+        client, parents, children = mlflow_runs(uri, "metaocl/twonode")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert sorted(r.data.tags["metaocl.trial_id"] for r in children) == ["s0", "s1"]
+        for r in children:
+            assert r.info.status == "FINISHED"
+            assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            assert steps(client, r.info.run_id) == [1, 2, 3]
+            assert "config.yaml" in [a.path for a in client.list_artifacts(r.info.run_id)]
+    finally:
+        stop(server)
+
+
+def test_bad_cluster_inputs_stop_before_anything_is_written(cluster, tmp_path, capsys, monkeypatch):
+    from metaocl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for var, value in ray_env().items():
+        if var.startswith("RAY_"):
+            monkeypatch.setenv(var, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    gpu = sweep_file(tmp_path, "wantsgpu", resources="{cpu: 1, gpu: 1}")
+    big = sweep_file(tmp_path, "wantscpus", resources="{cpu: 4, gpu: 0}")
+    cases = [([str(gpu)], "asks for 1 GPU per trial but the Ray cluster at"),
+             ([str(big)], "needs cpu=4 gpu=0 per trial but no node of the Ray cluster")]
+    if cluster["nodelocal"] is not None:
+        ok = sweep_file(tmp_path, "nodelocal")
+        cases.append(([str(ok), "--storage", str(cluster["nodelocal"] / "results")],
+                      f"is local to this machine: node {WORKER_IP} of the Ray cluster"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, expected in cases:
+        code = main(["sweep", *args, "--address", cluster["address"]])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no metaocl-results
+    if cluster["nodelocal"] is not None:
+        assert list(cluster["nodelocal"].iterdir()) == []  # the probe file is gone again
+    else:
+        pytest.skip("node-local storage needs unshare (root): checked resources only")
+
+
+def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(cluster, tmp_path):
+    """Grid device: cpu trains; device: cuda raises in the trial (no GPU). One cpu worker is killed."""
+    path = sweep_file(tmp_path, "faulty", grid="{device: [cpu, cuda]}", seeds=1, epochs=(3, 1), max_failures=1)
+    storage = tmp_path / "results"
+    log = tmp_path / "driver.log"
+    proc = driver([str(path), "--address", cluster["address"], "--storage", str(storage)], tmp_path, log)
+    try:
+        first = wait_for(lambda: [a for a in attempts(storage) if a["trial_id"] == "p00_s0"], "trial p00_s0 to start",
+                         every=0.05)
+        os.kill(first[0]["pid"], signal.SIGKILL)  # the trial's Ray worker, mid-run
+        code = proc.wait(timeout=400)
+    finally:
+        stop(proc)
+    out = log.read_text()
+    assert code == 1, out
+    table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("p00_s0 ", "p01_s0 "))}
+    assert table["p00_s0"][1:4] == ["done", "1", "4"], out
+    assert table["p01_s0"][1:3] == ["FAILED", "1"] and "CUDA is not available" in out, out
+    assert "trials: 1 done, 1 failed, 2 retried" in out
+    tries = [a["trial_id"] for a in attempts(storage)]
+    assert tries.count("p00_s0") == 2 and tries.count("p01_s0") == 2  # max_failures 1: two attempts each
+
+    client, parents, children = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "metaocl/faulty")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    runs = {r.data.tags["metaocl.trial_id"]: r for r in children}
+    assert sorted(runs) == ["p00_s0", "p01_s0"]
+    ok, bad = runs["p00_s0"], runs["p01_s0"]
+    assert ok.info.status == "FINISHED" and ok.data.tags["metaocl.retries"] == "1"
+    assert steps(client, ok.info.run_id) == [1, 2, 3, 4]  # every epoch logged once
+    assert bad.info.status == "FAILED"  # never FINISHED
+    assert "CUDA is not available" in bad.data.tags["metaocl.error"] and "\x1b[" not in bad.data.tags["metaocl.error"]
+    assert "error.txt" in [a.path for a in client.list_artifacts(bad.info.run_id)]
+
+
+def test_ctrl_c_then_killed_driver_then_resume(cluster, tmp_path):
+    """Ctrl-C prints how to resume; a driver killed with SIGKILL is resumed: nothing runs twice or is duplicated."""
+    path = sweep_file(tmp_path, "resumable", seeds=3, epochs=(2, 1))
+    storage = tmp_path / "results"
+    args = [str(path), "--address", cluster["address"], "--storage", str(storage)]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    # 1. Ctrl-C while the first trials run: clean stop, exit 130, the resume command on stderr.
+    log = tmp_path / "driver-1.log"
+    proc = driver(args, tmp_path, log)
+    try:
+        wait_for(lambda: attempts(storage), "a first trial to start", every=0.1)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=180)
+    finally:
+        stop(proc)
+    out = log.read_text()
+    assert code == 130, out
+    assert f"metaocl sweep {path} --resume --storage {storage} --address {cluster['address']}" in out
+    client, parents, children = mlflow_runs(uri, "metaocl/resumable")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+
+    # 2. Resume, and kill -9 the driver as soon as one trial has finished.
+    log = tmp_path / "driver-2.log"
+    proc = driver(args + ["--resume"], tmp_path, log)
+    try:
+        wait_for(lambda: finished_markers(storage) or proc.poll() is not None, "a trial to finish", every=0.05)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    done_before_kill = finished_markers(storage)
+    assert done_before_kill, log.read_text()
+    starts_before = [a["trial_id"] for a in attempts(storage)]
+
+    # 3. Resume again: every trial finishes; finished trials are not trained again; no duplicate runs.
+    code, out = run_driver(args + ["--resume"], tmp_path)
+    assert code == 0, out
+    assert "trials: 3 done, 0 failed" in out
+    starts = [a["trial_id"] for a in attempts(storage)]
+    for tid in done_before_kill:
+        assert starts.count(tid) == starts_before.count(tid), (tid, starts_before, starts)
+    client, parents, children = mlflow_runs(uri, "metaocl/resumable")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["metaocl.trial_id"] for r in children) == ["s0", "s1", "s2"]  # one run per trial
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert steps(client, r.info.run_id) == [1, 2, 3]  # each epoch logged exactly once
+    assert len(list(storage.iterdir())) == 1  # one Ray experiment, continued twice
