@@ -62,12 +62,26 @@ def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
     step_global = 0
     epoch_global = 0
     metrics: dict[str, float] = {}
+    # A retried or resumed Ray trial continues after its last finished epoch (see _checkpoint).
+    saved = getattr(reporter, "restore_checkpoint", lambda: None)()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        step_global, epoch_global, metrics = saved["step_global"], saved["epoch_global"], saved["metrics"]
     for stage, n_epochs in stages:
+        if saved is not None and saved["stage"] > stage:
+            continue
         data = engine.encode(tok, dataset.stage_examples(stage, joint=cfg_t.joint)).to(device)
         batch_size = cfg_t.batch_size if stage == 1 else (cfg_t.stage2_batch_size or cfg_t.batch_size)
         lr = cfg_t.lr if stage == 1 else (cfg_t.stage2_lr if cfg_t.stage2_lr is not None else cfg_t.lr)
         steps_per_epoch = -(-len(data) // batch_size)
         opt, sched = engine.make_optimizer(model, cfg_t, lr, steps_per_epoch * n_epochs)
+        first_epoch = 1
+        if saved is not None:  # the stage the checkpoint was written in: same optimizer, RNG, position
+            opt.load_state_dict(saved["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(saved["scheduler"])
+            _set_rng_states(generator, saved["rng"])
+            first_epoch, saved = saved["epoch"] + 1, None
         bar = _progress(reporter, n_epochs, stage)
         probe = probes.get(stage, {})
 
@@ -77,13 +91,18 @@ def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
             if probe and monitor.due(step_global):
                 monitor.measure(model, loss_fn, probe["def1"], probe["def2"], probe["qa"], step=step_global)
 
-        for epoch in range(1, n_epochs + 1):
+        def checkpoint(epoch: int) -> None:
+            _checkpoint(reporter, model, opt, sched, generator, stage=stage, epoch=epoch, step_global=step_global,
+                        epoch_global=epoch_global, metrics=metrics)
+
+        for epoch in range(first_epoch, n_epochs + 1):
             clock = engine.Throughput()
             train_loss = engine.train_one_epoch(model, data, opt, sched, cfg_t, batch_size, generator,
                                                 on_step=on_step)
             rate = clock.rate(len(data))
             epoch_global += 1
             if epoch % config.eval.every and epoch != n_epochs:
+                checkpoint(epoch)
                 continue
             metrics = engine.evaluate(model, eval_sets, tok, config.eval, device)
             metrics.update(engine.definition_recall(model, defs, config.eval.batch_size))
@@ -92,6 +111,7 @@ def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
             metrics.update({"train/loss": train_loss, "perf/examples_per_s": rate,
                             "epoch": epoch_global, "stage": stage})
             reporter(metrics)
+            checkpoint(epoch)
             if bar is not None:
                 bar.update(epoch - bar.n)
                 bar.set_postfix({k.split("/")[1]: f"{v:.2f}" for k, v in metrics.items()
@@ -123,6 +143,35 @@ def _grad_probes(dataset, tok, seed: int, device: str, size: int = 256) -> dict[
         if qa is not None and def1 is not None:
             out[stage] = {"def1": def1, "def2": def2, "qa": qa}
     return out
+
+
+def _checkpoint(reporter, model, opt, sched, generator, **position) -> None:
+    """End of an epoch: model, optimizer, schedule, RNG states and position, through the reporter (optional)."""
+    save = getattr(reporter, "save_checkpoint", None)
+    if save is None:
+        return
+    import random
+
+    import numpy as np
+
+    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
+           "numpy": np.random.get_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+          "scheduler": sched.state_dict() if sched is not None else None, "rng": rng, **position})
+
+
+def _set_rng_states(generator: torch.Generator, rng: dict) -> None:
+    import random
+
+    import numpy as np
+
+    generator.set_state(rng["generator"])
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _progress(reporter: Reporter, total: int, stage: int):
