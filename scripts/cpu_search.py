@@ -72,7 +72,14 @@ def main() -> None:
         load = os.getloadavg()
         reporter = PrintReporter(echo=True)
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        run(cfg, reporter)
+
+        def timed(metrics, _report=reporter):  # every row also carries CPU and wall seconds so far
+            _report({**metrics, "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0})
+            print(f"  cpu {time.process_time() - cpu0:.0f}s  " + "  ".join(
+                f"{k}={v:.2f}" for k, v in metrics.items() if k.startswith(("acc_def/", "grad/"))), flush=True)
+
+        timed.interactive = False
+        run(cfg, timed)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         n_ex = examples_processed(cfg)
         out = {"name": args.name, "seed": seed, "config": tree, "sets": args.set, "wall_s": wall,

@@ -104,15 +104,16 @@ def lm_loss(model: torch.nn.Module, batch: torch.Tensor, answer_only: bool = Fal
     The "answer" is the token before ``<eos>``: the truth value of a question, the number of a
     definition.
     """
+    if answer_only:
+        # Only one position per row carries the loss, so only there is the (vocabulary-wide, i.e.
+        # every-variable-wide) output layer applied: the same loss at about half the compute.
+        lengths = (batch != 0).sum(1)  # real tokens incl. <eos>
+        rows = torch.arange(len(batch), device=batch.device)
+        hidden = model.get_decoder()(input_ids=batch).last_hidden_state[rows, lengths - 3]
+        return F.cross_entropy(model.get_output_embeddings()(hidden), batch[rows, lengths - 2])
     logits = model(input_ids=batch).logits[:, :-1]
     targets = batch[:, 1:].clone()
-    if answer_only:
-        lengths = (batch != 0).sum(1)  # real tokens incl. <eos>
-        keep = torch.zeros_like(targets, dtype=torch.bool)
-        keep[torch.arange(len(batch)), lengths - 3] = True  # target index of the answer token
-        targets[~keep] = -100
-    else:
-        targets[targets == 0] = -100
+    targets[targets == 0] = -100
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
@@ -175,7 +176,7 @@ def evaluate(model: torch.nn.Module, sets: dict[str, EvalSet], tok: Tokenizer, c
         for start in range(0, len(es.labels), cfg.batch_size):
             prompts = es.prompts[start : start + cfg.batch_size].to(device)
             labels = es.labels[start : start + cfg.batch_size].to(device)
-            logits = model(input_ids=prompts).logits[:, -1].float()
+            logits = model(input_ids=prompts, logits_to_keep=1).logits[:, -1].float()
             target = torch.where(labels, true_id, false_id)
             loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
             if cfg.scoring == "argmax":
@@ -201,7 +202,7 @@ def definition_recall(model: torch.nn.Module, definitions: dict[str, torch.Tenso
         hits = 0
         for start in range(0, len(defs), batch_size):
             batch = defs[start : start + batch_size]
-            logits = model(input_ids=batch[:, :3]).logits[:, -1]
+            logits = model(input_ids=batch[:, :3], logits_to_keep=1).logits[:, -1]
             hits += (logits.argmax(-1) == batch[:, 3]).sum().item()
         out[f"acc_def/{name}"] = hits / max(1, len(defs))
     return out
