@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--proposal", action="store_true",
                    help="our side continues greedy decoding with proposed_continue_greedy (left-padded batches) "
                         "instead of the engine's; the engine files are not changed")
+    p.add_argument("--pooled", action="store_true",
+                   help="our side evaluates all eval splits in one evaluate_split call (EM per split from the "
+                        "predictions), to measure pooling the greedy continuations of a whole epoch")
     p.add_argument("--repeats", type=int, default=1,
                    help="run both sides this many times, alternating; report each side's fastest run")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
@@ -159,8 +162,7 @@ class SideResult:
 # Ours: metaocl.engine.lm + metaocl.engine.evaluate, wired as metaocl.experiments.lm wires them
 # ------------------------------------------------------------------------------------------------
 def run_ours(folder: Path, dataset, args) -> SideResult:
-    from metaocl.configs.lm import EvalConfig, TrainConfig
-    from metaocl.engine import evaluate as ev
+    from metaocl.configs.lm import TrainConfig
     from metaocl.engine import lm as engine
     from metaocl.engine.models import load_pretrained
 
@@ -168,7 +170,6 @@ def run_ours(folder: Path, dataset, args) -> SideResult:
     loaded = load_pretrained(str(folder), kind="causal")
     model, tok = loaded.model.to(args.device), loaded.tokenizer
     cfg_t = TrainConfig(batch_size=args.batch_size, faithful_padding=args.faithful_padding, block_size=args.block_size)
-    cfg_e = EvalConfig(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens)
     names = eval_split_names(dataset)
 
     t0 = time.perf_counter()
@@ -184,28 +185,56 @@ def run_ours(folder: Path, dataset, args) -> SideResult:
     engine.train_one_epoch(ctx, train_set, torch.Generator().manual_seed(args.seed))
     t1 = time.perf_counter()
     result = SideResult(train_s=t1 - t0, eval_s=0.0, n_train=len(train_set), n_eval=0, model=model, tokenizer=tok)
-    for name in names:
-        enc = engine.encode(dataset[name], tok, is_seq2seq=False, with_prompts=True)
-        r = ev.evaluate_split(model, tok, enc, max_new_tokens=cfg_e.max_new_tokens, device=args.device,
-                              is_seq2seq=False, batch_size=cfg_e.batch_size)
-        result.em[name], result.predictions[name] = r.em, r.predictions
-        result.n_eval += len(enc)
+    encs = {name: engine.encode(dataset[name], tok, is_seq2seq=False, with_prompts=True) for name in names}
+    for name, (em, preds) in evaluate_all(model, tok, encs, args).items():
+        result.em[name], result.predictions[name] = em, preds
+        result.n_eval += len(encs[name])
     result.eval_s = time.perf_counter() - t1
     return result
 
 
+def concat_encoded(encs: list):
+    """One causal ``Encoded`` holding the rows of several, in order."""
+    from metaocl.engine.lm import Encoded
+
+    joined = Encoded(ids=[])
+    for enc in encs:
+        joined.ids += enc.ids
+        joined.prompt_len += enc.prompt_len
+        joined.prompt_ids += enc.prompt_ids
+        joined.answers += enc.answers
+        joined.is_definition += enc.is_definition
+    return joined
+
+
+def evaluate_all(model, tok, encs: dict, args) -> dict[str, tuple[float, list[str]]]:
+    """Our evaluator on every split: split -> (EM, predictions). ``--pooled``: one ``evaluate_split``
+    over all splits together (EM per split from the predictions), else one call per split as the runner."""
+    from metaocl.engine import evaluate as ev
+
+    kwargs = dict(max_new_tokens=args.max_new_tokens, device=args.device, is_seq2seq=False, batch_size=args.eval_batch_size)
+    if not args.pooled:
+        out = {}
+        for name, enc in encs.items():
+            r = ev.evaluate_split(model, tok, enc, **kwargs)
+            out[name] = (r.em, r.predictions)
+        return out
+    r = ev.evaluate_split(model, tok, concat_encoded(list(encs.values())), **kwargs)
+    out, start = {}, 0
+    for name, enc in encs.items():
+        preds = r.predictions[start : start + len(enc)]
+        start += len(enc)
+        out[name] = (sum(ev.exact_match(p, a) for p, a in zip(preds, enc.answers)) / len(enc), preds)
+    return out
+
+
 def our_evaluator(model, tok, dataset, args) -> dict[str, tuple[float, list[str]]]:
     """Our evaluator on any model state (untimed): split -> (EM, predictions)."""
-    from metaocl.engine import evaluate as ev
     from metaocl.engine import lm as engine
 
-    out = {}
-    for name in eval_split_names(dataset):
-        enc = engine.encode(dataset[name], tok, is_seq2seq=False, with_prompts=True)
-        r = ev.evaluate_split(model, tok, enc, max_new_tokens=args.max_new_tokens, device=args.device,
-                              is_seq2seq=False, batch_size=args.eval_batch_size)
-        out[name] = (r.em, r.predictions)
-    return out
+    encs = {name: engine.encode(dataset[name], tok, is_seq2seq=False, with_prompts=True)
+            for name in eval_split_names(dataset)}
+    return evaluate_all(model, tok, encs, args)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,7 +384,7 @@ def main(argv=None) -> dict:
     figures: dict[str, object] = {"load_avg_before": uptime_load(), "threads": args.threads, "device": args.device,
                                   "entities": args.entities, "pretrain_epochs": args.pretrain_epochs,
                                   "pipeline_batch_size": args.pipeline_batch_size,
-                                  "proposal": args.proposal, "repeats": args.repeats,
+                                  "proposal": args.proposal, "pooled": args.pooled, "repeats": args.repeats,
                                   "our_padding": "faithful" if args.faithful_padding else "dynamic"}
     with tempfile.TemporaryDirectory(prefix="bench_lm_epoch_") as tmp:
         tmp = Path(tmp)

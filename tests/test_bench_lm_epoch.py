@@ -87,3 +87,22 @@ def test_bad_arguments_exit_with_usage(bench, argv, capsys):
         bench.parse_args(argv)
     assert e.value.code == 2
     assert "--" in capsys.readouterr().err
+
+
+def test_pooled_evaluation_gives_the_per_split_results(bench):
+    """--pooled (all splits in one evaluate_split call) predicts exactly what one call per split does."""
+    from metaocl.engine import lm as engine
+    from metaocl.engine.models import build_builtin
+
+    args = bench.parse_args(["--entities", "20", "--max-eval-per-split", "3"])
+    dataset = bench.build_dataset(args)
+    torch.manual_seed(0)
+    loaded = build_builtin("tiny-gpt-neox", [t for n in dataset for t in dataset[n]["text"]])
+    encs = {n: engine.encode(dataset[n], loaded.tokenizer, is_seq2seq=False, with_prompts=True)
+            for n in bench.eval_split_names(dataset)[:8]}
+    per_split = bench.evaluate_all(loaded.model, loaded.tokenizer, encs, args)
+    pooled_args = bench.parse_args(["--entities", "20", "--pooled"])
+    with bench.continue_greedy_with(bench.proposed_continue_greedy):
+        pooled = bench.evaluate_all(loaded.model, loaded.tokenizer, encs, pooled_args)
+    assert pooled == per_split
+    assert sum(len(p) for _, p in pooled.values()) == sum(len(e) for e in encs.values())
