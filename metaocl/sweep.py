@@ -265,6 +265,8 @@ class MlflowDriverCallback(tune.Callback):
         if tid not in tracker.trial_runs:
             self._run(d, tid)
         elif tracker.trial_status.get(tid, "RUNNING") != "RUNNING":
+            if tracker.trial_status[tid] == "FAILED":  # failed before, tried again by --resume
+                tracker.client.delete_tag(tracker.trial_runs[tid], "metaocl.error")
             tracker.set_status(tracker.trial_runs[tid], "RUNNING")  # reattached after --resume
             tracker.trial_status[tid] = "RUNNING"
         d.outcome.failed.pop(tid, None)
@@ -676,6 +678,8 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         _reconcile(driver, results)
     except KeyboardInterrupt:
         outcome.interrupted = True
+        if not started:  # nothing ran yet: nothing to resume either
+            raise
     finally:
         _DRIVER = None
         if bar is not None:
