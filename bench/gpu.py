@@ -509,14 +509,19 @@ def dry_run(args, out: dict) -> None:
         c = model.config
         tokens = PAPER_TOKENS_PER_DATAPOINT * (LM_EPOCHS[0] * len(dataset["train_1"]) + LM_EPOCHS[1] * len(dataset["train_2"]))
         flops = train_flops_per_token(n, c.num_hidden_layers, c.hidden_size, PAPER_TOKENS_PER_DATAPOINT) * tokens
+        n_eval = sum(len(dataset[x]) for x in eval_names)
+        # every epoch: a teacher-forced pass over each eval datapoint, plus at most 8 generated tokens
+        eval_flops = sum(LM_EPOCHS) * n_eval * 2.0 * n * (PAPER_TOKENS_PER_DATAPOINT + 8)
         out.update({
             "dry/lm_model": sizes.lm_model, "dry/lm_matmul_params": n,
             "dry/lm_stage1_datapoints": len(dataset["train_1"]), "dry/lm_stage2_datapoints": len(dataset["train_2"]),
             "dry/lm_eval_splits": len(eval_names),
-            "dry/lm_eval_examples_per_epoch": sum(len(dataset[x]) for x in eval_names),
+            "dry/lm_eval_examples_per_epoch": n_eval,
             "dry/lm_bpe_tokens_per_datapoint": mean_tokens,
             "dry/lm_training_flops_per_seed": flops,
             "dry/lm_training_limit": fmt_duration(flops / (args.assumed_mfu * peak)),
+            "dry/lm_eval_flops_per_seed_max": eval_flops,
+            "dry/lm_eval_limit": fmt_duration(eval_flops / (args.assumed_mfu * peak)),
         })
 
 

@@ -151,6 +151,7 @@ def test_dry_run_sizes_the_data_and_the_physical_limit(data_home, capsys):
     tokens = 20 * (20 * 80 + 10 * 4)
     n = out["dry/lm_matmul_params"]
     assert out["dry/lm_training_flops_per_seed"] == pytest.approx((6 * n + 12 * 6 * 128 * 20) * tokens)
+    assert out["dry/lm_eval_flops_per_seed_max"] == pytest.approx(30 * out["dry/lm_eval_examples_per_epoch"] * 2 * n * 28)
     assert out["dry/peak_tflops"] == pytest.approx(989)  # no GPU: the H100's, for the estimate
 
 
