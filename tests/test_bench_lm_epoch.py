@@ -89,8 +89,11 @@ def test_bad_arguments_exit_with_usage(bench, argv, capsys):
     assert "--" in capsys.readouterr().err
 
 
-def test_pooled_evaluation_gives_the_per_split_results(bench):
-    """--pooled (all splits in one evaluate_split call) predicts exactly what one call per split does."""
+@pytest.mark.parametrize("with_proposal", [False, True])
+def test_pooled_evaluation_gives_the_per_split_results(bench, with_proposal):
+    """proposed_evaluate_splits (continuations of every split pooled) gives, split by split, the EM,
+    loss and predictions of one engine evaluate_split per split, and of plain generate."""
+    from metaocl.engine import evaluate as ev
     from metaocl.engine import lm as engine
     from metaocl.engine.models import build_builtin
 
@@ -100,9 +103,14 @@ def test_pooled_evaluation_gives_the_per_split_results(bench):
     loaded = build_builtin("tiny-gpt-neox", [t for n in dataset for t in dataset[n]["text"]])
     encs = {n: engine.encode(dataset[n], loaded.tokenizer, is_seq2seq=False, with_prompts=True)
             for n in bench.eval_split_names(dataset)[:8]}
-    per_split = bench.evaluate_all(loaded.model, loaded.tokenizer, encs, args)
-    pooled_args = bench.parse_args(["--entities", "20", "--pooled"])
-    with bench.continue_greedy_with(bench.proposed_continue_greedy):
-        pooled = bench.evaluate_all(loaded.model, loaded.tokenizer, encs, pooled_args)
-    assert pooled == per_split
-    assert sum(len(p) for _, p in pooled.values()) == sum(len(e) for e in encs.values())
+    kwargs = dict(max_new_tokens=8, device="cpu", is_seq2seq=False, batch_size=4)
+    per_split = {n: ev.evaluate_split(loaded.model, loaded.tokenizer, e, **kwargs) for n, e in encs.items()}
+    with bench.continue_greedy_with(bench.proposed_continue_greedy if with_proposal else None):
+        pooled = bench.proposed_evaluate_splits(loaded.model, loaded.tokenizer, encs, **kwargs)
+    assert ev._continue_greedy.__name__ == "_continue_greedy"  # restored
+    assert list(pooled) == list(per_split)
+    for name, enc in encs.items():
+        assert pooled[name].predictions == per_split[name].predictions, name
+        assert pooled[name].em == per_split[name].em and pooled[name].loss == per_split[name].loss
+        assert pooled[name].predictions == ev.greedy_reference(loaded.model, loaded.tokenizer, enc, 8, "cpu", False)
+    assert sum(r.n_generated for r in pooled.values()) > 0
