@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -95,7 +96,10 @@ def cluster(tmp_path_factory):
     nodelocal.mkdir()
     port = free_port(HEAD_IP)
     address = f"{HEAD_IP}:{port}"
-    common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block"]
+    # A temp dir of its own: `ray start` records the cluster in TEMP/ray_current_cluster, where a plain
+    # ray.init() elsewhere on this machine would find it (short path: Unix socket names are limited).
+    temp_dir = tempfile.mkdtemp(prefix="mocl-ray-", dir="/tmp")
+    common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--block"]
     procs = []
     try:
         procs.append(start(["ray", "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}",
@@ -122,6 +126,7 @@ def cluster(tmp_path_factory):
     finally:
         for proc in reversed(procs):
             stop(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def sweep_file(folder: Path, name: str, grid: str = "{}", seeds: int = 2, epochs: tuple[int, int] = (2, 1),
@@ -249,14 +254,15 @@ def test_bad_cluster_inputs_stop_before_anything_is_written(cluster, tmp_path, c
 
 
 def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(cluster, tmp_path):
-    """Grid device: cpu trains; device: cuda raises in the trial (no GPU). One cpu worker is killed."""
-    path = sweep_file(tmp_path, "faulty", grid="{device: [cpu, cuda]}", seeds=1, epochs=(3, 1), max_failures=1)
+    """Grid device: cpu trains; device: cuda raises in the trial (no GPU). The cpu trial's worker is
+    killed after its first epoch checkpoint: the retry continues from that checkpoint."""
+    path = sweep_file(tmp_path, "faulty", grid="{device: [cpu, cuda]}", seeds=1, epochs=(30, 1), max_failures=1)
     storage = tmp_path / "results"
     log = tmp_path / "driver.log"
     proc = driver([str(path), "--address", cluster["address"], "--storage", str(storage)], tmp_path, log)
     try:
-        first = wait_for(lambda: [a for a in attempts(storage) if a["trial_id"] == "p00_s0"], "trial p00_s0 to start",
-                         every=0.05)
+        wait_for(lambda: list(storage.glob("*/*/checkpoint_*")), "a first checkpoint of trial p00_s0", every=0.05)
+        first = [a for a in attempts(storage) if a["trial_id"] == "p00_s0"]
         os.kill(first[0]["pid"], signal.SIGKILL)  # the trial's Ray worker, mid-run
         code = proc.wait(timeout=400)
     finally:
@@ -264,11 +270,13 @@ def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(clust
     out = log.read_text()
     assert code == 1, out
     table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("p00_s0 ", "p01_s0 "))}
-    assert table["p00_s0"][1:4] == ["done", "1", "4"], out
+    assert table["p00_s0"][1:4] == ["done", "1", "31"], out
     assert table["p01_s0"][1:3] == ["FAILED", "1"] and "CUDA is not available" in out, out
     assert "trials: 1 done, 1 failed, 2 retried" in out
     tries = [a["trial_id"] for a in attempts(storage)]
     assert tries.count("p00_s0") == 2 and tries.count("p01_s0") == 2  # max_failures 1: two attempts each
+    retry = sorted((a for a in attempts(storage) if a["trial_id"] == "p00_s0"), key=lambda a: a["time"])[1]
+    assert retry["from_checkpoint"] is True
 
     client, parents, children = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "metaocl/faulty")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
@@ -276,7 +284,7 @@ def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(clust
     assert sorted(runs) == ["p00_s0", "p01_s0"]
     ok, bad = runs["p00_s0"], runs["p01_s0"]
     assert ok.info.status == "FINISHED" and ok.data.tags["metaocl.retries"] == "1"
-    assert steps(client, ok.info.run_id) == [1, 2, 3, 4]  # every epoch logged once
+    assert steps(client, ok.info.run_id) == list(range(1, 32))  # every epoch logged once
     assert bad.info.status == "FAILED"  # never FINISHED
     assert "CUDA is not available" in bad.data.tags["metaocl.error"] and "\x1b[" not in bad.data.tags["metaocl.error"]
     assert "error.txt" in [a.path for a in client.list_artifacts(bad.info.run_id)]
