@@ -163,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from metaocl.sweep import run_single
 
     print(f"run {sweep.name} trial {trial.trial_id} (seed {trial.seed}) in this process")
-    result = run_single(trial, sweep.kind, sweep.name, uri)
+    result = run_single(trial, sweep, uri)
     print()
     print(summarize({trial.trial_id: result["history"]}, {trial.trial_id: trial.params}))
     if uri:

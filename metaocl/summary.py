@@ -1,36 +1,22 @@
 """The table a sweep prints when it ends: per subset, the headline measure after each stage.
 
-Mean and 95% confidence interval over seeds (Student t), then the OCL gap (qd1consis - qd2incons)
-and the meta-OCL gap (d1consis - d2consis), each with a plain verdict that says what was measured:
-an effect is "shown" only when the whole 95% interval of the paired per-seed gap lies above zero.
-``metaocl report`` gives the fuller statistics (bootstrap CIs, p-values, figures) from MLflow.
+Mean and bootstrap 95% confidence interval over seeds, then the OCL gap (qd1consis - qd2incons)
+after stage 1 and the meta-OCL gap (d1consis - d2consis) after the last stage, each with the same
+verdict wording and statistics as ``metaocl report`` (:mod:`metaocl.report.stats`), which adds the
+figures and reads everything back from MLflow.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from typing import Mapping, Sequence
+
+from metaocl.report.stats import mean_ci_text, paired_effect, verdict_line
 
 GAPS = {"OCL": ("qd1consis", "qd2incons"), "meta-OCL": ("d1consis", "d2consis")}
 SUBSET_ORDER = ["qd1consis", "qd2incons", "qd1incons", "qd2consis", "qd4consis", "q", "q_no_replacement_baseline",
                 "d1consis", "d2consis", "d3consis", "no_qd_baseline"]
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval (the interval collapses to the mean for a single value)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, mean, mean
-    from scipy import stats
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def end_of_stage(history: Sequence[Mapping[str, float]]) -> dict[int, Mapping[str, float]]:
@@ -70,28 +56,17 @@ def summarize(histories: Mapping[str, Sequence[Mapping[str, float]]], params: Ma
             cells = []
             for s in stages:
                 vals = [e[s][f"{measure}/{sub}"] for e in ends if s in e and f"{measure}/{sub}" in e[s]]
-                m, lo, hi = mean_ci(vals)
-                cells.append(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if vals else "-")
+                cells.append(mean_ci_text(vals) if vals else "-")
             lines.append(f"  {sub:<28}" + "".join(f"{c:>26}" for c in cells))
-        # OCL is read where stage-1 training ends; meta-OCL after the last stage (X2 definitions)
+        # as in `metaocl report`: OCL where X1 training ends (the stage before the last, or the only
+        # stage); meta-OCL after the last stage (X2 definitions)
         for name, (a, b) in GAPS.items():
-            at = stages[0] if name == "OCL" else stages[-1]
-            diffs = [e[at][f"{measure}/{a}"] - e[at][f"{measure}/{b}"] for e in ends
+            at = stages[-1] if name == "meta-OCL" or len(stages) == 1 else stages[-2]
+            pairs = [(e[at][f"{measure}/{a}"], e[at][f"{measure}/{b}"]) for e in ends
                      if at in e and f"{measure}/{a}" in e[at] and f"{measure}/{b}" in e[at]]
-            if diffs:
-                lines.append("  " + verdict(name, a, b, diffs, at))
+            if pairs:
+                effect = paired_effect(name, a, b, [x for x, _ in pairs], [y for _, y in pairs],
+                                       measure=measure, stage=at)
+                lines.append("  " + verdict_line(effect, with_context=False) + f" (after stage {at})")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
-
-
-def verdict(name: str, a: str, b: str, diffs: Sequence[float], stage: int) -> str:
-    m, lo, hi = mean_ci(diffs)
-    n = len(diffs)
-    where = f"{a} - {b} = {m:+.3f} [{lo:+.3f}, {hi:+.3f}] after stage {stage}, {n} seed{'s' if n != 1 else ''}"
-    if n < 2:
-        return f"{name}: {where} (one seed: no interval, no verdict)"
-    if lo > 0:
-        return f"{name} shown: {where}"
-    if hi < 0:
-        return f"{name} reversed: {where}"
-    return f"{name} not shown: {where} (interval includes 0)"

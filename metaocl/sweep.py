@@ -717,14 +717,19 @@ def _reconcile(driver: _Driver, results) -> None:
             outcome.finished.add(tid)
 
 
-def run_single(trial: Trial, kind: str, sweep_name: str, tracking: str | None, echo: bool = True) -> dict[str, Any]:
-    """``metaocl run``: one trial in this process, no Ray; tracked into MLflow when ``tracking`` is set."""
+def run_single(trial: Trial, sweep: Sweep, tracking: str | None, echo: bool = True) -> dict[str, Any]:
+    """``metaocl run``: one trial in this process, no Ray; tracked into MLflow when ``tracking`` is set.
+
+    It logs into the sweep's experiment (``metaocl/NAME``, or ``metaocl/NAME-smoke`` with ``--smoke``)
+    as a trial run without a parent, so ``metaocl report`` reads it like a sweep's trials.
+    """
     from metaocl.experiments import PrintReporter
 
+    kind = sweep.kind
     tracker = run_id = None
     if tracking:
-        tracker = SweepTracker(tracking, f"metaocl/{sweep_name}", trial.trial_id, {})
-        run_id = tracker.start_trial(trial, sweep_name, kind)
+        tracker = SweepTracker(tracking, sweep.experiment_name, trial.trial_id, {})
+        run_id = tracker.start_trial(trial, sweep.name, kind)
     reporter = PrintReporter(interactive=sys.stderr.isatty(), echo=echo)
 
     class _Tracked:
