@@ -326,6 +326,8 @@ def proposed_evaluate_splits(model, tokenizer, encs: dict, **kwargs) -> dict:
     """
     from metaocl.engine import evaluate as ev
 
+    if hasattr(ev, "evaluate_splits"):  # the engine has adopted the proposal: measure the engine's
+        return ev.evaluate_splits(model, tokenizer, encs, **kwargs)
     continue_fn = ev._continue_greedy  # the engine's, or the proposal when --proposal patched it
     recorded: dict[str, list[tuple]] = {}
     current: list[str] = []
