@@ -2,7 +2,8 @@
 
 Why: the paper's reference implementation finetuned with Hugging Face ``Trainer`` (every datapoint
 padded to 48 tokens with EOS, loss on the padding, Adafactor) and measured exact match through a
-``text-generation`` pipeline (greedy, at most 8 new tokens), one prompt at a time. Our engine
+``text-generation`` pipeline (greedy, at most 8 new tokens); called without ``batch_size`` a
+pipeline takes one prompt at a time (``--pipeline-batch-size`` changes that). Our engine
 (:mod:`metaocl.engine.lm`, :mod:`metaocl.engine.evaluate`) pads dynamically and computes the same
 exact match from one teacher-forced pass, generating only where greedy decoding leaves the trained
 continuation. This script measures what that buys, on the same work:
@@ -31,7 +32,8 @@ What is compared:
 Run::
 
     python bench/lm_epoch.py                      # 100 entities, 1 thread (see bench/RESULTS.md)
-    python bench/lm_epoch.py --entities 200 --pipeline-batch-size 32
+    python bench/lm_epoch.py --pretrain-epochs 20 --repeats 2 --pipeline-batch-size 32
+    python bench/lm_epoch.py --pretrain-epochs 20 --proposal --pooled   # the evaluation proposals
 
 Prints ``key: value`` lines (the last block is the summary); exits 1 when EM differs.
 """
