@@ -107,3 +107,24 @@ def test_grad_alignment_metrics_are_finite_cosines():
     run(from_dict(SetInclusionConfig, {**{"data": {"n_variables": 60}}, "model": cfg.model.__dict__,
                                        "train": {"stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 32}}), off)
     assert not any(k.startswith("grad/") for k in off.history[-1])
+
+
+def test_tie_embeddings_shares_input_and_output_matrix():
+    tied = eng.build_model(GPTNeoXArch(**{**TINY.__dict__, "tie_embeddings": True}), 50)
+    untied = eng.build_model(TINY, 50)
+    assert tied.get_input_embeddings().weight is tied.get_output_embeddings().weight
+    assert untied.get_input_embeddings().weight is not untied.get_output_embeddings().weight
+    n_tied, n_untied = (sum(p.numel() for p in m.parameters()) for m in (tied, untied))
+    assert n_untied - n_tied == 50 * TINY.hidden_size
+
+
+def test_joint_run_reports_one_stage_with_both_gaps():
+    cfg = from_dict(SetInclusionConfig, {
+        "data": {"n_variables": 60, "max_number": 19, "list_length": 4},
+        "model": {**TINY.__dict__, "tie_embeddings": True},
+        "train": {"joint": True, "stage1_epochs": 2, "stage2_epochs": 0, "batch_size": 64, "optimizer": "adamw",
+                  "lr": 2e-3, "loss_on": "answer"}})
+    reporter = PrintReporter()
+    final = run(cfg, reporter)
+    assert [r["stage"] for r in reporter.history] == [1, 1]
+    assert final["gap/meta_ocl"] == final["acc/d1consis"] - final["acc/d2consis"]
