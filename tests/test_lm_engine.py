@@ -190,3 +190,51 @@ def test_linear_schedule_decays_to_zero_without_warmup():
         engine.train_step(ctx, enc, [0, 1, 2, 3])
     lrs.append(ctx.optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([5e-5, 3.75e-5, 2.5e-5, 1.25e-5, 0.0])
+
+
+def _alone(loaded, job: ev.GreedyJob, seq2seq: bool) -> list[int]:
+    """One job decoded alone by plain greedy ``generate`` (no padding), cut at EOS."""
+    x = torch.tensor([job.prefix])
+    kwargs = dict(input_ids=x, attention_mask=torch.ones_like(x),
+                  generation_config=ev._greedy_config(loaded.model, job.budget, loaded.tokenizer))
+    if seq2seq:
+        kwargs["decoder_input_ids"] = torch.tensor([job.decoder_prefix])
+    with torch.no_grad():
+        y = loaded.model.generate(**kwargs)[0].tolist()
+    return ev._cut_at_eos(y[len(job.decoder_prefix) if seq2seq else x.size(1):], loaded.eos_id)
+
+
+def test_left_padded_continuation_of_different_lengths_equals_generate_alone():
+    """Causal continuation batches prefixes of different lengths and budgets in one left-padded
+    `generate`: each row must be what it is decoded alone (attention mask, position ids from it)."""
+    split = toy_split(8, seed=3)
+    loaded = tiny("tiny-gpt-neox", split, seed=3)
+    enc = engine.encode(split, loaded.tokenizer, False, with_prompts=True)
+    jobs = [ev.GreedyJob(("s", i), enc.ids[i][: 3 + i % 9], [], 1 + i % 8, []) for i in range(len(enc))]
+    assert len({len(j.prefix) for j in jobs}) >= 5 and len({j.budget for j in jobs}) == 8
+    alone = {job.key: _alone(loaded, job, False) for job in jobs}
+    assert any(len(tokens) > 1 for tokens in alone.values())  # real multi-token continuations
+    for chunk_size in (len(jobs), 5):  # one chunk with every length; several chunks
+        batched = ev._continue_greedy(loaded.model, loaded.tokenizer, jobs, "cpu", False, False, chunk_size=chunk_size)
+        assert {k: ev._cut_at_eos(v, loaded.eos_id) for k, v in batched.items()} == alone
+        assert all(len(batched[job.key]) <= job.budget for job in jobs)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt-neox", "tiny-t5"])
+def test_pooled_splits_equal_each_split_alone_and_plain_generate(name):
+    """evaluate_splits pools every split's continuations; each split's EM, loss and predictions are
+    those of evaluating it alone, and its predictions those of per-example `generate`."""
+    seq2seq = name == "tiny-t5"
+    split = toy_split(8, seed=2, seq2seq=seq2seq)
+    loaded = tiny(name, split, seed=2)
+    encs = {"qa": engine.encode(qa_only(split), loaded.tokenizer, seq2seq, with_prompts=True),
+            "defs": engine.encode(split.filter(lambda r: r["is_definition"]), loaded.tokenizer, seq2seq, with_prompts=True),
+            "all": engine.encode(split.select(range(5)), loaded.tokenizer, seq2seq, with_prompts=True)}
+    kwargs = dict(max_new_tokens=6, device="cpu", is_seq2seq=seq2seq, batch_size=4)
+    pooled = ev.evaluate_splits(loaded.model, loaded.tokenizer, encs, **kwargs)
+    assert list(pooled) == list(encs)
+    for split_name, enc in encs.items():
+        alone = ev.evaluate_split(loaded.model, loaded.tokenizer, enc, **kwargs)
+        assert pooled[split_name] == alone, split_name
+        assert alone.predictions == ev.greedy_reference(loaded.model, loaded.tokenizer, enc, 6, "cpu", seq2seq)
+    assert all(r.n_generated > 0 for r in pooled.values())  # untrained: every split had rows in the pooled call

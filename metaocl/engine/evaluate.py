@@ -9,9 +9,16 @@ continuation (the datapoint's own tokens + EOS, which also gives the eval loss).
 produces token t_k exactly when the argmax after prompt + t_1..t_{k-1} is t_k, so as long as the
 argmaxes follow the continuation we know what ``generate`` would output without running it. At the
 first position where they differ we know the greedy prefix, and only those examples continue with
-real generation from there (batched without padding, so the numbers are those of ``generate``).
-A well-trained model rarely needs any generation; an untrained one needs it everywhere, and costs
-what ``generate`` costs. :func:`greedy_reference` is the plain ``generate`` the tests compare with.
+real generation from there. A well-trained model rarely needs any generation; an untrained one
+needs it everywhere, and costs what ``generate`` costs. :func:`greedy_reference` is the plain
+``generate`` the tests compare with.
+
+The continuations are what costs time on real data: a few rows per split, of many different
+lengths. :func:`evaluate_splits` therefore runs the teacher-forced pass split by split (each split
+keeps its own loss and EM) and then continues the greedy decoding of *every* split of the epoch in
+one pooled call, which for causal models batches rows of different lengths by left padding (see
+:func:`_continue_greedy` for why that is exact). One ``generate`` call per chunk of up to
+``batch_size`` rows, instead of one per (split, prefix length, budget) group.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 import string
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Hashable, NamedTuple
 
 import torch
 
@@ -83,43 +91,85 @@ def greedy_reference(model, tokenizer, enc: Encoded, max_new_tokens: int, device
     return out
 
 
-@torch.no_grad()
-def _continue_greedy(model, tokenizer, jobs: list[tuple], device: str,
-                     is_seq2seq: bool, use_autocast: bool) -> dict[int, list[int]]:
-    """Greedy-continue each job (index, encoder/causal prefix, decoder prefix, budget, produced).
+class GreedyJob(NamedTuple):
+    """One example whose greedy decoding leaves the trained continuation and must be generated on."""
 
-    Jobs with equal prefix lengths and budget are batched together; no padding is ever needed, so
-    the result is what per-example ``generate`` computes.
+    key: Hashable  # the example's index in its split (pooled: (split, index))
+    prefix: list[int]  # causal: prompt + tokens produced so far; seq2seq: encoder input
+    decoder_prefix: list[int]  # seq2seq: decoder start + tokens produced so far; causal: []
+    budget: int  # new tokens still allowed
+    produced: list[int]  # greedy tokens known from the teacher-forced pass
+
+
+@torch.no_grad()
+def _continue_greedy(model, tokenizer, jobs: list[GreedyJob], device: str, is_seq2seq: bool,
+                     use_autocast: bool, chunk_size: int = 128) -> dict[Hashable, list[int]]:
+    """Greedy-continue every job by up to its budget: job key -> the new tokens.
+
+    Causal models: jobs sorted by prefix length, cut into chunks of ``chunk_size``; each chunk is
+    one left-padded ``generate`` with the chunk's largest budget, and each row is cut back to its
+    own budget. This is exact for greedy decoding, row by row:
+
+    - padded keys are masked, so they get attention weight exactly 0 and a row attends only to its
+      own tokens, as when it is decoded alone;
+    - ``generate`` derives position ids from the attention mask (cumulative sum), so a row's first
+      real token has position 0 whatever its padding (the rotary positions of the unpadded row);
+    - decoding past a row's budget and cutting gives the same first tokens (each greedy token
+      depends only on the tokens before it), and tokens after EOS are cut by the caller anyway.
+
+    What remains is floating-point reassociation of batched kernels, which any batching has (the
+    tests compare with one-at-a-time ``generate``). Seq2seq models: jobs grouped by exact (encoder
+    length, decoder-prefix length, budget), so no padding at all, chunked the same way.
     """
-    groups: dict[tuple, list] = defaultdict(list)
-    for job in jobs:
-        i, prefix, dec_prefix, budget, _ = job
-        groups[(len(prefix), len(dec_prefix), budget)].append(job)
-    out: dict[int, list[int]] = {}
-    for (_, dec_len, budget), group in groups.items():
-        gen_cfg = _greedy_config(model, budget, tokenizer)
-        x = torch.tensor([g[1] for g in group], device=device)
-        kwargs = dict(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gen_cfg)
+    out: dict[Hashable, list[int]] = {}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # masked anyway
+    if is_seq2seq:
+        groups: dict[tuple, list[GreedyJob]] = defaultdict(list)
+        for job in jobs:
+            groups[(len(job.prefix), len(job.decoder_prefix), job.budget)].append(job)
+        chunks = [group[i : i + chunk_size] for group in groups.values() for i in range(0, len(group), chunk_size)]
+    else:
+        ordered = sorted(jobs, key=lambda job: len(job.prefix))
+        chunks = [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
+    for chunk in chunks:
+        width = max(len(job.prefix) for job in chunk)
+        x = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, job in enumerate(chunk):  # left padding (seq2seq chunks have one length: none)
+            x[row, width - len(job.prefix):] = torch.tensor(job.prefix)
+            mask[row, width - len(job.prefix):] = 1
+        kwargs = dict(input_ids=x.to(device), attention_mask=mask.to(device),
+                      generation_config=_greedy_config(model, max(job.budget for job in chunk), tokenizer))
         if is_seq2seq:
-            kwargs["decoder_input_ids"] = torch.tensor([g[2] for g in group], device=device)
+            kwargs["decoder_input_ids"] = torch.tensor([job.decoder_prefix for job in chunk], device=device)
         with autocast(device, use_autocast):
             y = model.generate(**kwargs)
-        start = dec_len if is_seq2seq else x.size(1)
-        for g, row in zip(group, y.tolist()):
-            out[g[0]] = row[start:]
+        start = len(chunk[0].decoder_prefix) if is_seq2seq else width
+        for job, row in zip(chunk, y[:, start:].tolist()):
+            out[job.key] = row[: job.budget]
     return out
 
 
+@dataclass
+class _TeacherForced:
+    """One split after its teacher-forced pass: the greedy outputs known so far and what is left."""
+
+    greedy: list[list[int] | None]  # greedy output tokens per example, None where a job continues it
+    jobs: list[GreedyJob]
+    loss_total: float
+    loss_tokens: int
+
+
 @torch.no_grad()
-def evaluate_split(model, tokenizer, enc: Encoded, *, max_new_tokens: int, device: str, is_seq2seq: bool,
-                   batch_size: int = 128, use_autocast: bool = False) -> SplitResult:
-    """Exact match and mean token loss of one eval split (see the module docstring)."""
-    model.eval()
+def _teacher_forced(model, tokenizer, enc: Encoded, *, max_new_tokens: int, device: str, is_seq2seq: bool,
+                    batch_size: int, use_autocast: bool) -> _TeacherForced:
+    """One forward pass over prompt + trained continuation per example: the eval loss, and the
+    greedy output wherever the argmaxes follow the continuation up to EOS or the budget."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     start_id = getattr(model.config, "decoder_start_token_id", None)
     n = len(enc)
-    greedy: list[list[int] | None] = [None] * n  # known greedy output tokens per example
-    jobs = []  # (index, prefix, decoder prefix, remaining budget, tokens produced so far)
+    greedy: list[list[int] | None] = [None] * n
+    jobs: list[GreedyJob] = []
     loss_total, loss_tokens = 0.0, 0
     order = sorted(range(n), key=lambda i: enc.n_tokens(i))  # similar lengths together: less padding
     bs = batch_size
@@ -145,7 +195,7 @@ def evaluate_split(model, tokenizer, enc: Encoded, *, max_new_tokens: int, devic
             else:
                 p = enc.prompt_len[i]
                 if p < 0:  # the prompt's tokens are not a prefix of the datapoint's: generate
-                    jobs.append((i, enc.prompt_ids[i], [], max_new_tokens, []))
+                    jobs.append(GreedyJob(i, enc.prompt_ids[i], [], max_new_tokens, []))
                     continue
                 cont, first = enc.ids[i][p:], p - 1  # logits position p-1+k predicts ids[p+k]
             pred = argmax[row][first : first + len(cont)]
@@ -158,18 +208,45 @@ def evaluate_split(model, tokenizer, enc: Encoded, *, max_new_tokens: int, devic
             if pred[k] == eos or len(produced) >= max_new_tokens:
                 greedy[i] = produced
             elif is_seq2seq:
-                jobs.append((i, enc.ids[i], [start_id] + produced, max_new_tokens - len(produced), produced))
+                jobs.append(GreedyJob(i, enc.ids[i], [start_id] + produced, max_new_tokens - len(produced), produced))
             else:
-                jobs.append((i, enc.ids[i][:p] + produced, [], max_new_tokens - len(produced), produced))
+                jobs.append(GreedyJob(i, enc.ids[i][:p] + produced, [], max_new_tokens - len(produced), produced))
         pos += len(idx)
-    if jobs:
-        continued = _continue_greedy(model, tokenizer, jobs, device, is_seq2seq, use_autocast)
-        for i, _, _, _, produced in jobs:
-            greedy[i] = produced + continued[i]
-    predictions = [_decode(tokenizer, g) for g in greedy]
-    hits = sum(exact_match(p, a) for p, a in zip(predictions, enc.answers))
-    return SplitResult(em=hits / max(1, n), loss=loss_total / max(1, loss_tokens),
-                       predictions=predictions, n_generated=len(jobs))
+    return _TeacherForced(greedy, jobs, loss_total, loss_tokens)
+
+
+@torch.no_grad()
+def evaluate_splits(model, tokenizer, encs: dict[str, Encoded], *, max_new_tokens: int, device: str,
+                    is_seq2seq: bool, batch_size: int = 128, use_autocast: bool = False) -> dict[str, SplitResult]:
+    """Exact match and mean token loss of every eval split (see the module docstring).
+
+    Each split gets its own teacher-forced pass (its loss and known greedy outputs); the greedy
+    continuations of all splits then run pooled, in chunks of ``batch_size``. Every row is decoded
+    as if alone (:func:`_continue_greedy`), so a split's result does not depend on the others.
+    """
+    model.eval()
+    passes = {name: _teacher_forced(model, tokenizer, enc, max_new_tokens=max_new_tokens, device=device,
+                                    is_seq2seq=is_seq2seq, batch_size=batch_size, use_autocast=use_autocast)
+              for name, enc in encs.items()}
+    pooled = [job._replace(key=(name, job.key)) for name, tf in passes.items() for job in tf.jobs]
+    continued = _continue_greedy(model, tokenizer, pooled, device, is_seq2seq, use_autocast, chunk_size=batch_size)
+    results = {}
+    for name, enc in encs.items():
+        tf = passes[name]
+        for job in tf.jobs:
+            tf.greedy[job.key] = job.produced + continued[(name, job.key)]
+        predictions = [_decode(tokenizer, g) for g in tf.greedy]
+        hits = sum(exact_match(p, a) for p, a in zip(predictions, enc.answers))
+        results[name] = SplitResult(em=hits / max(1, len(enc)), loss=tf.loss_total / max(1, tf.loss_tokens),
+                                    predictions=predictions, n_generated=len(tf.jobs))
+    return results
+
+
+def evaluate_split(model, tokenizer, enc: Encoded, *, max_new_tokens: int, device: str, is_seq2seq: bool,
+                   batch_size: int = 128, use_autocast: bool = False) -> SplitResult:
+    """Exact match and mean token loss of one eval split: :func:`evaluate_splits` on that split."""
+    return evaluate_splits(model, tokenizer, {"split": enc}, max_new_tokens=max_new_tokens, device=device,
+                           is_seq2seq=is_seq2seq, batch_size=batch_size, use_autocast=use_autocast)["split"]
 
 
 def evaluate_split_generate(model, tokenizer, enc: Encoded, *, max_new_tokens: int, device: str, is_seq2seq: bool,

@@ -184,7 +184,6 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
 
     eval_names = [name for name in dataset if not name.startswith("train_") and len(dataset[name])]
     eval_sets = {name: engine.encode(dataset[name], tok, loaded.is_seq2seq, with_prompts=True) for name in eval_names}
-    evaluate = ev.evaluate_split if cfg_e.method == "fast" else ev.evaluate_split_generate
     epochs = config.epochs
     monitor = GradAlignmentMonitor(every_steps=cfg_t.grad_alignment_every)
     probes = _alignment_probes(config, dataset, loaded, device, use_autocast) if monitor.enabled else None
@@ -223,10 +222,14 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
             micro = ctx.micro_batch_size  # keep what auto found
             if epoch % cfg_e.every and epoch != n_epochs:
                 continue
+            eval_kwargs = dict(max_new_tokens=max_new, device=device, is_seq2seq=loaded.is_seq2seq,
+                               batch_size=cfg_e.batch_size, use_autocast=use_autocast)
+            if cfg_e.method == "fast":  # every split at once: their greedy continuations pooled
+                results = ev.evaluate_splits(model, tok, eval_sets, **eval_kwargs)
+            else:
+                results = {name: ev.evaluate_split_generate(model, tok, enc, **eval_kwargs) for name, enc in eval_sets.items()}
             metrics = {}
-            for name, enc in eval_sets.items():
-                result = evaluate(model, tok, enc, max_new_tokens=max_new, device=device,
-                                  is_seq2seq=loaded.is_seq2seq, batch_size=cfg_e.batch_size, use_autocast=use_autocast)
+            for name, result in results.items():
                 metrics[f"em/{name}"] = result.em
                 metrics[f"loss/{name}"] = result.loss
             metrics.update(gaps(metrics))
