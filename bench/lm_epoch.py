@@ -6,7 +6,8 @@ padded to 48 tokens with EOS, loss on the padding, Adafactor) and measured exact
 pipeline takes one prompt at a time (``--pipeline-batch-size`` changes that). Our engine
 (:mod:`metaocl.engine.lm`, :mod:`metaocl.engine.evaluate`) pads dynamically and computes the same
 exact match from one teacher-forced pass, generating only where greedy decoding leaves the trained
-continuation. This script measures what that buys, on the same work:
+continuation (the continuations of every split in one pooled, left-padded call: ``evaluate_splits``,
+as the LM runner calls it). This script measures what that buys, on the same work:
 
 - the same data: :func:`metaocl.data.qa.build_lm_dataset` on the generated ``cvdb_sample`` source,
   two-stage layout; the epoch is one pass over ``train_1`` (stage 1) then evaluation on *every*
@@ -33,7 +34,6 @@ Run::
 
     python bench/lm_epoch.py                      # 100 entities, 1 thread (see bench/RESULTS.md)
     python bench/lm_epoch.py --pretrain-epochs 20 --repeats 2 --pipeline-batch-size 32
-    python bench/lm_epoch.py --pretrain-epochs 20 --proposal --pooled   # the evaluation proposals
 
 Prints ``key: value`` lines (the last block is the summary); exits 1 when EM differs.
 """
@@ -77,12 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="untimed: train the initial model this many epochs on train_1 first (lr --pretrain-lr), "
                         "so that EM is not 0 everywhere and greedy outputs follow the trained text more often")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--proposal", action="store_true",
-                   help="our side continues greedy decoding with proposed_continue_greedy (left-padded batches) "
-                        "instead of the engine's; the engine files are not changed")
-    p.add_argument("--pooled", action="store_true",
-                   help="our side pools the greedy continuations of every eval split into one call "
-                        "(proposed_evaluate_splits); the engine files are not changed")
     p.add_argument("--repeats", type=int, default=1,
                    help="run both sides this many times, alternating; report each side's fastest run")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
@@ -196,16 +190,12 @@ def run_ours(folder: Path, dataset, args) -> SideResult:
 
 
 def evaluate_all(model, tok, encs: dict, args) -> dict[str, tuple[float, list[str]]]:
-    """Our evaluator on every split: split -> (EM, predictions). ``--pooled``: the greedy
-    continuations of all splits in one go (:func:`proposed_evaluate_splits`), else one
-    ``evaluate_split`` per split as the runner does."""
+    """Our evaluator on every split, as the LM runner calls it (one ``evaluate_splits``):
+    split -> (EM, predictions)."""
     from metaocl.engine import evaluate as ev
 
-    kwargs = dict(max_new_tokens=args.max_new_tokens, device=args.device, is_seq2seq=False, batch_size=args.eval_batch_size)
-    if args.pooled:
-        results = proposed_evaluate_splits(model, tok, encs, **kwargs)
-    else:
-        results = {name: ev.evaluate_split(model, tok, enc, **kwargs) for name, enc in encs.items()}
+    results = ev.evaluate_splits(model, tok, encs, max_new_tokens=args.max_new_tokens, device=args.device,
+                                 is_seq2seq=False, batch_size=args.eval_batch_size)
     return {name: (r.em, r.predictions) for name, r in results.items()}
 
 
@@ -275,98 +265,26 @@ def run_reference(folder: Path, dataset, args, workdir: Path) -> SideResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# Proposal for metaocl.engine.evaluate (measured here with --proposal; not applied to the engine)
+# The evaluation proposals this script measured before the engine adopted them (left-padded
+# continuation, continuations of every split pooled). Kept only because bench/gpu.py --proposal
+# still loads these names; they are now the engine itself.
 # ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def proposed_continue_greedy(model, tokenizer, jobs: list[tuple], device: str, is_seq2seq: bool,
-                             use_autocast: bool, chunk: int = 128) -> dict[int, list[int]]:
-    """Drop-in for ``evaluate._continue_greedy``: the same greedy continuations, in far fewer calls.
-
-    The engine groups jobs by exact (prefix length, budget), which on real data makes many tiny
-    ``generate`` calls (each decoding step of each group is one forward pass). Here jobs are sorted
-    by prefix length and cut into chunks of ``chunk``; each chunk is one left-padded ``generate``
-    with the largest budget of the chunk, and each row is cut back to its own budget. Left padding
-    is exact for greedy decoding: padded keys are masked (softmax weight exactly 0) and ``generate``
-    derives position ids from the attention mask, so each row computes what it computes alone, up to
-    the floating-point reassociation that any batching (the engine's included) already has.
-    Decoding past a row's budget and cutting gives the same first tokens (greedy is causal).
-    """
-    from metaocl.engine import evaluate as ev
-
-    if is_seq2seq:  # decoder prefixes of different lengths: keep the engine's grouping
-        return ev._continue_greedy(model, tokenizer, jobs, device, is_seq2seq, use_autocast)
-    out: dict[int, list[int]] = {}
-    pad = tokenizer.pad_token_id
-    ordered = sorted(jobs, key=lambda job: len(job[1]))
-    for start in range(0, len(ordered), chunk):
-        group = ordered[start : start + chunk]
-        width = max(len(job[1]) for job in group)
-        x = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, job in enumerate(group):
-            x[row, width - len(job[1]):] = torch.as_tensor(job[1])
-            mask[row, width - len(job[1]):] = 1
-        gen_cfg = ev._greedy_config(model, max(job[3] for job in group), tokenizer)
-        with ev.autocast(device, use_autocast):
-            y = model.generate(input_ids=x.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
-        for job, row in zip(group, y[:, width:].tolist()):
-            out[job[0]] = row[: job[3]]
-    return out
-
-
-@torch.no_grad()
 def proposed_evaluate_splits(model, tokenizer, encs: dict, **kwargs) -> dict:
-    """Proposal: ``evaluate_split`` on every eval split of an epoch, with the greedy continuations
-    of *all* splits pooled into one continuation call (a few full batches instead of some per split).
-
-    Each split keeps its own teacher-forced pass, loss and EM. Implemented on top of the engine's
-    ``evaluate_split`` unchanged: a recording stand-in collects each split's continuation jobs,
-    then the engine's current continuation (``--proposal``: :func:`proposed_continue_greedy`) runs
-    once over all of them, keyed by (split, row), and the affected predictions and EM are redone.
-    Folded into the engine it would be one function with the teacher-forced loop of
-    ``evaluate_split`` followed by one ``_continue_greedy`` call.
-    """
+    """The engine's ``evaluate_splits`` (the proposal, adopted)."""
     from metaocl.engine import evaluate as ev
 
-    if hasattr(ev, "evaluate_splits"):  # the engine has adopted the proposal: measure the engine's
-        return ev.evaluate_splits(model, tokenizer, encs, **kwargs)
-    continue_fn = ev._continue_greedy  # the engine's, or the proposal when --proposal patched it
-    recorded: dict[str, list[tuple]] = {}
-    current: list[str] = []
+    return ev.evaluate_splits(model, tokenizer, encs, **kwargs)
 
-    def record(model, tokenizer, jobs, device, is_seq2seq, use_autocast):
-        recorded[current[-1]] = jobs
-        return {job[0]: [] for job in jobs}
 
-    results = {}
-    with continue_greedy_with(record):
-        for name, enc in encs.items():
-            current.append(name)
-            results[name] = ev.evaluate_split(model, tokenizer, enc, **kwargs)
-    pooled = [((name, job[0]),) + tuple(job[1:]) for name, jobs in recorded.items() for job in jobs]
-    if pooled:
-        continued = continue_fn(model, tokenizer, pooled, kwargs["device"], kwargs.get("is_seq2seq", False),
-                                kwargs.get("use_autocast", False))
-        for name, jobs in recorded.items():
-            result, enc = results[name], encs[name]
-            for i, _, _, _, produced in jobs:
-                result.predictions[i] = ev._decode(tokenizer, produced + continued[(name, i)])
-            result.em = sum(ev.exact_match(p, a) for p, a in zip(result.predictions, enc.answers)) / max(1, len(enc))
-    return results
+proposed_continue_greedy = None  # the engine's own continuation is the proposal now
 
 
 @contextlib.contextmanager
 def continue_greedy_with(fn):
-    """Temporarily route ``evaluate_split``'s greedy continuation through ``fn`` (None: unchanged)."""
-    from metaocl.engine import evaluate as ev
-
-    original = ev._continue_greedy
+    """Formerly swapped the engine's greedy continuation for ``fn``; only ``None`` remains valid."""
     if fn is not None:
-        ev._continue_greedy = fn
-    try:
-        yield
-    finally:
-        ev._continue_greedy = original
+        raise ValueError("the engine's continuation is no longer swapped (the proposal is adopted)")
+    yield
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,7 +324,7 @@ def main(argv=None) -> dict:
     figures: dict[str, object] = {"load_avg_before": uptime_load(), "threads": args.threads, "device": args.device,
                                   "entities": args.entities, "pretrain_epochs": args.pretrain_epochs,
                                   "pipeline_batch_size": args.pipeline_batch_size,
-                                  "proposal": args.proposal, "pooled": args.pooled, "repeats": args.repeats,
+                                  "repeats": args.repeats,
                                   "our_padding": "faithful" if args.faithful_padding else "dynamic"}
     with tempfile.TemporaryDirectory(prefix="bench_lm_epoch_") as tmp:
         tmp = Path(tmp)
@@ -421,13 +339,11 @@ def main(argv=None) -> dict:
 
         ours = ref = None
         for _ in range(max(1, args.repeats)):  # alternate, keep each side's fastest run
-            with continue_greedy_with(proposed_continue_greedy if args.proposal else None):
-                run = run_ours(tmp / "model", dataset, args)
+            run = run_ours(tmp / "model", dataset, args)
             ours = run if ours is None or run.total_s < ours.total_s else ours
             run = run_reference(tmp / "model", dataset, args, tmp)
             ref = run if ref is None or run.total_s < ref.total_s else ref
-        with continue_greedy_with(proposed_continue_greedy if args.proposal else None):
-            check = our_evaluator(ref.model, ours.tokenizer, dataset, args)
+        check = our_evaluator(ref.model, ours.tokenizer, dataset, args)
     em_same, preds_same, differing = compare_evaluators(ref, check)
 
     for label, side in (("ours", ours), ("reference", ref)):
