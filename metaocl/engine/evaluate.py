@@ -27,7 +27,8 @@ import re
 import string
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Hashable, NamedTuple
+from collections.abc import Hashable
+from typing import NamedTuple
 
 import torch
 
