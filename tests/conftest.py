@@ -10,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("METAOCL_TRIAL_CPUS", "1")  # runners called in-process use one thread, like a 1-CPU trial
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -261,7 +261,10 @@ def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(clust
     log = tmp_path / "driver.log"
     proc = driver([str(path), "--address", cluster["address"], "--storage", str(storage)], tmp_path, log)
     try:
-        wait_for(lambda: list(storage.glob("*/*/checkpoint_*")), "a first checkpoint of trial p00_s0", every=0.05)
+        # the second checkpoint exists only once the trial got past its first report, i.e. once the
+        # driver has registered checkpoint 0 (a first checkpoint folder alone may not be registered yet)
+        wait_for(lambda: list(storage.glob("*/*/checkpoint_00000[1-9]")), "a second checkpoint of trial p00_s0",
+                 every=0.05)
         first = [a for a in attempts(storage) if a["trial_id"] == "p00_s0"]
         os.kill(first[0]["pid"], signal.SIGKILL)  # the trial's Ray worker, mid-run
         code = proc.wait(timeout=400)
