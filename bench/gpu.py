@@ -10,8 +10,8 @@ each experiment, printed beside the paper's figure and our goal on one H100:
   :mod:`metaocl.engine.lm` for one epoch on CVDB-sized data (the LM dataset builder on the
   generated ``cvdb_sample`` source at the paper's 4000 entities: 16,000 stage-1 datapoints), fp32
   weights + bf16 autocast as the paper's ``bf16=True``; then :mod:`metaocl.engine.evaluate` on
-  every eval split (capped per split, extrapolated to all rows); the projection takes the faster
-  of the engine's evaluation and, with ``--proposal``, bench/lm_epoch.py's proposals. The tokenizer is a byte-level BPE
+  every eval split (capped per split, extrapolated to all rows), as the LM runner calls it. The
+  tokenizer is a byte-level BPE
   trained on the data (Pythia's is not downloadable); its datapoints are shorter than with Pythia's
   tokenizer (~20 tokens), so projected training time is scaled by 20 / measured tokens.
 - ``set_inclusion``: :mod:`metaocl.engine.set_inclusion`, the paper's data (8000 variables) and
@@ -25,7 +25,7 @@ output never follows the data, so every example is generated); the figure is an 
 Run::
 
     python bench/gpu.py                         # all three on CUDA (a few minutes on an H100)
-    python bench/gpu.py --only lm --proposal    # LM eval with bench/lm_epoch.py's proposals too
+    python bench/gpu.py --only lm               # the LM part alone
     python bench/gpu.py --dry-run               # sizes, FLOPs, the physical limit; runs no model
     python bench/gpu.py --device cpu --tiny     # the whole path on CPU with tiny sizes (seconds)
 """
@@ -208,8 +208,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lm-model", default=None, help="Pythia architecture (default pythia-2.8b; tiny: pythia-14m)")
     p.add_argument("--lm-entities", type=int, default=None, help="CVDB entities (default 4000, the paper's)")
     p.add_argument("--lm-eval-cap", type=int, default=None, help="rows evaluated per eval split (extrapolated)")
-    p.add_argument("--proposal", action="store_true",
-                   help="also time LM evaluation with bench/lm_epoch.py's proposed greedy continuation")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: from the device name)")
     p.add_argument("--assumed-mfu", type=float, default=0.4, help="MFU of the dry-run's physical-limit estimate")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs; a shared CPU is faster with 1)")
@@ -330,28 +328,16 @@ def bench_lm(args, out: dict) -> None:
     encs = {name: engine.encode(dataset[name].select(range(min(len(dataset[name]), sizes.lm_eval_cap))), tok,
                                 is_seq2seq=False, with_prompts=True) for name in eval_names}
     kwargs = dict(max_new_tokens=8, device=device, is_seq2seq=False, batch_size=128, use_autocast=cuda)
-    methods = ["engine", "proposal"] if args.proposal else ["engine"]
-    eval_s_per_epoch = None
-    for label in methods:
-        t1 = time.perf_counter()
-        if label == "engine":  # what the LM runner does
-            if hasattr(ev, "evaluate_splits"):
-                results = ev.evaluate_splits(model, tok, encs, **kwargs)
-            else:
-                results = {name: ev.evaluate_split(model, tok, enc, **kwargs) for name, enc in encs.items()}
-        else:  # bench/lm_epoch.py's proposals: left-padded continuation, pooled over all splits
-            proposals = _lm_epoch_module()
-            with proposals.continue_greedy_with(proposals.proposed_continue_greedy):
-                results = proposals.proposed_evaluate_splits(model, tok, encs, **kwargs)
-        _sync(device)
-        dt = time.perf_counter() - t1
-        n_eval = sum(len(enc) for enc in encs.values())
-        per_epoch = dt / max(1, n_eval) * eval_total
-        out.update({f"lm/eval_{label}_examples": n_eval,
-                    f"lm/eval_{label}_generated": sum(r.n_generated for r in results.values()),
-                    f"lm/eval_{label}_examples_per_s": n_eval / max(dt, 1e-9),
-                    f"lm/eval_{label}_epoch_s_extrapolated": per_epoch})
-        eval_s_per_epoch = per_epoch if eval_s_per_epoch is None else min(eval_s_per_epoch, per_epoch)
+    t1 = time.perf_counter()
+    results = ev.evaluate_splits(model, tok, encs, **kwargs)  # what the LM runner does each epoch
+    _sync(device)
+    dt = time.perf_counter() - t1
+    n_eval = sum(len(enc) for enc in encs.values())
+    eval_s_per_epoch = dt / max(1, n_eval) * eval_total
+    out.update({"lm/eval_engine_examples": n_eval,
+                "lm/eval_engine_generated": sum(r.n_generated for r in results.values()),
+                "lm/eval_engine_examples_per_s": n_eval / max(dt, 1e-9),
+                "lm/eval_engine_epoch_s_extrapolated": eval_s_per_epoch})
     out["lm/eval_examples_per_epoch"] = eval_total
     token_scale = max(1.0, PAPER_TOKENS_PER_DATAPOINT / mean_tokens)
     out["lm/token_scale"] = token_scale
@@ -364,22 +350,6 @@ def bench_lm(args, out: dict) -> None:
         torch.cuda.empty_cache()
 
 
-def _lm_epoch_module():
-    """bench/lm_epoch.py (its proposals), loaded by path: bench/ is not a package."""
-    import importlib.util
-
-    if "bench_lm_epoch" in sys.modules:
-        return sys.modules["bench_lm_epoch"]
-    spec = importlib.util.spec_from_file_location("bench_lm_epoch", REPO / "bench" / "lm_epoch.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_lm_epoch"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# ------------------------------------------------------------------------------------------------
-# Set inclusion: one stage-1 and one stage-2 epoch of Pythia-70M from scratch, plus evaluation
-# ------------------------------------------------------------------------------------------------
 def bench_set_inclusion(args, out: dict) -> None:
     import torch
 

@@ -265,29 +265,6 @@ def run_reference(folder: Path, dataset, args, workdir: Path) -> SideResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# The evaluation proposals this script measured before the engine adopted them (left-padded
-# continuation, continuations of every split pooled). Kept only because bench/gpu.py --proposal
-# still loads these names; they are now the engine itself.
-# ------------------------------------------------------------------------------------------------
-def proposed_evaluate_splits(model, tokenizer, encs: dict, **kwargs) -> dict:
-    """The engine's ``evaluate_splits`` (the proposal, adopted)."""
-    from metaocl.engine import evaluate as ev
-
-    return ev.evaluate_splits(model, tokenizer, encs, **kwargs)
-
-
-proposed_continue_greedy = None  # the engine's own continuation is the proposal now
-
-
-@contextlib.contextmanager
-def continue_greedy_with(fn):
-    """Formerly swapped the engine's greedy continuation for ``fn``; only ``None`` remains valid."""
-    if fn is not None:
-        raise ValueError("the engine's continuation is no longer swapped (the proposal is adopted)")
-    yield
-
-
-# ------------------------------------------------------------------------------------------------
 # Comparison
 # ------------------------------------------------------------------------------------------------
 def compare_evaluators(reference: SideResult, ours_on_reference_model: dict) -> tuple[bool, bool, list[str]]:
