@@ -38,7 +38,8 @@ def set_threads(n: int | None = None) -> int:
     import torch
 
     if n is None:
-        n = int(float(os.environ.get("METAOCL_TRIAL_CPUS", "0"))) or (os.cpu_count() or 1)
+        given = os.environ.get("METAOCL_TRIAL_CPUS")
+        n = round(float(given)) if given else (os.cpu_count() or 1)  # a fractional CPU still gets a thread
     n = max(1, int(n))
     torch.set_num_threads(n)
     return n
