@@ -1,15 +1,19 @@
 """Epoch checkpoints through the reporter: a trial that dies and is restarted ends exactly where an
-uninterrupted one does (same metrics at every epoch), and a reporter without checkpoints still works."""
+uninterrupted one does (same metrics at every epoch), and a reporter without checkpoints still works.
+Set inclusion, LM (with its stage-1 cache) and MNIST runners."""
 
+import dataclasses
 import io
 
 import pytest
 import torch
 
-from metaocl.config import from_dict
+from metaocl.config import from_dict, load_sweep
 from metaocl.configs.set_inclusion import SetInclusionConfig
 from metaocl.experiments import PrintReporter
-from metaocl.experiments import set_inclusion
+from metaocl.experiments import lm, set_inclusion
+
+torch.set_num_threads(1)
 
 TINY = {
     "device": "cpu", "seed": 3,
@@ -79,3 +83,55 @@ def test_print_reporter_checkpoints_are_no_ops():
     assert reporter.restore_checkpoint() is None
     set_inclusion.run(from_dict(SetInclusionConfig, dict(TINY, train=dict(TINY["train"], stage2_epochs=0))), reporter)
     assert [int(r["epoch"]) for r in reporter.history] == [2, 3]
+
+
+def without_perf(metrics):
+    return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+
+
+@pytest.fixture(scope="module")
+def lm_config():
+    overrides = ["data.n_entities=40", "data.entity_attribution=false", "train.epochs=[2,2]"]
+    return load_sweep("two_stage", smoke=True, overrides=overrides).trials()[0].config  # tiny-gpt-neox, cvdb_sample
+
+
+def lm_with(config, **train):
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+
+
+@pytest.fixture(scope="module")
+def lm_straight(lm_config, tmp_path_factory):
+    reporter = CheckpointingReporter()
+    final = lm.run(lm_with(lm_config, stage1_cache=str(tmp_path_factory.mktemp("straight"))), reporter)
+    return reporter, final
+
+
+# 2: inside stage 1 (no stage-1 cache yet); 3: first report of stage 2 (the last checkpoint is the end of
+# stage 1, and the cache exists); 4: inside stage 2 (a stage-2 checkpoint bypasses the cache)
+@pytest.mark.parametrize("crash_at_report", [2, 3, 4])
+def test_lm_restart_from_checkpoint_matches_uninterrupted_run(lm_config, lm_straight, crash_at_report, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
+    straight, final = lm_straight
+    assert straight.saves == 4  # checkpoint_every 1: one per epoch
+    config = lm_with(lm_config, stage1_cache=str(tmp_path / "stage1"))
+    flaky = CheckpointingReporter(crash_at_report=crash_at_report)
+    with pytest.raises(Crash):
+        lm.run(config, flaky)
+    resumed_final = lm.run(config, flaky)
+    assert flaky.saves == 4  # every epoch checkpointed once: the retry did not start over
+    assert by_epoch(flaky.rows) == by_epoch(straight.rows)
+    assert without_perf(resumed_final) == without_perf(final)
+
+
+def test_lm_checkpoint_every(lm_config, monkeypatch):
+    monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
+    config = lm_with(lm_config, stage1_cache=None, epochs=[3, 1], checkpoint_every=2)
+    reporter = CheckpointingReporter()
+    lm.run(config, reporter)
+    assert reporter.saves == 3  # stage 1: epochs 2 and 3 (its end); stage 2: its end
+    state = reporter.restore_checkpoint()
+    assert (state["stage"], state["epoch"], state["epoch_global"]) == (2, 1, 4) and len(state["history"]) == 4
+    off = CheckpointingReporter()
+    lm.run(lm_with(config, checkpoint_every=0), off)
+    assert off.saves == 0 and by_epoch(off.rows) == by_epoch(reporter.rows)

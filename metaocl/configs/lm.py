@@ -79,6 +79,15 @@ class TrainConfig:
     # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
     # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
     grad_alignment_every: int = 0
+    # Save a resumable checkpoint (model, optimizer, schedule, data order, RNG states, position)
+    # every N epochs within a stage and at the end of every stage, so a retried Ray trial resumes
+    # there instead of starting over; 0 = off. Only Ray trials keep checkpoints (``metaocl run``
+    # ignores them). Default 1: retrying a multi-hour trial from scratch costs far more than the
+    # writes. But a checkpoint holds full model + optimizer state: Pythia-2.8B in fp32 is ~11 GB of
+    # weights (+ ~22 GB more with AdamW; Adafactor's factored state is small), Pythia-12B ~48 GB,
+    # written to the Ray storage once per epoch (the latest one is kept). For multi-billion-parameter
+    # models on limited or slow storage, raise it (e.g. 5) or set 0.
+    checkpoint_every: int = 1
 
     def validate(self) -> None:
         if any(e < 0 for e in self.epochs):
@@ -95,6 +104,8 @@ class TrainConfig:
             raise ConfigError(f"block_size: must be >= 2, got {self.block_size}")
         if self.grad_alignment_every < 0:
             raise ConfigError(f"grad_alignment_every: must be >= 0, got {self.grad_alignment_every}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every: must be >= 0 (0 = off), got {self.checkpoint_every}")
 
 
 @dataclass

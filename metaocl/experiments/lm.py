@@ -23,6 +23,13 @@ seed); later stages shuffle with the trial seed. With ``train.stage1_cache`` the
 model (and its reported history) is saved under a key of everything that determines it, so trials
 that differ only in ``seed`` branch their later stages from one stage-1 run, as the paper's 3-5
 stage-2 seeds per stage-1 seed did.
+
+Checkpoints (``train.checkpoint_every``): in a Ray trial, the end of every N-th epoch of a stage and
+of every stage saves model, optimizer, schedule, the stage's data-order generator, RNG states, the
+position (stage, epoch, global step and epoch), the last metrics, the report history and the micro
+batch auto-sizing found; a retried trial restores it, skips finished stages and epochs and ends
+exactly as an uninterrupted run. A checkpoint from stage 2 on bypasses the stage-1 cache (it holds
+the weights already); one from stage 1 continues stage 1, which is then saved to the cache as usual.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from metaocl.engine import evaluate as ev
 from metaocl.engine import lm as engine
 from metaocl.engine.grad_alignment import GradAlignmentMonitor
 from metaocl.engine.models import LoadedModel, load_model, load_pretrained
-from metaocl.experiments import Reporter
+from metaocl.experiments import Reporter, checkpoints
 from metaocl.runtime import resolve_device, seed_everything, set_threads
 
 
@@ -133,11 +140,12 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
 
     cache = stage1_cache_dir(config) if n_stages > 1 else None
     history: list[dict] = []
-    if cache is None:
-        loaded = _load(config, dataset)
-        return _train(config, reporter, dataset, loaded, device, first_stage=1, history=history)
+    saved = checkpoints.restore(reporter)  # a retried Ray trial: where its last attempt stopped
+    if cache is None or (saved is not None and saved["stage"] > 1):
+        loaded = _load(config, dataset)  # with a checkpoint, its weights replace these
+        return _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, saved=saved)
     with _locked(cache.with_suffix(".lock")):  # the first trial with this key trains stage 1; the rest wait
-        if cache.is_dir():
+        if cache.is_dir():  # (a stage-1 checkpoint of ours is superseded: the cache is the same model)
             loaded = load_pretrained(str(cache), kind="seq2seq" if config.data.seq2seq else "causal",
                                      dtype="bfloat16" if config.model.dtype == "bfloat16" else "float32")
             history = json.loads((cache / "history.json").read_text())
@@ -145,7 +153,8 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
                 reporter(row)
         else:
             loaded = _load(config, dataset)
-            _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, last_stage=1)
+            _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, last_stage=1,
+                   saved=saved)
             _save_stage1(cache, loaded, history)
     return _train(config, reporter, dataset, loaded, device, first_stage=2, history=history)
 
@@ -167,8 +176,10 @@ def engine_dataset(config: LMConfig):
 
 
 def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
-           first_stage: int, history: list[dict], last_stage: int | None = None) -> dict[str, float]:
-    """Stages ``first_stage..last_stage``; appends every report to ``history``; returns the last."""
+           first_stage: int, history: list[dict], last_stage: int | None = None,
+           saved: dict | None = None) -> dict[str, float]:
+    """Stages ``first_stage..last_stage``; appends every report to ``history``; returns the last.
+    With ``saved`` (a checkpoint of this trial) it continues after the epoch the checkpoint was taken."""
     cfg_t, cfg_e = config.train, config.eval
     model, tok = loaded.model, loaded.tokenizer
     if cfg_t.faithful_padding and loaded.is_seq2seq:
@@ -200,7 +211,14 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
     epoch_global = sum(epochs[: first_stage - 1])
     metrics: dict[str, float] = dict(history[-1]) if history else {}
     micro = cfg_t.micro_batch_size or cfg_t.batch_size
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        global_step, epoch_global, metrics = saved["step_global"], saved["epoch_global"], saved["metrics"]
+        micro = saved["micro"]
+        history[:] = saved["history"]
     for stage in range(first_stage, last_stage + 1):
+        if saved is not None and saved["stage"] > stage:
+            continue
         n_epochs = epochs[stage - 1]
         train_set = engine.encode(dataset[f"train_{stage}"], tok, loaded.is_seq2seq)
         batch_size = cfg_t.batch_size or len(train_set)  # 0 = full batch
@@ -216,11 +234,25 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
         stage_seed = config.stage1_seed if stage == 1 else config.seed
         seed_everything(stage_seed * 1009 + stage)  # dropout RNG (T5), independent of earlier stages
         generator = _stage_generator(stage_seed, stage)
-        for epoch in range(1, n_epochs + 1):
+        first_epoch = 1
+        if saved is not None:  # the stage the checkpoint was taken in: its optimizer, RNG and position
+            checkpoints.load_training_state(saved, optimizer, scheduler, generator)
+            checkpoints.set_alignment_pending(monitor, saved)
+            first_epoch, saved = saved["epoch"] + 1, None
+
+        def checkpoint(epoch: int) -> None:
+            every = cfg_t.checkpoint_every
+            if every and (epoch % every == 0 or epoch == n_epochs):
+                checkpoints.save(reporter, model, optimizer, scheduler, generator, stage=stage, epoch=epoch,
+                                 step_global=global_step, epoch_global=epoch_global, metrics=metrics,
+                                 history=history, micro=micro, alignment_pending=checkpoints.alignment_pending(monitor))
+
+        for epoch in range(first_epoch, n_epochs + 1):
             epoch_global += 1
             stats = engine.train_one_epoch(ctx, train_set, generator, _progress(reporter, stage, epoch), after_step)
             micro = ctx.micro_batch_size  # keep what auto found
             if epoch % cfg_e.every and epoch != n_epochs:
+                checkpoint(epoch)
                 continue
             eval_kwargs = dict(max_new_tokens=max_new, device=device, is_seq2seq=loaded.is_seq2seq,
                                batch_size=cfg_e.batch_size, use_autocast=use_autocast)
@@ -239,6 +271,7 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
                             "stage": float(stage)})
             history.append(dict(metrics))
             reporter(metrics)
+            checkpoint(epoch)  # after the report: a restarted trial never skips an evaluation
     return metrics
 
 

@@ -23,7 +23,7 @@ from metaocl.configs.set_inclusion import SetInclusionConfig
 from metaocl.data.set_inclusion import generate
 from metaocl.engine import set_inclusion as engine
 from metaocl.engine.grad_alignment import GradAlignmentMonitor
-from metaocl.experiments import Reporter
+from metaocl.experiments import Reporter, checkpoints
 from metaocl.runtime import resolve_device, seed_everything, set_threads
 
 
@@ -62,8 +62,8 @@ def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
     step_global = 0
     epoch_global = 0
     metrics: dict[str, float] = {}
-    # A retried or resumed Ray trial continues after its last finished epoch (see _checkpoint).
-    saved = getattr(reporter, "restore_checkpoint", lambda: None)()
+    # A retried or resumed Ray trial continues after its last finished epoch (see metaocl.experiments.checkpoints).
+    saved = checkpoints.restore(reporter)
     if saved is not None:
         model.load_state_dict(saved["model"])
         step_global, epoch_global, metrics = saved["step_global"], saved["epoch_global"], saved["metrics"]
@@ -77,10 +77,8 @@ def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
         opt, sched = engine.make_optimizer(model, cfg_t, lr, steps_per_epoch * n_epochs)
         first_epoch = 1
         if saved is not None:  # the stage the checkpoint was written in: same optimizer, RNG, position
-            opt.load_state_dict(saved["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(saved["scheduler"])
-            _set_rng_states(generator, saved["rng"])
+            checkpoints.load_training_state(saved, opt, sched, generator)
+            checkpoints.set_alignment_pending(monitor, saved)
             first_epoch, saved = saved["epoch"] + 1, None
         bar = _progress(reporter, n_epochs, stage)
         probe = probes.get(stage, {})
@@ -92,8 +90,9 @@ def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
                 monitor.measure(model, loss_fn, probe["def1"], probe["def2"], probe["qa"], step=step_global)
 
         def checkpoint(epoch: int) -> None:
-            _checkpoint(reporter, model, opt, sched, generator, stage=stage, epoch=epoch, step_global=step_global,
-                        epoch_global=epoch_global, metrics=metrics)
+            checkpoints.save(reporter, model, opt, sched, generator, stage=stage, epoch=epoch,
+                             step_global=step_global, epoch_global=epoch_global, metrics=metrics,
+                             alignment_pending=checkpoints.alignment_pending(monitor))
 
         for epoch in range(first_epoch, n_epochs + 1):
             clock = engine.Throughput()
@@ -143,35 +142,6 @@ def _grad_probes(dataset, tok, seed: int, device: str, size: int = 256) -> dict[
         if qa is not None and def1 is not None:
             out[stage] = {"def1": def1, "def2": def2, "qa": qa}
     return out
-
-
-def _checkpoint(reporter, model, opt, sched, generator, **position) -> None:
-    """End of an epoch: model, optimizer, schedule, RNG states and position, through the reporter (optional)."""
-    save = getattr(reporter, "save_checkpoint", None)
-    if save is None:
-        return
-    import random
-
-    import numpy as np
-
-    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
-           "numpy": np.random.get_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-          "scheduler": sched.state_dict() if sched is not None else None, "rng": rng, **position})
-
-
-def _set_rng_states(generator: torch.Generator, rng: dict) -> None:
-    import random
-
-    import numpy as np
-
-    generator.set_state(rng["generator"])
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _progress(reporter: Reporter, total: int, stage: int):
