@@ -135,3 +135,55 @@ def test_lm_checkpoint_every(lm_config, monkeypatch):
     off = CheckpointingReporter()
     lm.run(lm_with(config, checkpoint_every=0), off)
     assert off.saves == 0 and by_epoch(off.rows) == by_epoch(reporter.rows)
+
+
+MNIST_TINY = {
+    "device": "cpu", "seed": 1,
+    "data": {"digits": "sklearn_digits", "digit_size": 8, "n_pairs": 40},
+    "model": {"name": "convnextv2_atto", "drop_path_rate": 0.1},  # drop path: the global RNG matters too
+    "train": {"steps": 6, "batch_size": 8, "lr": 0.002, "warmup_steps": 2, "eval_every": 2},
+    "eval": {"batches": 1, "batch_size": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def mnist_straight():
+    from metaocl.configs.mnist import MnistConfig
+    from metaocl.experiments import mnist
+
+    reporter = CheckpointingReporter()
+    final = mnist.run(from_dict(MnistConfig, MNIST_TINY), reporter)
+    return reporter, final
+
+
+@pytest.mark.parametrize("crash_at_report", [2, 3])  # 3: the last evaluation
+def test_mnist_restart_from_checkpoint_matches_uninterrupted_run(mnist_straight, crash_at_report, monkeypatch):
+    from metaocl.configs.mnist import MnistConfig
+    from metaocl.experiments import mnist
+
+    monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
+    straight, final = mnist_straight
+    assert straight.saves == 3 and [int(r["epoch"]) for r in straight.rows] == [2, 4, 6]
+    config = from_dict(MnistConfig, MNIST_TINY)
+    flaky = CheckpointingReporter(crash_at_report=crash_at_report)
+    with pytest.raises(Crash):
+        mnist.run(config, flaky)
+    assert flaky.restore_checkpoint()["step"] == 2 * (crash_at_report - 1)
+    resumed_final = mnist.run(config, flaky)
+    assert flaky.saves == 3 and len(flaky.rows) == 3  # the retry went on from its checkpoint
+    assert by_epoch(flaky.rows) == by_epoch(straight.rows)
+    assert without_perf(resumed_final) == without_perf(final)
+
+
+def test_mnist_checkpoint_every_counts_evaluations(monkeypatch):
+    from metaocl.configs.mnist import MnistConfig
+    from metaocl.experiments import mnist
+
+    monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
+    raw = dict(MNIST_TINY, train=dict(MNIST_TINY["train"], steps=5, checkpoint_every=2))
+    reporter = CheckpointingReporter()
+    mnist.run(from_dict(MnistConfig, raw), reporter)
+    assert [int(r["epoch"]) for r in reporter.rows] == [2, 4, 5] and reporter.saves == 2  # steps 4 and 5 (last)
+    off = CheckpointingReporter()
+    mnist.run(from_dict(MnistConfig, dict(raw, train=dict(raw["train"], checkpoint_every=0))), off)
+    assert off.saves == 0

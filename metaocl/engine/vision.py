@@ -158,19 +158,21 @@ def fit(
     eval_every: int,
     on_eval: Callable[[int, dict[str, float]], None],
     progress: bool = False,
+    start_step: int = 0,
 ) -> None:
     """Train for ``steps`` fresh batches; every ``eval_every`` steps and at the end call
     ``on_eval(step, {"train/loss": mean loss since the last call, "perf/examples_per_s": ...})``.
-    Time spent in ``on_eval`` (evaluation) is excluded from the throughput."""
+    Time spent in ``on_eval`` (evaluation) is excluded from the throughput. ``start_step``: steps
+    already done (a resumed checkpoint taken at an evaluation); training continues at the next one."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="train", unit="step")
+        bar = tqdm(total=steps, initial=start_step, desc="train", unit="step")
     loss_sum = torch.zeros((), device=trainer.device)
     n_steps = n_examples = 0
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in range(start_step + 1, steps + 1):
         images, targets = sample_batch()
         loss_sum += trainer.train_step(images, targets)
         n_steps += 1

@@ -19,6 +19,11 @@ every time):
   (training examples per second over those steps, batch generation included, evaluation excluded).
 - ``epoch`` = the training step of the evaluation (there are no epochs in a one-epoch regime; the
   step keeps MLflow's x axis comparable across batch sizes and eval intervals), ``stage`` = 1.
+
+Checkpoints (``train.checkpoint_every`` evaluations apart, and at the last step): in a Ray trial,
+after an evaluation's report, model, optimizer, schedule, step, the task's sampling generator and
+the RNG states are saved; a retried trial resumes at the next step and reports exactly what an
+uninterrupted run would (:mod:`metaocl.experiments.checkpoints`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from metaocl.configs.mnist import MnistConfig
-from metaocl.experiments import Reporter
+from metaocl.experiments import Reporter, checkpoints
 
 
 def evaluate(task, trainer, batches: int, batch_size: int) -> dict[str, float]:
@@ -93,6 +98,13 @@ def run(config: MnistConfig, reporter: Reporter) -> dict[str, float]:
     )
     eval_batch_size = config.eval.batch_size or t.batch_size
     last: dict[str, float] = {}
+    start_step = 0
+    saved = checkpoints.restore(reporter)  # a retried Ray trial: continue after its last checkpoint
+    if saved is not None:
+        trainer.model.load_state_dict(saved["model"])
+        checkpoints.load_training_state(saved, trainer.optimizer, trainer.scheduler, task.generator)
+        start_step = trainer.step = saved["step"]
+        last.update(saved["metrics"])
 
     def sample():
         batch = task.sample_train(t.batch_size)
@@ -106,6 +118,11 @@ def run(config: MnistConfig, reporter: Reporter) -> dict[str, float]:
         reporter(metrics)
         last.clear()
         last.update(metrics)
+        every = t.checkpoint_every
+        if every and ((step // t.eval_every) % every == 0 or step == t.steps):
+            checkpoints.save(reporter, trainer.model, trainer.optimizer, trainer.scheduler, task.generator,
+                             step=step, metrics=dict(metrics))
 
-    fit(trainer, sample, t.steps, t.eval_every, on_eval, progress=getattr(reporter, "interactive", False))
+    fit(trainer, sample, t.steps, t.eval_every, on_eval, progress=getattr(reporter, "interactive", False),
+        start_step=start_step)
     return dict(last)
