@@ -15,7 +15,8 @@ The contract every runner follows (the sweep driver and ``metaocl run`` rely on 
   ``torch.save``-able dict: model/optimizer/scheduler state, stage, epoch, RNG states) and
   ``reporter.restore_checkpoint() -> dict | None`` once at the start. In a Ray trial they are backed
   by ``ray.tune.Checkpoint``, so a retried or resumed trial continues from its last epoch; here they
-  are no-ops. Call them through ``getattr(reporter, "save_checkpoint", None)`` so any reporter works.
+  are no-ops. Call them through :mod:`metaocl.experiments.checkpoints` (``restore``/``save``), so any
+  reporter works and every runner saves the same states.
 """
 
 from __future__ import annotations
