@@ -178,3 +178,11 @@ class GradAlignmentMonitor:
                 out[key] = sum(vals) / len(vals)
         self._epoch = []
         return out
+
+    def pending(self) -> list[dict[str, float]]:
+        """Measurements not yet averaged by :meth:`epoch_metrics` (a checkpoint keeps them)."""
+        return [dict(m) for m in self._epoch]
+
+    def restore_pending(self, measurements: list[dict[str, float]]) -> None:
+        """Put back measurements saved with :meth:`pending` (a trial resumed from a checkpoint)."""
+        self._epoch = [dict(m) for m in measurements]

@@ -77,8 +77,8 @@ def set_rng_states(generator: torch.Generator | None, rng: dict) -> None:
 def alignment_pending(monitor) -> list[dict[str, float]]:
     """Gradient-alignment measurements taken since the last evaluation (a GradAlignmentMonitor keeps
     them until ``epoch_metrics``), so a checkpoint between evaluations loses none of them."""
-    return [dict(m) for m in getattr(monitor, "_epoch", [])]
+    return monitor.pending()
 
 
 def set_alignment_pending(monitor, saved: dict) -> None:
-    monitor._epoch = [dict(m) for m in saved.get("alignment_pending", [])]
+    monitor.restore_pending(saved.get("alignment_pending", []))
