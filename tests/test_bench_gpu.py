@@ -4,26 +4,14 @@ whole path on CPU with tiny sizes. The CUDA run itself is a GPU test, skipped wi
 No timing is asserted anywhere: figures are checked to exist and to follow from their inputs.
 """
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_scripts import load_bench
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu = _load()
+gpu = load_bench("gpu")
 
 
 @pytest.fixture

@@ -3,28 +3,16 @@
 No timing is asserted: the figures are only checked to be present and positive.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_lm_epoch", REPO / "bench" / "lm_epoch.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_lm_epoch"] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench
 
 
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     monkeypatch.setenv("METAOCL_DATA", str(tmp_path / "data"))
-    return _load_bench()
+    return load_bench("lm_epoch")
 
 
 def test_one_epoch_prints_every_figure_and_evaluators_agree(bench, capsys):

@@ -1,23 +1,10 @@
 """bench/set_inclusion.py: runs on tiny sizes and prints every figure (no timing is asserted)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_scripts import load_bench
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_set_inclusion", REPO / "bench" / "set_inclusion.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_set_inclusion"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_bench("set_inclusion")
 
 
 def test_tiny_epoch_prints_ours_and_the_trainer_baseline(capsys):
