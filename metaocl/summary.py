@@ -12,11 +12,11 @@ import json
 from collections import defaultdict
 from typing import Mapping, Sequence
 
+from metaocl.configs.lm_data import ALL_SUBSETS
 from metaocl.report.stats import mean_ci_text, paired_effect, verdict_line
 
 GAPS = {"OCL": ("qd1consis", "qd2incons"), "meta-OCL": ("d1consis", "d2consis")}
-SUBSET_ORDER = ["qd1consis", "qd2incons", "qd1incons", "qd2consis", "qd4consis", "q", "q_no_replacement_baseline",
-                "d1consis", "d2consis", "d3consis", "no_qd_baseline"]
+SUBSET_ORDER = ALL_SUBSETS  # Table 1's order; set inclusion and MNIST use a subset of these names
 
 
 def end_of_stage(history: Sequence[Mapping[str, float]]) -> dict[int, Mapping[str, float]]:

@@ -44,7 +44,7 @@ from ray import tune
 
 from metaocl.config import ConfigError, Sweep, Trial, config_class, from_dict, runner_module
 from metaocl.summary import summarize
-from metaocl.tracking import SweepTracker, _metric_items
+from metaocl.tracking import SweepTracker, metric_items
 
 LOCAL_NODE_IP = "127.0.0.2" if platform.system() == "Linux" else "127.0.0.1"
 CHECKPOINT_KEY = "metaocl_checkpoint"  # marks a report that only carries a checkpoint (not logged)
@@ -117,9 +117,6 @@ class Ledger:
 
     def log_attempt(self, trial_id: str, record: dict) -> None:
         self._write(f"attempts/{trial_id}-{time.time_ns()}-{os.getpid()}.json", json.dumps(record, sort_keys=True))
-
-    def attempts(self) -> list[dict]:
-        return [json.loads(self._read(f"attempts/{name}") or "{}") for name in self._list("attempts")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +272,7 @@ class MlflowDriverCallback(tune.Callback):
         d, tid = _DRIVER, self._tid(trial)
         if d is None or CHECKPOINT_KEY in result or tid in d.finished_before:
             return
-        row = _metric_items(result)
+        row = metric_items(result)
         step = int(row.get("epoch", 0))
         if step > d.last_step.get(tid, 0):  # an epoch replayed by a retry is logged once
             d.tracker.log_metrics(self._run(d, tid), result)

@@ -44,7 +44,7 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _metric_items(metrics: Mapping[str, Any]) -> dict[str, float]:
+def metric_items(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The metrics a runner reported (``a/b`` names, ``epoch``, ``stage``), without Ray's bookkeeping."""
     out = {}
     for k, v in metrics.items():
@@ -132,7 +132,7 @@ class SweepTracker:
         return self.parent_id
 
     def start_trial(self, trial: Trial, sweep_name: str, kind: str) -> str:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         tags = {"metaocl.role": "trial", "metaocl.sweep": sweep_name, "metaocl.kind": kind,
                 "metaocl.trial_id": trial.trial_id, "metaocl.grid": json.dumps(trial.params, sort_keys=True),
@@ -152,7 +152,7 @@ class SweepTracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric
 
-        values = _metric_items(metrics)
+        values = metric_items(metrics)
         step = int(values.get("epoch", 0))
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step) for k, v in values.items()]
