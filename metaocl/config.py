@@ -21,7 +21,6 @@ import difflib
 import importlib
 import itertools
 import os
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,28 +35,28 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Experiment kinds: name -> (config class, runner module). Resolved lazily so that `metaocl list`
-# and config validation never import torch.
+# Experiment kinds: name -> the kind object its runner module exports (metaocl.experiments.base).
+# Resolved lazily, and runner modules import torch only inside ``run``, so that `metaocl list` and
+# config validation never import torch.
 # --------------------------------------------------------------------------------------------
-KINDS: dict[str, tuple[str, str]] = {
-    "set_inclusion": ("metaocl.configs.set_inclusion:SetInclusionConfig", "metaocl.experiments.set_inclusion"),
-    "lm": ("metaocl.configs.lm:LMConfig", "metaocl.experiments.lm"),
-    "mnist": ("metaocl.configs.mnist:MnistConfig", "metaocl.experiments.mnist"),
+KINDS: dict[str, str] = {
+    "set_inclusion": "metaocl.experiments.set_inclusion:KIND",
+    "lm": "metaocl.experiments.lm:KIND",
+    "mnist": "metaocl.experiments.mnist:KIND",
 }
 
 
-def config_class(kind: str) -> type:
-    """The top-level dataclass of experiment ``kind``."""
-    if kind not in KINDS:
-        raise ConfigError(f"unknown experiment kind {kind!r}{_suggest(kind, KINDS)}; known kinds: {', '.join(KINDS)}")
-    module_name, cls_name = KINDS[kind][0].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+def kind(name: str):
+    """The :class:`~metaocl.experiments.base.ExperimentKind` called ``name``."""
+    if name not in KINDS:
+        raise ConfigError(f"unknown experiment kind {name!r}{_suggest(name, KINDS)}; known kinds: {', '.join(KINDS)}")
+    module_name, attr = KINDS[name].split(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
-def runner_module(kind: str) -> types.ModuleType:
-    """The module whose ``run(config, reporter)`` runs one trial of ``kind``."""
-    config_class(kind)  # validates the name
-    return importlib.import_module(KINDS[kind][1])
+def config_class(kind_name: str) -> type:
+    """The top-level dataclass of experiment kind ``kind_name``."""
+    return kind(kind_name).config_cls
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +278,7 @@ class SmokeVariant:
 
     base: dict[str, Any] = field(default_factory=dict)  # merged onto the sweep's base
     grid: dict[str, list] | None = None  # replaces the grid when given
+    points: list[dict[str, Any]] | None = None  # replaces the points when given
     seeds: int | None = None
     resources: Resources | None = None
 
@@ -292,6 +292,9 @@ class SweepFile:
     kind: str
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
+    # Coupled grid points: a list of {dotted key: value} mappings whose values vary together (e.g.
+    # batch size with its epochs); crossed with ``grid`` when both are given.
+    points: list[dict[str, Any]] = field(default_factory=list)
     seeds: int = 1
     first_seed: int = 0
     resources: Resources = field(default_factory=Resources)
@@ -326,6 +329,7 @@ class Sweep:
     resources: Resources
     max_failures: int
     smoke: bool
+    points: list[dict[str, Any]] = field(default_factory=list)  # coupled grid points (see SweepFile)
 
     @property
     def experiment_name(self) -> str:
@@ -335,17 +339,19 @@ class Sweep:
     def trials(self) -> list[Trial]:
         cls = config_class(self.kind)
         keys = list(self.grid)
-        points = list(itertools.product(*(self.grid[k] for k in keys))) if keys else [()]
+        product = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        # grid x points: each grid combination with each coupled point (points win on a shared key)
+        combos = [{**g, **pt} for g in product for pt in (self.points or [{}])]
+        varies = bool(keys or self.points)
         out = []
-        for p_index, point in enumerate(points):
-            params = dict(zip(keys, point))
+        for p_index, params in enumerate(combos):
             for seed in self.seeds:
                 data = copy.deepcopy(self.base)
                 for k, v in params.items():
                     set_dotted(data, k, v, cls, f"{self.path}: grid")
                 set_dotted(data, "seed", seed, cls, f"{self.path}: seeds")
                 config = from_dict(cls, data, f"{self.path}: trial {dict(params, seed=seed)}")
-                tid = f"p{p_index:02d}_s{seed}" if keys else f"s{seed}"
+                tid = f"p{p_index:02d}_s{seed}" if varies else f"s{seed}"
                 out.append(Trial(trial_id=tid, params=params, seed=seed, config=config))
         return out
 
@@ -404,6 +410,22 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def _check_points(points: list[dict[str, Any]], grid: dict[str, list], cls: type, path: Path) -> list[dict[str, Any]]:
+    """Validate coupled grid points (keys like grid keys, none also in grid); drop the ones that a
+    ``--set`` emptied or made equal to an earlier one."""
+    out: list[dict[str, Any]] = []
+    for i, pt in enumerate(points):
+        if not pt:
+            continue
+        for key in pt:
+            set_dotted({}, key, None, cls, f"{path}: points[{i}]")
+            if key in grid:
+                raise ConfigError(f"{path}: points[{i}].{key}: also a grid key; vary it in grid or in points, not both")
+        if pt not in out:
+            out.append(pt)
+    return out
+
+
 def load_sweep(
     name_or_path: str,
     smoke: bool = False,
@@ -417,11 +439,13 @@ def load_sweep(
     if cls is None:
         raise ConfigError(f"{path}: kind: unknown experiment kind {spec.kind!r}{_suggest(spec.kind, KINDS)}")
     base, grid, n_seeds, resources = spec.base, spec.grid, spec.seeds, spec.resources
+    points = spec.points
     if smoke:
         if spec.smoke is None:
             raise ConfigError(f"{path}: this sweep has no 'smoke' variant")
         base = deep_merge(base, spec.smoke.base)
         grid = spec.smoke.grid if spec.smoke.grid is not None else grid
+        points = spec.smoke.points if spec.smoke.points is not None else points
         n_seeds = spec.smoke.seeds or n_seeds
         resources = spec.smoke.resources or resources
     base = copy.deepcopy(base)
@@ -429,10 +453,12 @@ def load_sweep(
         key, value = parse_override(text)
         set_dotted(base, key, value, cls, f"--set {key}")
         grid = {k: v for k, v in grid.items() if k != key}  # an explicit --set pins a grid key
+        points = [{k: v for k, v in pt.items() if k != key} for pt in points]  # ... and a points key
     for key, values in grid.items():
         set_dotted({}, key, None, cls, f"{path}: grid")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key}: expected a non-empty list of values")
+    points = _check_points(points, grid, cls, path)
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds {seeds}: must be at least 1")
@@ -451,6 +477,7 @@ def load_sweep(
         resources=resources,
         max_failures=spec.max_failures,
         smoke=smoke,
+        points=points,
     )
     sweep.trials()  # validate every trial config now, before anything starts
     return sweep
