@@ -363,14 +363,18 @@ class Sweep:
 
 
 def sweeps_dir() -> Path:
-    """Where named sweeps live: ``$METAOCL_SWEEPS``, the source checkout, or the installed copy."""
+    """Where named sweeps live: ``$METAOCL_SWEEPS``, else the package's ``metaocl/sweeps``.
+
+    In a checkout ``metaocl/sweeps`` is a symlink to the top-level ``sweeps/`` (the one place to edit
+    them); a wheel or ``pip install .`` holds copies of those files (package data). Resolved, so that
+    paths under it compare equal however it was reached.
+    """
     env = os.environ.get("METAOCL_SWEEPS")
     if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parent.parent / "sweeps"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "metaocl" / "sweeps"
+        return Path(env).expanduser().resolve()
+    from importlib.resources import files
+
+    return Path(str(files("metaocl") / "sweeps")).resolve()
 
 
 def known_sweeps() -> dict[str, Path]:
