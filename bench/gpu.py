@@ -5,11 +5,11 @@ CVDB, appendix F), about 3 GPU-hours per set-inclusion seed and about 2 hours pe
 RTX 4090. This script measures our engines on the GPU at hand and projects the time per seed of
 each experiment, printed beside the paper's figure and our goal on one H100:
 
-- ``lm``: Pythia-2.8B (architecture from :data:`metaocl.engine.models.PYTHIA_ARCHITECTURES`,
+- ``lm``: Pythia-2.8B (architecture from :data:`metaocl.engine.lm_models.PYTHIA_ARCHITECTURES`,
   random weights: nothing can be downloaded on the GPU machine) finetuned by
   :mod:`metaocl.engine.lm` for one epoch on CVDB-sized data (the LM dataset builder on the
   generated ``cvdb_sample`` source at the paper's 4000 entities: 16,000 stage-1 datapoints), fp32
-  weights + bf16 autocast as the paper's ``bf16=True``; then :mod:`metaocl.engine.evaluate` on
+  weights + bf16 autocast as the paper's ``bf16=True``; then :mod:`metaocl.engine.lm_evaluate` on
   every eval split (capped per split, extrapolated to all rows), as the LM runner calls it. The
   tokenizer is a byte-level BPE
   trained on the data (Pythia's is not downloadable); its datapoints are shorter than with Pythia's
@@ -224,7 +224,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
         if not torch.cuda.is_available():
             p.error("--device cuda: no CUDA device here; use --device cpu --tiny or --dry-run")
-    from metaocl.engine.models import pythia_key
+    from metaocl.engine.lm_models import pythia_key
 
     if pythia_key(args.sizes.lm_model) is None:
         p.error(f"--lm-model: {args.sizes.lm_model!r} is not a Pythia architecture (e.g. pythia-2.8b, pythia-1b)")
@@ -249,7 +249,7 @@ def lm_data(sizes: Sizes, seed: int):
     """(dataset with every eval split at full size, eval names, tokenizer)."""
     from metaocl.configs.lm_data import LMDataConfig
     from metaocl.data.qa import build_lm_dataset
-    from metaocl.engine.models import train_builtin_tokenizer
+    from metaocl.engine.lm_models import train_builtin_tokenizer
 
     dataset = build_lm_dataset(LMDataConfig(source="cvdb_sample", n_entities=sizes.lm_entities), seed)
     texts = [t for name in dataset for t in dataset[name]["text"]]
@@ -263,7 +263,7 @@ def pythia_model(sizes: Sizes, vocab: int, device: str):
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from metaocl.engine.models import pythia_config
+    from metaocl.engine.lm_models import pythia_config
 
     config = pythia_config(sizes.lm_model)
     if sizes.lm_shrink_vocab:
@@ -280,7 +280,7 @@ def bench_lm(args, out: dict) -> None:
     import torch
 
     from metaocl.configs.lm import TrainConfig
-    from metaocl.engine import evaluate as ev
+    from metaocl.engine import lm_evaluate as ev
     from metaocl.engine import lm as engine
 
     sizes, device = args.sizes, args.device
@@ -459,7 +459,7 @@ def dry_run(args, out: dict) -> None:
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from metaocl.engine.models import pythia_config
+    from metaocl.engine.lm_models import pythia_config
 
     sizes = args.sizes
     peak = peak_flops(_device_name(args.device), args.peak_tflops) or peak_flops("H100")

@@ -4,7 +4,7 @@ Why: the paper's reference implementation finetuned with Hugging Face ``Trainer`
 padded to 48 tokens with EOS, loss on the padding, Adafactor) and measured exact match through a
 ``text-generation`` pipeline (greedy, at most 8 new tokens); called without ``batch_size`` a
 pipeline takes one prompt at a time (``--pipeline-batch-size`` changes that). Our engine
-(:mod:`metaocl.engine.lm`, :mod:`metaocl.engine.evaluate`) pads dynamically and computes the same
+(:mod:`metaocl.engine.lm`, :mod:`metaocl.engine.lm_evaluate`) pads dynamically and computes the same
 exact match from one teacher-forced pass, generating only where greedy decoding leaves the trained
 continuation (the continuations of every split in one pooled, left-padded call: ``evaluate_splits``,
 as the LM runner calls it). This script measures what that buys, on the same work:
@@ -112,7 +112,7 @@ def save_initial_model(dataset, folder: Path, seed: int, pretrain_epochs: int = 
     model that has partly learned its training data."""
     from metaocl.configs.lm import TrainConfig
     from metaocl.engine import lm as engine
-    from metaocl.engine.models import build_builtin
+    from metaocl.engine.lm_models import build_builtin
 
     torch.manual_seed(seed)
     texts = [t for name in dataset for t in dataset[name]["text"]]
@@ -155,12 +155,12 @@ class SideResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# Ours: metaocl.engine.lm + metaocl.engine.evaluate, wired as metaocl.experiments.lm wires them
+# Ours: metaocl.engine.lm + metaocl.engine.lm_evaluate, wired as metaocl.experiments.lm wires them
 # ------------------------------------------------------------------------------------------------
 def run_ours(folder: Path, dataset, args) -> SideResult:
     from metaocl.configs.lm import TrainConfig
     from metaocl.engine import lm as engine
-    from metaocl.engine.models import load_pretrained
+    from metaocl.engine.lm_models import load_pretrained
 
     torch.manual_seed(args.seed)
     loaded = load_pretrained(str(folder), kind="causal")
@@ -192,7 +192,7 @@ def run_ours(folder: Path, dataset, args) -> SideResult:
 def evaluate_all(model, tok, encs: dict, args) -> dict[str, tuple[float, list[str]]]:
     """Our evaluator on every split, as the LM runner calls it (one ``evaluate_splits``):
     split -> (EM, predictions)."""
-    from metaocl.engine import evaluate as ev
+    from metaocl.engine import lm_evaluate as ev
 
     results = ev.evaluate_splits(model, tok, encs, max_new_tokens=args.max_new_tokens, device=args.device,
                                  is_seq2seq=False, batch_size=args.eval_batch_size)
@@ -217,7 +217,7 @@ def run_reference(folder: Path, dataset, args, workdir: Path) -> SideResult:
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    from metaocl.engine.evaluate import exact_match
+    from metaocl.engine.lm_evaluate import exact_match
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(args.seed)
@@ -269,7 +269,7 @@ def run_reference(folder: Path, dataset, args, workdir: Path) -> SideResult:
 # ------------------------------------------------------------------------------------------------
 def compare_evaluators(reference: SideResult, ours_on_reference_model: dict) -> tuple[bool, bool, list[str]]:
     """(EM identical on every split, every normalized prediction identical, splits that differ)."""
-    from metaocl.engine.evaluate import normalize_answer
+    from metaocl.engine.lm_evaluate import normalize_answer
 
     em_same, preds_same, differing = True, True, []
     for name, (em, preds) in ours_on_reference_model.items():

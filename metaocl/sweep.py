@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 from ray import tune
 
-from metaocl.config import ConfigError, Sweep, Trial, config_class, from_dict, runner_module
+from metaocl.config import ConfigError, Sweep, Trial, config_class, from_dict, kind as kind_of
 from metaocl.summary import summarize
 from metaocl.tracking import SweepTracker, metric_items
 
@@ -167,7 +167,7 @@ def _trainable(param: dict) -> None:
                              "time": time.time(), "from_checkpoint": tune.get_checkpoint() is not None})
     os.environ["METAOCL_TRIAL_CPUS"] = str(spec["cpus"])
     config = from_dict(config_class(spec["kind"]), spec["config"], f"trial {tid}")
-    runner_module(spec["kind"]).run(config, _TuneReporter())
+    kind_of(spec["kind"]).run(config, _TuneReporter())
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,15 +333,9 @@ def _trial_error_text(trial) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def expected_reports(trial: Trial) -> int | None:
-    """How many evaluations a trial will report (for the progress bar), when the config says."""
-    cfg = trial.config
-    train = getattr(cfg, "train", None)
-    every = getattr(getattr(cfg, "eval", None), "every", 1) or 1
-    if train is not None and hasattr(train, "stage1_epochs"):
-        stages = [train.stage1_epochs] + ([] if getattr(train, "joint", False) else [train.stage2_epochs])
-        return sum(-(-e // every) for e in stages if e > 0)
-    return None
+def expected_reports(trial: Trial, kind: str) -> int:
+    """How many evaluations a trial will report (for the progress bar)."""
+    return kind_of(kind).n_reports(trial.config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,24 +463,8 @@ def check_shared_storage(storage: str, where: str) -> None:
 
 
 def missing_inputs(kind: str, config: Any) -> list[str]:
-    """Data files a trial of ``kind`` reads that are not there (``field: path (how to get it)``)."""
-    data = getattr(config, "data", None)
-    out = []
-    if kind == "lm" and data is not None and data.source in ("cvdb", "trex"):
-        from metaocl.data import cvdb, trex
-
-        path = Path(data.path) if data.path else (cvdb.default_path() if data.source == "cvdb" else trex.default_path())
-        if not path.exists():
-            out.append(f"data.path: {data.source} data not found at {path} "
-                       f"(run `metaocl data download {data.source}` or set data.path)")
-    if kind == "mnist" and data is not None and getattr(data, "digits", "") == "mnist":
-        from metaocl.data import data_home
-
-        raw = data_home() / "MNIST" / "raw"
-        if not all((raw / f).is_file() for f in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
-            out.append(f"data.digits: MNIST not found under {raw.parent.parent} "
-                       "(run `metaocl data download mnist` or set data.digits: sklearn_digits)")
-    return out
+    """What a trial of ``kind`` needs that is not there (``field: problem (how to fix it)``)."""
+    return kind_of(kind).required_inputs(config)
 
 
 def _missing_for_sweep(kind: str, configs: list[dict]) -> list[str]:
@@ -642,7 +620,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             outcome.finished.add(tid)
             if tracker.trial_status.get(tid) != "FINISHED" and tid in tracker.trial_runs:
                 tracker.end_trial(tracker.trial_runs[tid], ok=True)  # the old driver died in between
-        total = [expected_reports(t) for tid, t in trials.items() if tid not in driver.finished_before]
+        total = [expected_reports(t, sweep.kind) for tid, t in trials.items() if tid not in driver.finished_before]
         if progress and total and all(n is not None for n in total):
             from tqdm.auto import tqdm
 
@@ -744,7 +722,7 @@ def run_single(trial: Trial, sweep: Sweep, tracking: str | None, echo: bool = Tr
             return None
 
     try:
-        final = runner_module(kind).run(trial.config, _Tracked())
+        final = kind_of(kind).run(trial.config, _Tracked())
     except BaseException:
         if tracker:
             tracker.end_trial(run_id, ok=False, error=traceback.format_exc())

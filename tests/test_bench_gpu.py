@@ -41,7 +41,7 @@ def test_matmul_params_of_pythia_70m_match_the_closed_form():
     output projection d*V (no bias); the input embedding is a lookup and not counted."""
     from transformers import GPTNeoXForCausalLM
 
-    from metaocl.engine.models import PYTHIA_ARCHITECTURES, pythia_config
+    from metaocl.engine.lm_models import PYTHIA_ARCHITECTURES, pythia_config
 
     arch = PYTHIA_ARCHITECTURES["pythia-70m"]
     d, layers, vocab = arch["hidden_size"], arch["num_hidden_layers"], arch["vocab_size"]
@@ -53,7 +53,7 @@ def test_matmul_params_of_pythia_70m_match_the_closed_form():
 def test_pythia_2_8b_flops_per_token_is_about_six_times_its_size():
     from transformers import GPTNeoXForCausalLM
 
-    from metaocl.engine.models import pythia_config
+    from metaocl.engine.lm_models import pythia_config
 
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(pythia_config("pythia-2.8b"))

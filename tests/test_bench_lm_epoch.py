@@ -45,9 +45,9 @@ def test_our_side_evaluates_every_split_as_per_split_and_plain_generate(bench, p
     split by split, the EM, loss and predictions of evaluating each split alone, and the predictions
     of one-at-a-time ``generate``, on the bench's real prompts (different token lengths, so rows are
     padded), untrained (every example generates) and partly trained."""
-    from metaocl.engine import evaluate as ev
+    from metaocl.engine import lm_evaluate as ev
     from metaocl.engine import lm as engine
-    from metaocl.engine.models import load_pretrained
+    from metaocl.engine.lm_models import load_pretrained
 
     args = bench.parse_args(["--entities", "20", "--max-eval-per-split", "3"])
     dataset = bench.build_dataset(args)

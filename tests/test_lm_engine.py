@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from metaocl.config import ConfigError
-from metaocl.engine import evaluate as ev
+from metaocl.engine import lm_evaluate as ev
 from metaocl.engine import lm as engine
-from metaocl.engine.models import build_builtin
+from metaocl.engine.lm_models import build_builtin
 
 torch.set_num_threads(1)
 

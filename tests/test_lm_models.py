@@ -8,7 +8,7 @@ import torch
 
 from metaocl.config import ConfigError, from_dict
 from metaocl.configs.lm import LMConfig, ModelConfig
-from metaocl.engine.models import (
+from metaocl.engine.lm_models import (
     PYTHIA_ARCHITECTURES,
     build_builtin,
     load_model,

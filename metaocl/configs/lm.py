@@ -20,7 +20,7 @@ from metaocl.configs.lm_data import LMDataConfig
 # Epochs per stage when train.epochs is [] (paper appendix B; the three-stage split is ours).
 PAPER_EPOCHS = {"single": [20], "two_stage": [20, 10], "three_stage": [20, 20, 10]}
 
-# Named CPU-smoke models built in code (see metaocl.engine.models.BUILTIN_MODELS).
+# Named CPU-smoke models built in code (see metaocl.engine.lm_models.BUILTIN_MODELS).
 BUILTIN_MODEL_NAMES = ("tiny-gpt-neox", "tiny-t5")
 
 

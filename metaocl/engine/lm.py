@@ -14,7 +14,7 @@ effective batch is accumulated, and a fresh optimizer and schedule per stage. Re
 4. :func:`train_one_epoch` shuffles, cuts effective batches, accumulates micro-batches, clips,
    steps Adafactor and the linear schedule.
 
-Evaluation (exact match, eval loss) lives in :mod:`metaocl.engine.evaluate`.
+Evaluation (exact match, eval loss) lives in :mod:`metaocl.engine.lm_evaluate`.
 """
 
 from __future__ import annotations

@@ -34,95 +34,89 @@ the weights already); one from stage 1 continues stage 1, which is then saved to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING
 
-import torch
-
-from metaocl.config import ConfigError, to_dict
-from metaocl.configs.lm import LMConfig
+from metaocl.config import ConfigError
+from metaocl.configs.lm import BUILTIN_MODEL_NAMES, LMConfig
 from metaocl.configs.lm_data import ENTITY_TEMPLATES
-from metaocl.engine import evaluate as ev
-from metaocl.engine import lm as engine
-from metaocl.engine.grad_alignment import GradAlignmentMonitor
-from metaocl.engine.models import LoadedModel, load_model, load_pretrained
-from metaocl.experiments import Reporter, checkpoints
-from metaocl.runtime import resolve_device, seed_everything, set_threads
+from metaocl.experiments import Reporter
+from metaocl.experiments.base import IN_DISTRIBUTION_PAIRS, ExperimentKind, entity_pairs, evaluations
+
+if TYPE_CHECKING:
+    import torch
+
+    from metaocl.engine import lm as engine
+    from metaocl.engine.lm_models import LoadedModel
 
 
-def gaps(metrics: Mapping[str, float]) -> dict[str, float]:
-    """OCL and meta-OCL gaps of exact match, in distribution and per entity-attribution template."""
-    pairs = {"gap/ocl": ("qd1consis", "qd2incons"), "gap/meta_ocl": ("d1consis", "d2consis")}
-    for t in ENTITY_TEMPLATES:
-        pairs[f"gap/ocl_ent_{t}"] = (f"ent_{t}_qd1consis", f"ent_{t}_qd2incons_defent")
-        pairs[f"gap/meta_ocl_ent_{t}"] = (f"ent_{t}_d1consis", f"ent_{t}_d2consis")
-    out = {}
-    for name, (a, b) in pairs.items():
-        if f"em/{a}" in metrics and f"em/{b}" in metrics:
-            out[name] = metrics[f"em/{a}"] - metrics[f"em/{b}"]
+def n_reports(config: LMConfig) -> int:
+    """Evaluations of one trial: every ``eval.every`` epochs and at the end of each stage."""
+    return sum(evaluations(n, config.eval.every) for n in config.epochs)
+
+
+def required_inputs(config: LMConfig) -> list[str]:
+    """What a trial reads from outside: the CVDB / T-REx files, and the model (and tokenizer) name.
+
+    A model name is fine when it is a builtin tiny model, a local folder, a Pythia architecture
+    trained from scratch (embedded), or a Hugging Face name that is in the local cache; with
+    ``HF_HUB_OFFLINE=1`` a name not in the cache is refused (the trial could not load it), online it
+    is left to the hub.
+    """
+    out = []
+    data = config.data
+    if data.source in ("cvdb", "trex"):
+        from metaocl.data import cvdb, trex
+
+        path = Path(data.path) if data.path else (cvdb.default_path() if data.source == "cvdb" else trex.default_path())
+        if not path.exists():
+            out.append(f"data.path: {data.source} data not found at {path} "
+                       f"(run `metaocl data download {data.source}` or set data.path)")
+    m = config.model
+    if m.name not in BUILTIN_MODEL_NAMES:
+        from metaocl.engine.lm_models import pythia_key
+
+        if not (m.from_scratch and pythia_key(m.name)):
+            out += _name_problems("model.name", m.name)
+        if m.tokenizer:
+            out += _name_problems("model.tokenizer", m.tokenizer)
+        elif m.from_scratch and pythia_key(m.name):
+            out += _name_problems("model.name", m.name, what="tokenizer")
     return out
+
+
+def _hf_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _name_problems(field: str, name: str, what: str = "model") -> list[str]:
+    """``[]`` when ``name`` can be loaded here: a local folder, or a hub name (cached, when offline)."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return []
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        return [f"{field}: {name!r} is neither a local folder nor a Hugging Face model name"]
+    if not _hf_offline():
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    wanted = ("config.json",) if what == "model" else ("tokenizer_config.json", "tokenizer.json")
+    if any(isinstance(try_to_load_from_cache(name, f), str) for f in wanted):
+        return []
+    return [f"{field}: {what} {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+            f"(a local folder, a builtin ({', '.join(BUILTIN_MODEL_NAMES)}), or a cached hub name)"]
 
 
 def _stage_generator(seed: int, stage: int) -> torch.Generator:
     """Shuffling RNG of one stage, independent of what earlier stages consumed (so a stage-2 branch
     from a cached stage-1 model shuffles exactly as an uninterrupted run)."""
+    import torch
+
     return torch.Generator().manual_seed(seed * 1009 + stage)
-
-
-# ------------------------------------------------------------------------------------------------
-# Stage-1 cache (branching later stages from one stage-1 run)
-# ------------------------------------------------------------------------------------------------
-def stage1_key(config: LMConfig) -> str:
-    """Hash of everything that determines the end-of-stage-1 model and its reported history."""
-    t = config.train
-    what = {
-        "data": to_dict(config.data), "model": to_dict(config.model), "eval": to_dict(config.eval),
-        "stage1_seed": config.stage1_seed, "epochs": config.epochs[0],
-        "train": {k: getattr(t, k) for k in ("batch_size", "optimizer", "lr", "lr_schedule", "warmup_steps",
-                                             "weight_decay", "max_grad_norm", "faithful_padding", "block_size")},
-    }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def stage1_cache_dir(config: LMConfig) -> Path | None:
-    """``train.stage1_cache`` / key (relative paths under the data cache), or None when unset."""
-    if not config.train.stage1_cache:
-        return None
-    from metaocl.data import data_home
-
-    root = Path(config.train.stage1_cache).expanduser()
-    if not root.is_absolute():
-        root = data_home() / root
-    return root / stage1_key(config)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock file, so concurrent trials train a shared stage 1 once."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _save_stage1(folder: Path, loaded: LoadedModel, history: list[dict]) -> None:
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    loaded.model.save_pretrained(tmp)
-    loaded.tokenizer.save_pretrained(tmp)
-    (tmp / "history.json").write_text(json.dumps(history))
-    tmp.rename(folder)  # atomic: a folder that exists is complete
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,6 +125,9 @@ def _save_stage1(folder: Path, loaded: LoadedModel, history: list[dict]) -> None
 def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
     from transformers.utils import logging as hf_logging
 
+    from metaocl.experiments import checkpoints, stage1_cache
+    from metaocl.runtime import resolve_device, seed_everything, set_threads
+
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in trial logs
     set_threads()
     device = resolve_device(config.device)
@@ -138,29 +135,29 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
     dataset = engine_dataset(config)
     n_stages = config.data.n_stages
 
-    cache = stage1_cache_dir(config) if n_stages > 1 else None
+    cache = stage1_cache.folder(config) if n_stages > 1 else None
     history: list[dict] = []
     saved = checkpoints.restore(reporter)  # a retried Ray trial: where its last attempt stopped
     if cache is None or (saved is not None and saved["stage"] > 1):
         loaded = _load(config, dataset)  # with a checkpoint, its weights replace these
         return _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, saved=saved)
-    with _locked(cache.with_suffix(".lock")):  # the first trial with this key trains stage 1; the rest wait
+    with stage1_cache.locked(cache):  # the first trial with this key trains stage 1; the rest wait
         if cache.is_dir():  # (a stage-1 checkpoint of ours is superseded: the cache is the same model)
-            loaded = load_pretrained(str(cache), kind="seq2seq" if config.data.seq2seq else "causal",
-                                     dtype="bfloat16" if config.model.dtype == "bfloat16" else "float32")
-            history = json.loads((cache / "history.json").read_text())
+            loaded, history = stage1_cache.load(cache, config)
             for row in history:
                 reporter(row)
         else:
             loaded = _load(config, dataset)
             _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, last_stage=1,
                    saved=saved)
-            _save_stage1(cache, loaded, history)
+            stage1_cache.save(cache, loaded, history)
     return _train(config, reporter, dataset, loaded, device, first_stage=2, history=history)
 
 
 def _load(config: LMConfig, dataset) -> LoadedModel:
     """The configured model; builtin tiny models train their tokenizer on every split's text."""
+    from metaocl.engine.lm_models import load_model
+
     texts = [t for name in dataset for t in dataset[name]["text"]]
     loaded = load_model(config.model, texts)
     if loaded.is_seq2seq != config.data.seq2seq:
@@ -180,6 +177,12 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
            saved: dict | None = None) -> dict[str, float]:
     """Stages ``first_stage..last_stage``; appends every report to ``history``; returns the last.
     With ``saved`` (a checkpoint of this trial) it continues after the epoch the checkpoint was taken."""
+    from metaocl.engine import lm as engine
+    from metaocl.engine import lm_evaluate as ev
+    from metaocl.engine.grad_alignment import GradAlignmentMonitor
+    from metaocl.experiments import checkpoints
+    from metaocl.runtime import seed_everything
+
     cfg_t, cfg_e = config.train, config.eval
     model, tok = loaded.model, loaded.tokenizer
     if cfg_t.faithful_padding and loaded.is_seq2seq:
@@ -264,7 +267,7 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
             for name, result in results.items():
                 metrics[f"em/{name}"] = result.em
                 metrics[f"loss/{name}"] = result.loss
-            metrics.update(gaps(metrics))
+            metrics.update(KIND.gaps(metrics))
             metrics.update(monitor.epoch_metrics())
             metrics.update({"train/loss": stats.loss, "perf/tokens_per_s": stats.tokens_per_s,
                             "perf/examples_per_s": stats.examples_per_s, "epoch": float(epoch_global),
@@ -295,6 +298,8 @@ class _AlignmentProbes:
     device: str
 
     def loss_fn(self, model, batch: engine.Batch):
+        from metaocl.engine import lm as engine
+
         with engine.autocast(self.device, self.use_autocast):
             return engine.loss_sum(engine.forward_logits(model, batch), batch.target) / batch.n_target
 
@@ -303,8 +308,10 @@ def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: st
                       size: int = 64) -> _AlignmentProbes | None:
     """Up to ``size`` tag-1 definitions, tag-2 definitions and QA pairs from all training splits."""
     import datasets
+    import torch
 
     from metaocl.data.qa import DEFINITIONS
+    from metaocl.engine import lm as engine
 
     train = datasets.concatenate_datasets([dataset[k] for k in dataset if k.startswith("train_")])
     tags = [DEFINITIONS.get(s, ("", True))[0] if d else "qa" for s, d in zip(train["subset"], train["is_definition"])]
@@ -324,3 +331,8 @@ def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: st
     if def1 is None or qa is None:
         return None
     return _AlignmentProbes(def1, def2, qa, use_autocast, device)
+
+
+KIND = ExperimentKind(name="lm", config_cls=LMConfig, run=run, n_reports=n_reports, measure="em",
+                      effect_pairs=IN_DISTRIBUTION_PAIRS + entity_pairs(ENTITY_TEMPLATES),
+                      entity_templates=ENTITY_TEMPLATES, required_inputs=required_inputs)

@@ -28,10 +28,9 @@ uninterrupted run would (:mod:`metaocl.experiments.checkpoints`).
 
 from __future__ import annotations
 
-from typing import Mapping
-
 from metaocl.configs.mnist import MnistConfig
-from metaocl.experiments import Reporter, checkpoints
+from metaocl.experiments import Reporter
+from metaocl.experiments.base import ExperimentKind, evaluations
 
 
 def evaluate(task, trainer, batches: int, batch_size: int) -> dict[str, float]:
@@ -48,17 +47,26 @@ def evaluate(task, trainer, batches: int, batch_size: int) -> dict[str, float]:
     from metaocl.engine.vision import score_batches
 
     metrics = score_batches(trainer, stream())
-    metrics.update(gaps(metrics))
+    metrics.update(KIND.gaps(metrics))
     return metrics
 
 
-def gaps(metrics: Mapping[str, float]) -> dict[str, float]:
-    out = {}
-    if "acc/qd1consis" in metrics and "acc/qd2incons" in metrics:
-        out["gap/ocl"] = metrics["acc/qd1consis"] - metrics["acc/qd2incons"]
-    if "acc/d1consis" in metrics and "acc/d2consis" in metrics:
-        out["gap/meta_ocl"] = metrics["acc/d1consis"] - metrics["acc/d2consis"]
-    return out
+def n_reports(config: MnistConfig) -> int:
+    """Evaluations of one trial: every ``train.eval_every`` steps and at the last step."""
+    return evaluations(config.train.steps, config.train.eval_every)
+
+
+def required_inputs(config: MnistConfig) -> list[str]:
+    """The MNIST files when ``data.digits: mnist`` (scikit-learn's digits are bundled)."""
+    if config.data.digits != "mnist":
+        return []
+    from metaocl.data import data_home
+
+    raw = data_home() / "MNIST" / "raw"
+    if all((raw / f).is_file() for f in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
+        return []
+    return [f"data.digits: MNIST not found under {raw.parent.parent} "
+            "(run `metaocl data download mnist` or set data.digits: sklearn_digits)"]
 
 
 def run(config: MnistConfig, reporter: Reporter) -> dict[str, float]:
@@ -67,6 +75,7 @@ def run(config: MnistConfig, reporter: Reporter) -> dict[str, float]:
 
     from metaocl.data.mnist_grid import MnistGridTask
     from metaocl.engine.vision import VisionTrainer, build_model, fit
+    from metaocl.experiments import checkpoints
     from metaocl.runtime import resolve_device, seed_everything, set_threads
 
     set_threads()
@@ -126,3 +135,7 @@ def run(config: MnistConfig, reporter: Reporter) -> dict[str, float]:
     fit(trainer, sample, t.steps, t.eval_every, on_eval, progress=getattr(reporter, "interactive", False),
         start_step=start_step)
     return dict(last)
+
+
+KIND = ExperimentKind(name="mnist", config_cls=MnistConfig, run=run, n_reports=n_reports, measure="acc",
+                      required_inputs=required_inputs, progress_unit="step")

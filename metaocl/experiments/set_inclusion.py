@@ -15,29 +15,32 @@ Reported per evaluation: ``acc/{subset}``, ``loss/{subset}``, ``acc_def/{subset}
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING
 
 from metaocl.configs.set_inclusion import SetInclusionConfig
-from metaocl.data.set_inclusion import generate
-from metaocl.engine import set_inclusion as engine
-from metaocl.engine.grad_alignment import GradAlignmentMonitor
-from metaocl.experiments import Reporter, checkpoints
-from metaocl.runtime import resolve_device, seed_everything, set_threads
+from metaocl.experiments import Reporter
+from metaocl.experiments.base import ExperimentKind, evaluations
+
+if TYPE_CHECKING:
+    import torch
 
 
-def gaps(metrics: Mapping[str, float], measure: str = "acc") -> dict[str, float]:
-    """OCL and meta-OCL gaps of ``measure`` from a flat metrics dict (only those computable)."""
-    out = {}
-    pairs = {"gap/ocl": ("qd1consis", "qd2incons"), "gap/meta_ocl": ("d1consis", "d2consis")}
-    for name, (a, b) in pairs.items():
-        if f"{measure}/{a}" in metrics and f"{measure}/{b}" in metrics:
-            out[name] = metrics[f"{measure}/{a}"] - metrics[f"{measure}/{b}"]
-    return out
+def n_reports(config: SetInclusionConfig) -> int:
+    """Evaluations of one trial: every ``eval.every`` epochs and at the end of each stage."""
+    t = config.train
+    stages = [t.stage1_epochs] + ([] if t.joint else [t.stage2_epochs])
+    return sum(evaluations(n, config.eval.every) for n in stages)
 
 
 def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
+    import torch
+
+    from metaocl.data.set_inclusion import generate
+    from metaocl.engine import set_inclusion as engine
+    from metaocl.engine.grad_alignment import GradAlignmentMonitor
+    from metaocl.experiments import checkpoints
+    from metaocl.runtime import resolve_device, seed_everything, set_threads
+
     seed_everything(config.seed)
     set_threads()
     device = resolve_device(config.device)
@@ -105,7 +108,7 @@ def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
                 continue
             metrics = engine.evaluate(model, eval_sets, tok, config.eval, device)
             metrics.update(engine.definition_recall(model, defs, config.eval.batch_size))
-            metrics.update(gaps(metrics))
+            metrics.update(KIND.gaps(metrics))
             metrics.update(monitor.epoch_metrics())
             metrics.update({"train/loss": train_loss, "perf/examples_per_s": rate,
                             "epoch": epoch_global, "stage": stage})
@@ -127,6 +130,10 @@ def _grad_probes(dataset, tok, seed: int, device: str, size: int = 256) -> dict[
     qd2incons; stage 2: d1consis / d2consis) and training QA pairs of stage 1 (the answers the
     definitions should help with; stage 2 trains on none, so its probe reuses stage 1's).
     """
+    import torch
+
+    from metaocl.engine import set_inclusion as engine
+
     gen = torch.Generator().manual_seed(seed + 7919)
 
     def sample(rows: list[list[str]]) -> torch.Tensor | None:
@@ -151,3 +158,6 @@ def _progress(reporter: Reporter, total: int, stage: int):
 
     return tqdm(total=total, desc=f"stage {stage}", unit="epoch", leave=True)
 
+
+
+KIND = ExperimentKind(name="set_inclusion", config_cls=SetInclusionConfig, run=run, n_reports=n_reports, measure="acc")
