@@ -1,8 +1,7 @@
-"""Effect statistics: bootstrap CI, paired p-values and verdict wording, against hand-computed values."""
+"""Effect statistics: t-based CIs, paired p-values and verdict wording, against hand-computed values."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -10,27 +9,46 @@ import pytest
 
 from metaocl.report.stats import (
     bootstrap_band,
-    bootstrap_ci,
     classify,
     markdown_effects_table,
+    mean_ci,
+    mean_ci_text,
     paired_effect,
+    paired_t,
     paired_t_pvalue,
     sign_flip_pvalue,
     verdict_line,
 )
 
+T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # t-table: 97.5% quantile with 2 and 4 degrees of freedom
 
-def test_bootstrap_ci_matches_the_exact_bootstrap_distribution():
-    # With 3 values there are 27 equally likely resamples; the extreme means (0 and 5) have mass 1/27 > 2.5%
-    # each, so the 95% percentile interval is exactly [0, 5]. Inner case: 5 values, check against enumeration.
-    assert bootstrap_ci([0.0, 1.0, 5.0], seed=0) == (0.0, 5.0)
-    values = np.array([0.02, 0.03, 0.04, 0.025, 0.035])
-    means = np.array([values[list(idx)].mean() for idx in itertools.product(range(5), repeat=5)])
-    exact_lo, exact_hi = np.percentile(means, [2.5, 97.5])
-    lo, hi = bootstrap_ci(values, n_boot=20_000, seed=1)
-    assert abs(lo - exact_lo) < 0.0012 and abs(hi - exact_hi) < 0.0012
-    assert bootstrap_ci(values, seed=7) == bootstrap_ci(values, seed=7)  # seeded
-    assert all(math.isnan(v) for v in bootstrap_ci([0.3]))
+
+def test_paired_t_ci_is_the_hand_computed_interval_and_agrees_with_p():
+    a = np.array([0.31, 0.33, 0.35, 0.32, 0.34])
+    d = np.array([0.02, 0.03, 0.04, 0.025, 0.035])
+    # mean 0.03; sd = sqrt(sum((d - 0.03)^2) / 4) = sqrt(0.00025 / 4) = 0.0079057; se = sd / sqrt(5) = 0.0035355
+    # CI = 0.03 -+ 2.7764 * 0.0035355 = [0.020184, 0.039816]
+    p, lo, hi = paired_t(a, a - d)
+    assert lo == pytest.approx(0.03 - T_975[4] * 0.0079057 / math.sqrt(5), abs=1e-6)
+    assert hi == pytest.approx(0.03 + T_975[4] * 0.0079057 / math.sqrt(5), abs=1e-6)
+    assert (lo, hi) == pytest.approx((0.020184, 0.039816), abs=1e-6)
+    assert p == pytest.approx(0.0010576, rel=1e-3)
+    # CI and p agree by construction: a difference whose CI just covers 0 has p just above 0.05.
+    for shift in (0.0, 0.01, 0.019, 0.0205, 0.03):
+        p, lo, hi = paired_t(d - shift, np.zeros(5))
+        assert (lo > 0) == (p < 0.05), (shift, p, lo)
+    # Degenerate cases: fewer than 2 pairs; zero variance (CI collapses to the value, exact sign-flip p)
+    assert all(math.isnan(v) for v in paired_t([0.5], [0.4]))
+    assert paired_t([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]) == pytest.approx((2 / 8, 1.0, 1.0))
+    assert paired_t([1.0, 2.0], [1.0, 2.0]) == (1.0, 0.0, 0.0)
+
+
+def test_mean_ci_is_the_one_sample_t_interval():
+    # [0.2, 0.4, 0.6]: mean 0.4, sd 0.2, se 0.2/sqrt(3) = 0.11547; t(2) = 4.3027 -> 0.4 -+ 0.49683
+    mean, lo, hi = mean_ci([0.2, 0.4, 0.6, math.nan])
+    assert mean == pytest.approx(0.4) and (lo, hi) == pytest.approx((0.4 - 0.496837, 0.4 + 0.496837), abs=1e-5)
+    assert mean_ci_text([0.2, 0.4, 0.6]) == "0.400 [-0.097, 0.897]"
+    assert mean_ci_text([0.25]) == "0.250" and mean_ci_text([]) == "n/a"
 
 
 def test_paired_t_pvalue_is_the_textbook_value():
@@ -47,9 +65,12 @@ def test_sign_flip_pvalue_exact_and_monte_carlo():
     assert sign_flip_pvalue([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
     # [1, -2, 3]: |mean| = 2/3; sign patterns with |sum| >= 2: sums of +-1 +-2 +-3 -> {6,0,2,-4,4,-2,0,-6}: 6 of 8
     assert sign_flip_pvalue([1.0, -2.0, 3.0]) == pytest.approx(6 / 8)
+    assert sign_flip_pvalue([0.0, 0.0, 0.0]) == 1.0
+    # 16 values: all 65536 patterns are enumerated; only the all-plus and all-minus reach |mean| = 1
+    assert sign_flip_pvalue(np.ones(16)) == pytest.approx(2 / 2**16)
     big = np.full(20, 0.05) + np.linspace(-0.01, 0.01, 20)
-    p = sign_flip_pvalue(big, n_perm=5000, seed=0)
-    assert 0 < p <= 2 / 5001 + 1e-12  # never 0, about the smallest possible
+    p = sign_flip_pvalue(big, n_resamples=5000, seed=0)
+    assert p == pytest.approx(2 / 5001)  # Monte Carlo: the observed pattern counts, so never 0
 
 
 def test_verdict_wording_for_each_outcome():
@@ -58,7 +79,7 @@ def test_verdict_wording_for_each_outcome():
                          configuration="train.batch_size=128")
     assert good.mean == pytest.approx(0.03)
     line = verdict_line(good)
-    assert line.startswith("train.batch_size=128: meta-OCL reproduced: d1consis - d2consis = +0.030 [0.02")
+    assert line.startswith("train.batch_size=128: meta-OCL reproduced: d1consis - d2consis = +0.030 [0.020, 0.040]")
     assert ", p=0.001, 5 seeds (em, end of stage 2)" in line
     assert verdict_line(good, with_context=False).startswith("meta-OCL reproduced: d1consis - d2consis = +0.030 [")
 

@@ -1,16 +1,24 @@
-"""Effect statistics over seeds: bootstrap confidence intervals, paired tests and verdicts.
+"""Effect statistics over seeds: t-based confidence intervals, paired tests and verdicts.
 
 The paper reports learning curves without error bars or tests. Here every effect is a *paired*
 difference measured inside one trial (e.g. meta-OCL = EM on d1consis - EM on d2consis of the same
 model), so the unit of replication is the seed and the statistics run over the per-seed
 differences:
 
-- mean difference with a seeded percentile-bootstrap 95% CI (resampling seeds);
-- a two-sided paired t-test p-value (the headline p; scipy) and, as a distribution-free check, a
-  two-sided sign-flip permutation p-value (exact for up to 16 seeds, Monte Carlo above);
+- mean difference with the 95% CI of the paired t-test, and its two-sided p-value (the headline p),
+  both from one ``scipy.stats.ttest_rel`` result, so the CI excludes 0 exactly when p < 0.05;
+- as a distribution-free check, a two-sided sign-flip permutation p-value
+  (``scipy.stats.permutation_test``; exact for up to 16 seeds, Monte Carlo above);
 - a one-line verdict whose wording never claims more than the numbers show::
 
     meta-OCL reproduced: d1consis - d2consis = +0.031 [0.012, 0.050], p=0.003, 10 seeds
+
+Degenerate cases: fewer than 2 seeds give no CI and no p; differences that are all equal (zero
+variance, where t is undefined) give the CI ``[d, d]`` and the exact sign-flip p (1 when d = 0).
+
+Per-split means in tables and bars use the same t interval (one sample). Learning-curve bands use a
+seeded percentile bootstrap over seeds (:func:`bootstrap_band`), which handles seeds that did not
+log every point.
 
 Verdict rule (``alpha`` = 0.05):
 
@@ -22,7 +30,6 @@ Verdict rule (``alpha`` = 0.05):
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -30,33 +37,57 @@ from typing import Sequence
 import numpy as np
 
 ALPHA = 0.05
-N_BOOT = 10_000
-EXACT_SIGN_FLIP_MAX_N = 16
+LEVEL = 0.95
+N_SIGN_FLIPS = 2**16  # >= 2^n for n <= 16 seeds: scipy then enumerates every sign pattern (exact)
 
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
-def bootstrap_ci(
-    values: Sequence[float], level: float = 0.95, n_boot: int = N_BOOT, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile-bootstrap CI of the mean of ``values`` (resampling with replacement).
+def _constant(d: np.ndarray) -> bool:
+    return bool(np.allclose(d, d[0], rtol=0.0, atol=1e-15))
 
-    Seeded, so the same numbers give the same interval. Fewer than 2 values -> ``(nan, nan)``.
+
+def paired_t(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """``(p, lo, hi)`` of the two-sided paired t-test of ``mean(a - b) == 0`` and its CI (scipy ``ttest_rel``).
+
+    Fewer than 2 pairs -> all NaN. All differences equal (zero variance) -> CI ``[d, d]`` and the
+    exact sign-flip p-value (1 when d = 0), since the t statistic is undefined there.
     """
-    x = np.asarray(values, dtype=float)
+    from scipy import stats
+
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
+    d = x - y
+    if d.size < 2:
+        return math.nan, math.nan, math.nan
+    if _constant(d):
+        return (1.0 if d[0] == 0 else sign_flip_pvalue(d)), float(d[0]), float(d[0])
+    res = stats.ttest_rel(x, y)
+    ci = res.confidence_interval(level)
+    return float(res.pvalue), float(ci.low), float(ci.high)
+
+
+def paired_t_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
+    """The p-value of :func:`paired_t`."""
+    return paired_t(a, b)[0]
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the mean of the finite ``values`` and its t-based CI (NaN CI below 2 values)."""
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
     if x.size < 2:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(means, [tail, 100.0 - tail])
-    return float(lo), float(hi)
+        return float(x[0]), math.nan, math.nan
+    _, lo, hi = paired_t(x, np.zeros_like(x), level)
+    return float(x.mean()), lo, hi
 
 
 def bootstrap_band(
-    matrix: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+    matrix: np.ndarray, level: float = LEVEL, n_boot: int = 2000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column mean and bootstrap CI of a ``seeds x points`` matrix (NaN = missing).
 
@@ -103,47 +134,24 @@ class _quiet_nanmean:
         self._ctx.__exit__(*exc)
 
 
-def sign_flip_pvalue(diffs: Sequence[float], n_perm: int = 20_000, seed: int = 0) -> float:
-    """Two-sided sign-flip permutation p-value for ``mean(diffs) == 0``.
+def sign_flip_pvalue(diffs: Sequence[float], n_resamples: int = N_SIGN_FLIPS, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation p-value for ``mean(diffs) == 0`` (``scipy.stats.permutation_test``).
 
     Under the null each paired difference is symmetric around 0, so flipping signs gives its
-    distribution. Exact (all 2^n sign patterns) for n <= 16, else ``n_perm`` seeded draws with the
-    observed pattern counted (so p is never 0). With n seeds the smallest possible exact p is
-    2 / 2^n: 3 seeds can never reach p < 0.05.
-    """
-    d = np.asarray(diffs, dtype=float)
-    n = d.size
-    if n == 0:
-        return math.nan
-    observed = abs(d.mean())
-    if n <= EXACT_SIGN_FLIP_MAX_N:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
-        stats = np.abs(signs @ d / n)
-        return float(np.mean(stats >= observed - 1e-12))
-    rng = np.random.default_rng(seed)
-    signs = rng.choice((1.0, -1.0), size=(n_perm, n))
-    stats = np.abs(signs @ d / n)
-    return float((np.sum(stats >= observed - 1e-12) + 1) / (n_perm + 1))
-
-
-def paired_t_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value for ``mean(a - b) == 0`` (scipy ``ttest_rel``).
-
-    Degenerate cases: fewer than 2 pairs -> NaN; all differences identical (zero variance) -> the
-    exact sign-flip p-value, since the t statistic is undefined there.
+    distribution. Exact (all 2^n sign patterns) when 2^n <= ``n_resamples``, else that many seeded
+    draws (scipy counts the observed pattern, so p is never 0). With n seeds the smallest possible
+    exact p is 2 / 2^n: 3 seeds can never reach p < 0.05.
     """
     from scipy import stats
 
-    x = np.asarray(a, dtype=float)
-    y = np.asarray(b, dtype=float)
-    if x.shape != y.shape:
-        raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
-    d = x - y
-    if d.size < 2:
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
         return math.nan
-    if np.allclose(d, d[0], rtol=0.0, atol=1e-15):
-        return 1.0 if d[0] == 0 else sign_flip_pvalue(d)
-    return float(stats.ttest_rel(x, y).pvalue)
+    if d.size == 1:  # both sign patterns are as extreme as the observed one
+        return 1.0
+    res = stats.permutation_test((d,), np.mean, permutation_type="samples", vectorized=True,
+                                 n_resamples=n_resamples, alternative="two-sided", random_state=seed)
+    return float(res.pvalue)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,10 +202,9 @@ def paired_effect(
     seeds: Sequence[int] = (),
     configuration: str = "",
     n_runs: int = 0,
-    n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> Effect:
-    """Mean, bootstrap CI and paired p-values of ``a - b`` over seeds (pairs with a NaN are dropped)."""
+    """Mean, paired-t CI and p, and sign-flip p of ``a - b`` over seeds (pairs with a NaN are dropped)."""
     x = np.asarray(a_values, dtype=float)
     y = np.asarray(b_values, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
@@ -210,8 +217,7 @@ def paired_effect(
     )
     if d.size:
         eff.mean = float(d.mean())
-        eff.lo, eff.hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
-        eff.p = paired_t_pvalue(x, y)
+        eff.p, eff.lo, eff.hi = paired_t(x, y)
         eff.p_sign_flip = sign_flip_pvalue(d, seed=seed)
     return eff
 
@@ -299,24 +305,24 @@ def markdown_effects_table(effects: Sequence[Effect], paper: dict[tuple[str, int
     return "\n".join(rows)
 
 
-def mean_ci_text(values: Sequence[float], seed: int = 0) -> str:
-    """``0.512 [0.498, 0.526]`` (mean and bootstrap CI), or just the mean for one value."""
-    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
-    if x.size == 0:
+def mean_ci_text(values: Sequence[float]) -> str:
+    """``0.512 [0.498, 0.526]`` (mean and t-based 95% CI), or just the mean for one value."""
+    mean, lo, hi = mean_ci(values)
+    if not math.isfinite(mean):
         return "n/a"
-    lo, hi = bootstrap_ci(x, seed=seed)
     if not math.isfinite(lo):
-        return f"{x.mean():.3f}"
-    return f"{x.mean():.3f} [{lo:.3f}, {hi:.3f}]"
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 METHOD_NOTE = (
     "Each effect is a paired difference inside a trial (same model, same seed); statistics run over "
     "seeds. Where a grid key is itself a seed (e.g. `train.stage1_seed`, whose runs share a stage-1 "
     "model), each of its values is one unit (the mean of its runs), so shared models are not counted "
-    "as independent evidence. Mean with a percentile-bootstrap 95% CI over seeds (10,000 resamples, seeded); p is a "
-    "two-sided paired t-test, with a two-sided sign-flip permutation test (exact up to 16 seeds) as "
-    "a distribution-free check. Verdicts: *reproduced* = mean > 0, CI above 0 and p < 0.05; "
+    "as independent evidence. Mean with the 95% CI of the paired t-test over seeds and its two-sided p "
+    "(one `scipy.stats.ttest_rel`, so the CI excludes 0 exactly when p < 0.05), with a two-sided "
+    "sign-flip permutation test (exact up to 16 seeds) as a distribution-free check. Per-split values: "
+    "mean and t-based 95% CI; learning-curve bands: percentile bootstrap over seeds. Verdicts: *reproduced* = mean > 0, CI above 0 and p < 0.05; "
     "*reversed* = significantly below 0; *not shown* = mean <= 0 without significance; "
     "*inconclusive* = positive but the CI covers 0, p >= 0.05, or fewer than 2 seeds."
 )
