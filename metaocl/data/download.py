@@ -1,25 +1,37 @@
 """`metaocl data download cvdb|trex|mnist`: fetch the public source files into :func:`data_home`.
 
 - CVDB: the Dataverse record doi:10.21410/7E4/RDAG3O at data.sciencespo.fr (Laouenan et al. 2022,
-  Data Records). The record's file list (Dataverse API) gives the file id and its MD5; the download
-  is checked against that MD5. Lands at ``data_home()/cvdb/cross-verified-database.csv.gz``.
+  Data Records). The record's file list (Dataverse API) gives the file id and its checksum with the
+  checksum's type (Dataverse: MD5, SHA-1, SHA-256 or SHA-512); the download is checked with that
+  algorithm. Lands at ``data_home()/cvdb/cross-verified-database.csv.gz``.
 - T-REx: the figshare article 10.6084/m9.figshare.5146864 (Elsahar et al. 2018). The figshare API
   gives the zip's URL and MD5; the zip is checked and unpacked into ``data_home()/trex/``.
 - MNIST: torchvision's own downloader (with its MD5 checks) into ``data_home()/MNIST/raw``, where
   the MNIST experiment reads it with ``download=False``.
 
+Every download is verified; nothing is ever kept unverified. A checksum of a type not listed in
+:data:`CHECKSUM_TYPES`, or a record that declares no checksum at all, is refused in one line before
+any byte is fetched (put the file in place by hand instead; the line says where).
+
 Offline (the host does not answer within a few seconds) every command fails at once with one line
 that says which file to put where by hand. Downloads go to ``*.part`` files and are renamed only
-after the checksum matched, so a failed download never looks like data.
+after the checksum matched, so a failed download never looks like data; the zip is unpacked into
+``trex.part/`` and renamed the same way.
+
+The servers are ``https://data.sciencespo.fr`` and ``https://api.figshare.com``; a mirror (or a test
+server) replaces them with ``$METAOCL_CVDB_URL`` / ``$METAOCL_TREX_URL`` or the ``url`` argument
+(scheme, host and port, e.g. ``http://127.0.0.1:8000``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -37,40 +49,61 @@ TREX_PAGE = "https://doi.org/10.6084/m9.figshare.5146864"
 MNIST_HOST = "ossci-datasets.s3.amazonaws.com"
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 TIMEOUT_S = 5.0
+# Dataverse's checksum types (its DataFile.ChecksumType) and figshare's MD5 -> hashlib's name.
+CHECKSUM_TYPES = {"MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512"}
 
 
-def _reachable(host: str) -> bool:
+def _base_url(url: str | None, env: str, host: str) -> str:
+    """The server to ask: the ``url`` argument, else ``$env``, else ``https://host``."""
+    return (url or os.environ.get(env) or f"https://{host}").rstrip("/")
+
+
+def _reachable(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        socket.create_connection((host, 443), timeout=TIMEOUT_S).close()
+        socket.create_connection((parts.hostname, port), timeout=TIMEOUT_S).close()
         return True
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
-def _require(host: str, by_hand: str) -> None:
-    if not _reachable(host):
-        raise DataError(f"cannot reach {host} (offline?); {by_hand}")
+def _require(url: str, by_hand: str) -> None:
+    if not _reachable(url):
+        raise DataError(f"cannot reach {urllib.parse.urlsplit(url).netloc} (offline?); {by_hand}")
 
 
 def _get_json(url: str, by_hand: str) -> dict:
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             return json.loads(r.read().decode())
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
+    except (urllib.error.URLError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{url}: {e}; {by_hand}") from None
 
 
-def _fetch(url: str, dest: Path, md5: str | None, by_hand: str, progress: bool) -> Path:
-    """Stream ``url`` to ``dest`` (via ``dest.part``), checking the MD5 when known."""
+def _checksum(kind: str | None, value: str | None, where: str, by_hand: str) -> tuple[str, str]:
+    """``(hashlib name, expected hex digest)`` for a declared checksum; refuses none or an unknown type."""
+    if not value:
+        raise DataError(f"{where}: no checksum is declared, so the download cannot be verified; {by_hand}")
+    algorithm = CHECKSUM_TYPES.get(str(kind or "").upper())
+    if algorithm is None:
+        raise DataError(f"{where}: unknown checksum type {kind!r} (known: {', '.join(CHECKSUM_TYPES)}); {by_hand}")
+    return algorithm, str(value).strip().lower()
+
+
+def _fetch(url: str, dest: Path, checksum: tuple[str, str], by_hand: str, progress: bool) -> Path:
+    """Stream ``url`` to ``dest.part``, check it against ``checksum``, then rename it to ``dest``."""
     from tqdm import tqdm
 
+    algorithm, expected = checksum
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    digest = hashlib.md5()
+    digest = hashlib.new(algorithm)
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            # disable=None: a progress bar on a terminal only, not in logs
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None if progress else True) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     digest.update(chunk)
@@ -78,49 +111,65 @@ def _fetch(url: str, dest: Path, md5: str | None, by_hand: str, progress: bool) 
     except (urllib.error.URLError, OSError) as e:
         part.unlink(missing_ok=True)
         raise DataError(f"{url}: download failed ({e}); {by_hand}") from None
-    if md5 and digest.hexdigest() != md5.lower():
+    except BaseException:
         part.unlink(missing_ok=True)
-        raise DataError(f"{url}: checksum mismatch (md5 {digest.hexdigest()} != {md5}); {by_hand}")
+        raise
+    if digest.hexdigest() != expected:
+        part.unlink(missing_ok=True)
+        raise DataError(f"{url}: checksum mismatch ({algorithm} {digest.hexdigest()} != declared {expected}); {by_hand}")
     part.replace(dest)
     return dest
 
 
-def download_cvdb(force: bool = False, progress: bool = True) -> Path:
+def download_cvdb(force: bool = False, progress: bool = True, url: str | None = None) -> Path:
     dest = data_home() / "cvdb" / CVDB_FILE
     by_hand = f"download {CVDB_FILE} from {CVDB_PAGE} and put it at {dest}"
     if dest.is_file() and not force:
         return dest
-    _require(CVDB_HOST, by_hand)
-    meta = _get_json(f"https://{CVDB_HOST}/api/datasets/:persistentId/?persistentId={CVDB_DOI}", by_hand)
+    base = _base_url(url, "METAOCL_CVDB_URL", CVDB_HOST)
+    _require(base, by_hand)
+    api = f"{base}/api/datasets/:persistentId/?persistentId={CVDB_DOI}"
+    meta = _get_json(api, by_hand)
     files = meta.get("data", {}).get("latestVersion", {}).get("files", [])
     for entry in files:
         df = entry.get("dataFile", {})
         if df.get("filename") == CVDB_FILE:
-            md5 = df.get("md5") or (df.get("checksum") or {}).get("value")
-            return _fetch(f"https://{CVDB_HOST}/api/access/datafile/{df['id']}", dest, md5, by_hand, progress)
-    raise DataError(f"{CVDB_PAGE}: no file named {CVDB_FILE} in the record; {by_hand}")
+            declared = df.get("checksum") or ({"type": "MD5", "value": df["md5"]} if df.get("md5") else {})
+            checksum = _checksum(declared.get("type"), declared.get("value"), f"{api}: {CVDB_FILE}", by_hand)
+            return _fetch(f"{base}/api/access/datafile/{df['id']}", dest, checksum, by_hand, progress)
+    raise DataError(f"{api}: no file named {CVDB_FILE} in the record; {by_hand}")
 
 
-def download_trex(force: bool = False, progress: bool = True) -> Path:
+def download_trex(force: bool = False, progress: bool = True, url: str | None = None) -> Path:
     folder = data_home() / "trex"
     by_hand = f"download the T-REx JSON zip from {TREX_PAGE} and unpack its *.json files into {folder}/"
     if folder.is_dir() and any(folder.rglob("*.json")) and not force:
         return folder
-    _require(TREX_HOST, by_hand)
-    meta = _get_json(f"https://{TREX_HOST}/v2/articles/{TREX_ARTICLE}", by_hand)
+    base = _base_url(url, "METAOCL_TREX_URL", TREX_HOST)
+    _require(base, by_hand)
+    api = f"{base}/v2/articles/{TREX_ARTICLE}"
+    meta = _get_json(api, by_hand)
     zips = [f for f in meta.get("files", []) if str(f.get("name", "")).lower().endswith(".zip")]
     if not zips:
-        raise DataError(f"{TREX_PAGE}: no zip file in the article; {by_hand}")
+        raise DataError(f"{api}: no zip file in the article; {by_hand}")
     entry = max(zips, key=lambda f: f.get("size", 0))  # the full JSON release, not a sample
-    archive = _fetch(entry["download_url"], data_home() / "downloads" / entry["name"], entry.get("computed_md5"), by_hand, progress)
+    checksum = _checksum("MD5", entry.get("computed_md5") or entry.get("supplied_md5"), f"{api}: {entry['name']}", by_hand)
+    archive = _fetch(entry["download_url"], data_home() / "downloads" / entry["name"], checksum, by_hand, progress)
     tmp = folder.with_name(folder.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as z:
             z.extractall(tmp)
+        if not any(tmp.rglob("*.json")):
+            raise DataError(f"{archive}: the zip holds no *.json files; {by_hand}")
     except zipfile.BadZipFile as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        archive.unlink(missing_ok=True)
         raise DataError(f"{archive}: not a zip file ({e}); {by_hand}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        archive.unlink(missing_ok=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
     return folder
@@ -131,7 +180,7 @@ def download_mnist(force: bool = False, progress: bool = True) -> Path:
     by_hand = f"put {', '.join(MNIST_FILES)} (from https://{MNIST_HOST}/mnist/) into {raw}/"
     if not force and all((raw / f.removesuffix(".gz")).is_file() for f in MNIST_FILES):
         return raw
-    _require(MNIST_HOST, by_hand)
+    _require(f"https://{MNIST_HOST}", by_hand)
     from torchvision.datasets import MNIST
 
     try:
