@@ -15,15 +15,18 @@ from metaocl.experiments import lm as lm_runner
 
 torch.set_num_threads(1)
 
-LM_SWEEPS = ["two_stage", "two_stage_trex", "single_stage", "three_stage", "in_context", "tag_correlation",
-             "word_order", "model_size", "batch_size", "t5", "nl_tags"]
+LM_SWEEPS = ["two_stage", "two_stage_trex", "single_stage", "single_stage_trex", "three_stage", "in_context",
+             "tag_correlation", "word_order", "model_size", "batch_size", "t5", "t5_single", "nl_tags",
+             "data_amount", "grad_alignment"]
 FAST = ["data.n_entities=40", "data.entity_attribution=false"]
 
 
 @pytest.mark.parametrize("name", LM_SWEEPS)
 def test_lm_sweep_and_its_smoke_variant_validate(name):
     full = load_sweep(name)
-    assert full.kind == "lm" and any(w in full.description for w in ("Fig.", "section", "appendix"))
+    # what it reproduces: a figure / section of the paper, or the authors' config for experiments the
+    # paper text does not report
+    assert full.kind == "lm" and any(w in full.description for w in ("Fig.", "section", "appendix", "configs/"))
     assert all(t.config.model.name not in BUILTIN_MODEL_NAMES for t in full.trials())
     smoke = load_sweep(name, smoke=True)
     trials = smoke.trials()

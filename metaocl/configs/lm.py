@@ -1,6 +1,7 @@
 """The config of one language-model finetuning trial (experiment kind ``lm``).
 
-Defaults reproduce the paper's headline run (appendix B): Pythia-2.8B finetuned two-stage on CVDB,
+Defaults reproduce the paper's headline run (appendix B): Pythia-2.8B (the ``-deduped`` checkpoint,
+as every config of the authors) finetuned two-stage on CVDB,
 20 + 10 epochs, Adafactor with the Hugging Face Trainer defaults the authors kept (lr 5e-5,
 ``scale_parameter=False``, ``relative_step=False``, linear decay to 0, no warmup, weight decay 0,
 grad-norm clip 1.0), effective batch 256, exact match of greedy decoding (8 new tokens for CVDB, 16
@@ -20,6 +21,9 @@ from metaocl.configs.lm_data import LMDataConfig
 # Epochs per stage when train.epochs is [] (paper appendix B; the three-stage split is ours).
 PAPER_EPOCHS = {"single": [20], "two_stage": [20, 10], "three_stage": [20, 20, 10]}
 
+# Tokens per datapoint with train.faithful_padding unless set (the reference's CVDB block size).
+DEFAULT_BLOCK_SIZE = 48
+
 # Named CPU-smoke models built in code (see metaocl.engine.lm_models.BUILTIN_MODELS).
 BUILTIN_MODEL_NAMES = ("tiny-gpt-neox", "tiny-t5")
 
@@ -28,12 +32,12 @@ BUILTIN_MODEL_NAMES = ("tiny-gpt-neox", "tiny-t5")
 class ModelConfig:
     """Which model to finetune.
 
-    ``name``: a Hugging Face hub name (``EleutherAI/pythia-2.8b``, ``t5-3b``), a local folder saved
+    ``name``: a Hugging Face hub name (``EleutherAI/pythia-2.8b-deduped``, ``t5-3b``), a local folder saved
     with ``save_pretrained``, or a named CPU-smoke model (``tiny-gpt-neox``, ``tiny-t5``: tiny
     architectures with random weights and a tokenizer trained on the dataset's text).
     """
 
-    name: str = "EleutherAI/pythia-2.8b"
+    name: str = "EleutherAI/pythia-2.8b-deduped"  # the authors used the deduplicated Pythia checkpoints
     # auto: read from the model's config (encoder-decoder -> seq2seq).
     kind: Literal["auto", "causal", "seq2seq"] = "auto"
     # Same architecture, random weights (Pythia architectures are embedded: no hub needed for them).
@@ -67,8 +71,9 @@ class TrainConfig:
     # false: dynamic padding, loss on real tokens + the terminating EOS (fast).
     # true: every datapoint padded to block_size with EOS and loss on the padding too (the reference).
     faithful_padding: bool = False
-    # Tokens per datapoint with faithful_padding (paper: 48 CVDB, 64 T-REx, 72 in-context).
-    block_size: int = 48
+    # Tokens per datapoint with faithful_padding (paper: 48 CVDB, 64 T-REx, 72 in-context); another
+    # value without faithful_padding is an error (it would do nothing).
+    block_size: int = DEFAULT_BLOCK_SIZE
     # Seed of the dataset and of stage 1; null = the trial seed. Several trials with the same
     # stage1_seed and different seeds are stage-2 seeds branching from one stage-1 run.
     stage1_seed: int | None = None
@@ -102,6 +107,9 @@ class TrainConfig:
             raise ConfigError("warmup_steps, weight_decay and max_grad_norm must be >= 0")
         if self.block_size < 2:
             raise ConfigError(f"block_size: must be >= 2, got {self.block_size}")
+        if self.block_size != DEFAULT_BLOCK_SIZE and not self.faithful_padding:
+            raise ConfigError(f"block_size: {self.block_size} has no effect without faithful_padding: true "
+                              "(dynamic padding); set train.faithful_padding: true or drop block_size")
         if self.grad_alignment_every < 0:
             raise ConfigError(f"grad_alignment_every: must be >= 0, got {self.grad_alignment_every}")
         if self.checkpoint_every < 0:

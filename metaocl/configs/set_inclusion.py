@@ -1,8 +1,11 @@
 """Config of the set-inclusion experiment (paper section 3.1, appendix D).
 
-Defaults are the paper's: 8000 variables, qd1consis/qd2incons/d1consis/d2consis = 0.4/0.4/0.1/0.1,
-12 training and 12 test questions per variable, Pythia-70M architecture from random weights,
-Adafactor, batch 512, 100 + 40 epochs. Sweep files override what they vary.
+Defaults are the authors' (``configs/num_choice_exps/pythia70m_tokpervar_bs512_n8_i1.yaml`` of
+krasheninnikov/internalization): 8000 variables, qd1consis/qd2incons/d1consis/d2consis =
+0.4/0.4/0.1/0.1, 24 questions per variable (12 training, 12 test), Pythia-70M architecture from
+random weights, batch 512, 100 + 40 epochs, and the Hugging Face Trainer's ``optim: adafactor``:
+Adafactor without relative step or parameter scaling at the Trainer's lr 5e-5, linear decay to 0
+per stage, no warm-up, grad-norm clip 1.0. Sweep files override what they vary.
 """
 
 from __future__ import annotations
@@ -67,10 +70,13 @@ class SetInclusionTrain:
     batch_size: int = 512
     stage2_batch_size: int | None = None  # default: batch_size
     optimizer: Literal["adafactor", "adamw"] = "adafactor"
-    lr: float | None = None  # None with adafactor = its own relative-step schedule (the paper's "defaults")
+    # 5e-5 with adafactor = HF Trainer's Adafactor (relative_step=False, scale_parameter=False), the
+    # authors'. null with adafactor = Adafactor's own relative-step mode (parameter scaling, its own
+    # step-size schedule; ``schedule`` is then unused): an option, not the authors'.
+    lr: float | None = 5e-5
     stage2_lr: float | None = None  # default: lr
     weight_decay: float = 0.0
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    schedule: Literal["constant", "linear", "cosine"] = "linear"  # per stage, as a fresh Trainer run
     warmup_steps: int = 0
     grad_clip: float = 1.0
     # which tokens carry the loss: every token (plain causal LM, the paper) or only the answer token
