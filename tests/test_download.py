@@ -225,6 +225,16 @@ def test_unreachable_server_fails_at_once_in_one_line(monkeypatch, tmp_path, cap
     assert not (tmp_path / "home").exists()
 
 
+@pytest.mark.parametrize("bad", ["127.0.0.1:8000", "ftp://127.0.0.1", "http://", "http://127.0.0.1:99999"])
+def test_bad_server_url_is_one_line_naming_the_variable(monkeypatch, tmp_path, capsys, bad):
+    monkeypatch.setenv("METAOCL_DATA", str(tmp_path / "home"))
+    monkeypatch.setenv("METAOCL_CVDB_URL", bad)
+    assert main(["data", "download", "cvdb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"metaocl: error: $METAOCL_CVDB_URL: {bad!r} is not a server URL (expected http(s)://HOST[:PORT])"
+    assert not (tmp_path / "home").exists()
+
+
 def test_url_argument_beats_the_environment(server, monkeypatch):
     monkeypatch.setenv("METAOCL_CVDB_URL", "http://127.0.0.1:1")
     server.dataverse(b"abc", checksum={"type": "SHA-1", "value": ABC["SHA-1"]})

@@ -55,7 +55,17 @@ CHECKSUM_TYPES = {"MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-512":
 
 def _base_url(url: str | None, env: str, host: str) -> str:
     """The server to ask: the ``url`` argument, else ``$env``, else ``https://host``."""
-    return (url or os.environ.get(env) or f"https://{host}").rstrip("/")
+    given = url or os.environ.get(env) or f"https://{host}"
+    base = given.rstrip("/")
+    parts = urllib.parse.urlsplit(base)
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        where = "url argument" if url else f"${env}"
+        raise DataError(f"{where}: {given!r} is not a server URL (expected http(s)://HOST[:PORT])")
+    return base
 
 
 def _reachable(url: str) -> bool:
@@ -64,7 +74,7 @@ def _reachable(url: str) -> bool:
     try:
         socket.create_connection((parts.hostname, port), timeout=TIMEOUT_S).close()
         return True
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 
