@@ -4,7 +4,7 @@
     metaocl sweep quickstart                       # the embedded default: local Ray, ./mlflow.db, CPU
     metaocl sweep batch_size --smoke --dry-run     # print the trial table, run nothing
     metaocl sweep set_inclusion --seeds 3 --set train.batch_size=256
-    metaocl run quickstart --set seed=1            # one trial in this process, no Ray
+    metaocl run quickstart --set seed=1            # one trial in this process, no Ray (seed 1)
     metaocl sweep quickstart --resume              # continue after Ctrl-C or a killed driver
     metaocl ui                                     # MLflow UI on the sweep store
 
@@ -24,6 +24,7 @@ import sys
 from typing import Sequence
 
 from metaocl.config import ConfigError, known_sweeps, load_sweep, read_yaml
+from metaocl.tables import text_table
 
 EXIT_USAGE = 2
 
@@ -39,7 +40,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="sweep name (see `metaocl list`) or path to a sweep YAML file")
     p.add_argument("--smoke", action="store_true", help="the sweep's reduced variant (CPU, minutes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set train.lr=0.001 (repeatable)")
+                   help="override any config field, e.g. --set train.lr=0.001 (repeatable); a grid key is "
+                   "pinned to that value; --set seed=N runs seed N only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, metavar="N",
                    help="retries per failing trial (default: the sweep file's max_failures)")
 
-    p = sub.add_parser("run", help="run one trial of a sweep in this process, without Ray")
+    p = sub.add_parser("run", help="run one trial of a sweep in this process, without Ray",
+                       description="Run one trial of a sweep in this process, without Ray: the first trial "
+                       "(the first grid point, the sweep's first seed), or --trial ID, or --set seed=N for seed N. "
+                       "Tracked into its own MLflow experiment metaocl/NAME-run, never into the sweep's.")
     _sweep_args(p)
     p.add_argument("--trial", help="trial id from `metaocl sweep NAME --dry-run` (default: the first)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -98,14 +103,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _trial_table(sweep) -> str:
-    trials = sweep.trials()
-    keys = list(sweep.grid)
-    header = ["trial", "seed"] + keys
-    rows = [[t.trial_id, str(t.seed)] + [str(t.params[k]) for k in keys] for t in trials]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header)] + [fmt.format(*r) for r in rows]
-    return "\n".join(lines)
+    keys: list[str] = []
+    for t in sweep.trials():  # grid keys, then coupled points' keys
+        keys += [k for k in t.grid_values if k not in keys]
+    rows = [[t.trial_id, t.seed] + [t.grid_values.get(k, "") for k in keys] for t in sweep.trials()]
+    return text_table(["trial", "seed"] + keys, rows)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -127,11 +129,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = run_sweep(sweep, uri, address=args.address, storage=args.storage, resume=args.resume,
                         tracking_explicit=bool(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
-                        max_failures=args.max_failures)
-    summary = outcome.summary()
-    if summary:
-        print()
-        print(summary)
+                        max_failures=args.max_failures)  # prints the end-of-sweep summary
     print()
     print(outcome.table())
     print(f"MLflow store: {describe_store(uri)}")
@@ -159,15 +157,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri:
         check_reachable(uri)
+    from metaocl.experiments.local import check_trial, run_single
     from metaocl.summary import summarize
-    from metaocl.sweep import run_single
 
+    check_trial(trial, sweep)  # inputs and device before anything is written
     print(f"run {sweep.name} trial {trial.trial_id} (seed {trial.seed}) in this process")
     result = run_single(trial, sweep, uri)
     print()
-    print(summarize({trial.trial_id: result["history"]}, {trial.trial_id: trial.params}))
+    print(summarize({trial.trial_id: result["history"]}, {trial.trial_id: trial.grid_values}))
     if uri:
         print(f"MLflow store: {describe_store(uri)}")
+        print(f"experiment: {sweep.run_experiment_name} (kept apart from the sweep's {sweep.experiment_name})")
     return 0
 
 

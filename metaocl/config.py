@@ -307,7 +307,7 @@ class Trial:
     """One point of a sweep: a grid point times a seed, with its fully resolved config."""
 
     trial_id: str
-    params: dict[str, Any]  # the grid values of this trial (dotted keys)
+    grid_values: dict[str, Any]  # the grid (and points) values of this trial, dotted keys
     seed: int
     config: Any  # the kind's config dataclass
 
@@ -330,13 +330,29 @@ class Sweep:
     max_failures: int
     smoke: bool
     points: list[dict[str, Any]] = field(default_factory=list)  # coupled grid points (see SweepFile)
+    # How it was asked for (``--seeds``, ``--set``), so that a resume command can repeat it exactly.
+    seeds_option: int | None = None
+    overrides: tuple[str, ...] = ()
+    _trials: list[Trial] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def experiment_name(self) -> str:
         """The MLflow experiment this sweep tracks into (smoke runs kept apart)."""
         return f"metaocl/{self.name}" + ("-smoke" if self.smoke else "")
 
+    @property
+    def run_experiment_name(self) -> str:
+        """The MLflow experiment ``metaocl run`` tracks into: apart from the sweep's, so that a
+        debugging run never enters a sweep's verdict."""
+        return self.experiment_name + "-run"
+
     def trials(self) -> list[Trial]:
+        """Every trial (grid point x seed) with its validated config; built once, then cached."""
+        if self._trials is None:
+            self._trials = self._build_trials()
+        return list(self._trials)
+
+    def _build_trials(self) -> list[Trial]:
         cls = config_class(self.kind)
         keys = list(self.grid)
         product = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
@@ -352,7 +368,7 @@ class Sweep:
                 set_dotted(data, "seed", seed, cls, f"{self.path}: seeds")
                 config = from_dict(cls, data, f"{self.path}: trial {dict(params, seed=seed)}")
                 tid = f"p{p_index:02d}_s{seed}" if varies else f"s{seed}"
-                out.append(Trial(trial_id=tid, params=params, seed=seed, config=config))
+                out.append(Trial(trial_id=tid, grid_values=params, seed=seed, config=config))
         return out
 
     def trial_resources(self, cuda_available: bool) -> dict[str, float]:
@@ -453,8 +469,17 @@ def load_sweep(
         n_seeds = spec.smoke.seeds or n_seeds
         resources = spec.smoke.resources or resources
     base = copy.deepcopy(base)
+    pinned_seed = None
     for text in overrides:
         key, value = parse_override(text)
+        if key == "seed":  # pins the seed: one trial per grid point, with that seed
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"--set seed={value!r}: expected an integer")
+            if seeds is not None:
+                raise ConfigError(f"--set seed={value} pins one seed; drop --seeds {seeds} "
+                                  "(or drop --set seed and use --seeds N for N seeds)")
+            pinned_seed = value
+            continue
         set_dotted(base, key, value, cls, f"--set {key}")
         grid = {k: v for k, v in grid.items() if k != key}  # an explicit --set pins a grid key
         points = [{k: v for k, v in pt.items() if k != key} for pt in points]  # ... and a points key
@@ -477,11 +502,13 @@ def load_sweep(
         path=path,
         base=base,
         grid=grid,
-        seeds=list(range(spec.first_seed, spec.first_seed + n_seeds)),
+        seeds=[pinned_seed] if pinned_seed is not None else list(range(spec.first_seed, spec.first_seed + n_seeds)),
         resources=resources,
         max_failures=spec.max_failures,
         smoke=smoke,
         points=points,
+        seeds_option=seeds,
+        overrides=tuple(overrides),
     )
     sweep.trials()  # validate every trial config now, before anything starts
     return sweep

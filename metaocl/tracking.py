@@ -135,7 +135,7 @@ class SweepTracker:
         from mlflow.entities import Param
 
         tags = {"metaocl.role": "trial", "metaocl.sweep": sweep_name, "metaocl.kind": kind,
-                "metaocl.trial_id": trial.trial_id, "metaocl.grid": json.dumps(trial.params, sort_keys=True),
+                "metaocl.trial_id": trial.trial_id, "metaocl.grid": json.dumps(trial.grid_values, sort_keys=True),
                 "seed": str(trial.seed), "stage": "1"}
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id

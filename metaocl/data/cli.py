@@ -84,10 +84,9 @@ def resolve_data_config(spec: str, smoke: bool = False, overrides=(), seed: int 
 def format_table(dd) -> str:
     from metaocl.data.qa import split_table
 
-    rows = [("split", "rows", "definitions", "entities")] + [(n, str(r), str(d), str(e)) for n, r, d, e in split_table(dd)]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = [f"{r[0]:<{widths[0]}}  " + "  ".join(f"{r[i]:>{widths[i]}}" for i in (1, 2, 3)) for r in rows]
-    return "\n".join(lines)
+    from metaocl.tables import text_table
+
+    return text_table(["split", "rows", "definitions", "entities"], split_table(dd), align="<>>>")
 
 
 def cmd_download(args: argparse.Namespace) -> int:

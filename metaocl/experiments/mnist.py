@@ -57,16 +57,20 @@ def n_reports(config: MnistConfig) -> int:
 
 
 def required_inputs(config: MnistConfig) -> list[str]:
-    """The MNIST files when ``data.digits: mnist`` (scikit-learn's digits are bundled)."""
-    if config.data.digits != "mnist":
-        return []
-    from metaocl.data import data_home
+    """The timm model name, and the MNIST files when ``data.digits: mnist`` (scikit-learn's digits are bundled)."""
+    import timm
 
-    raw = data_home() / "MNIST" / "raw"
-    if all((raw / f).is_file() for f in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
-        return []
-    return [f"data.digits: MNIST not found under {raw.parent.parent} "
-            "(run `metaocl data download mnist` or set data.digits: sklearn_digits)"]
+    out = []
+    if not timm.is_model(config.model.name):
+        out.append(f"model.name: unknown timm model {config.model.name!r} (e.g. convnextv2_tiny, convnextv2_atto)")
+    if config.data.digits == "mnist":
+        from metaocl.data import data_home
+
+        raw = data_home() / "MNIST" / "raw"
+        if not all((raw / f).is_file() for f in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
+            out.append(f"data.digits: MNIST not found under {raw.parent.parent} "
+                       "(run `metaocl data download mnist` or set data.digits: sklearn_digits)")
+    return out
 
 
 def run(config: MnistConfig, reporter: Reporter) -> dict[str, float]:

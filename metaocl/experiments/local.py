@@ -1,0 +1,73 @@
+"""``metaocl run``: one trial in this process, no Ray, optionally tracked into MLflow.
+
+For debugging and for GPU machines without Ray. The trial's inputs (data files, model names) and
+device are checked first, so a mistake writes nothing. Tracking goes into an experiment of its own,
+``metaocl/NAME-run`` (``metaocl/NAME-smoke-run`` with ``--smoke``): a parent run tagged
+``metaocl.role=sweep``, ``metaocl.invocation=run`` with one child trial run, so a debugging run can
+never become part of a sweep's verdict (``metaocl report NAME`` reads ``metaocl/NAME``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Any, Mapping
+
+from metaocl.config import ConfigError, Sweep, Trial, kind as kind_of
+from metaocl.experiments import PrintReporter
+
+
+class TrackedReporter(PrintReporter):
+    """A :class:`PrintReporter` that also logs every report to one MLflow run."""
+
+    def __init__(self, tracker=None, run_id: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.tracker, self.run_id = tracker, run_id
+
+    def __call__(self, metrics: Mapping[str, float]) -> None:
+        super().__call__(metrics)
+        if self.tracker is not None:
+            self.tracker.log_metrics(self.run_id, metrics)
+
+
+def check_trial(trial: Trial, sweep: Sweep) -> None:
+    """What the trial needs from outside, and its device, before anything is written."""
+    kind = kind_of(sweep.kind)
+    problems = kind.required_inputs(trial.config)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{sweep.path}: {problems[0]}{more}")
+    device = str(getattr(trial.config, "device", "auto"))
+    if device.startswith("cuda"):
+        from metaocl.runtime import resolve_device
+
+        resolve_device(device)  # ConfigError when this machine has no CUDA
+
+
+def run_single(trial: Trial, sweep: Sweep, tracking: str | None, echo: bool = True) -> dict[str, Any]:
+    """Run ``trial`` here; returns its final metrics, its report history and the MLflow run ids."""
+    check_trial(trial, sweep)
+    tracker = run_id = None
+    if tracking:
+        from metaocl.tracking import SweepTracker
+
+        tracker = SweepTracker(tracking, sweep.run_experiment_name,
+                               f"{sweep.name}-{trial.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+                               {"metaocl.role": "sweep", "metaocl.invocation": "run", "metaocl.sweep": sweep.name,
+                                "metaocl.kind": sweep.kind, "metaocl.smoke": str(sweep.smoke).lower()})
+        tracker.start_parent()
+        run_id = tracker.start_trial(trial, sweep.name, sweep.kind)
+    reporter = TrackedReporter(tracker, run_id, interactive=sys.stderr.isatty(), echo=echo)
+    try:
+        final = kind_of(sweep.kind).run(trial.config, reporter)
+    except BaseException:
+        if tracker:
+            tracker.end_trial(run_id, ok=False, error=traceback.format_exc())
+            tracker.end(False)
+        raise
+    if tracker:
+        tracker.end_trial(run_id, ok=True)
+        tracker.end(True)
+    return {"final": final, "history": reporter.history, "run_id": run_id,
+            "parent_run_id": tracker.parent_id if tracker else None}

@@ -1,0 +1,396 @@
+"""The sweep driver: schedule the trials on Ray Tune, track them into MLflow, report the outcome.
+
+    metaocl sweep quickstart              # local Ray on loopback, ./mlflow.db
+    metaocl sweep batch_size --address head:6379 --tracking-uri http://mlflow:5000 --storage /nfs/runs
+    metaocl sweep batch_size --resume     # after the driver was killed or interrupted
+
+The planner (:func:`metaocl.config.load_sweep`) has already validated every trial config; the
+pre-flight checks (:mod:`metaocl.sweep.preflight`) then check what only a running cluster can tell
+(resources, shared storage, inputs of every trial) *before* anything is written. Each trial runs in a
+Ray worker (:mod:`metaocl.sweep.worker`); :class:`MlflowDriverCallback`, in this process, writes what
+it reports to MLflow (a parent run for the invocation, a child run per trial), feeds the progress
+display and keeps the histories for the end-of-sweep summary (:func:`_after_sweep`).
+
+Faults, and why each is handled where it is (docs/architecture.md, "Resume, retries, checkpoints"):
+
+- A trial that raises (or whose worker dies) is retried by Ray up to ``max_failures`` times, from its
+  last checkpoint. The driver logs each epoch of a trial once, so a replayed epoch is not logged
+  twice; a trial that still fails ends FAILED with its error. A ``ConfigError`` (a user mistake) is
+  never retried: the worker reports it and returns, and the trial ends FAILED with that line.
+- The ledger (:mod:`metaocl.sweep.ledger`) keeps ``finished/<trial>`` markers, so after ``kill -9``
+  of the driver a finished trial is never trained again.
+- ``--resume`` restores the Ray experiment (``Tuner.restore``) and reattaches the MLflow runs of the
+  same parent run by their tags, so runs are never duplicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ray import tune
+
+from metaocl.config import ConfigError, Sweep, Trial, kind as kind_of
+from metaocl.experiments.base import ExperimentKind
+from metaocl.sweep import preflight
+from metaocl.sweep.ledger import Ledger, default_storage, experiment_prefix, find_resumable, fingerprint, is_uri, join
+from metaocl.sweep.ledger import resume_command as make_resume_command
+from metaocl.sweep.progress import SweepProgress
+from metaocl.sweep.worker import CHECKPOINT_KEY, CONFIG_ERROR_KEY, TRACEBACK_KEY, trainable
+from metaocl.tables import text_table
+from metaocl.tracking import SweepTracker, metric_items
+
+
+@dataclass
+class SweepOutcome:
+    """What happened to every trial of one invocation (plus what earlier invocations finished)."""
+
+    grid_values: dict[str, dict] = field(default_factory=dict)  # trial id -> its grid values
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+    interrupted: bool = False
+    resume_command: str = ""
+    parent_run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+    def unfinished(self) -> list[str]:
+        return [t for t in self.grid_values if t not in self.finished and t not in self.failed]
+
+    def table(self) -> str:
+        """Per trial: status, retries, epochs reported, error; then the totals line."""
+        rows = []
+        for tid in self.grid_values:
+            status = "FAILED" if tid in self.failed else "done" if tid in self.finished else "unfinished"
+            epochs = max((int(r.get("epoch", 0)) for r in self.histories.get(tid, [])), default=0)
+            rows.append([tid, status, self.retried.get(tid, 0), epochs, self.failed.get(tid, "")])
+        lines = [text_table(["trial", "status", "retries", "epochs", "error"], rows)]
+        lines.append(f"trials: {len(self.finished)} done, {len(self.failed)} failed, "
+                     f"{sum(1 for n in self.retried.values() if n)} retried"
+                     + (f", {len(self.unfinished())} unfinished" if self.unfinished() else ""))
+        return "\n".join(lines)
+
+
+@dataclass
+class _Driver:
+    """What the callbacks of the running ``run_sweep`` write to (handed over by :func:`_driving`)."""
+
+    tracker: SweepTracker
+    sweep: Sweep
+    kind: ExperimentKind
+    trials: dict[str, Trial]
+    outcome: SweepOutcome
+    ledger: Ledger
+    progress: SweepProgress
+    finished_before: set[str] = field(default_factory=set)
+    last_step: dict[str, int] = field(default_factory=dict)
+
+
+# The hand-off to the callbacks. Ray pickles callbacks into its experiment state and restores them on
+# --resume, so a callback cannot hold the tracker; it reads the driver of the sweep that is running
+# in this process, set for exactly the duration of ``Tuner.fit`` by ``with _driving(driver):``.
+_ACTIVE: list[_Driver] = []
+
+
+@contextlib.contextmanager
+def _driving(driver: _Driver) -> Iterator[_Driver]:
+    _ACTIVE.append(driver)
+    try:
+        yield driver
+    finally:
+        _ACTIVE.remove(driver)
+
+
+def _history_put(history: list[dict[str, float]], row: dict[str, float]) -> None:
+    """Add ``row`` to a trial's history, replacing a row of the same epoch (a replayed epoch)."""
+    for i, old in enumerate(history):
+        if old.get("epoch") == row.get("epoch"):
+            history[i] = row
+            return
+    history.append(row)
+
+
+class MlflowDriverCallback(tune.Callback):
+    """Runs in the driver: the only MLflow writer of the sweep (see :func:`_driving`)."""
+
+    @staticmethod
+    def _driver() -> _Driver | None:
+        return _ACTIVE[-1] if _ACTIVE else None
+
+    @staticmethod
+    def _tid(trial) -> str:
+        return trial.config["trial"]["trial_id"]
+
+    @staticmethod
+    def _run(d: _Driver, tid: str) -> str:
+        """The MLflow run of trial ``tid``, created on first use (never twice: see reattach)."""
+        if tid not in d.tracker.trial_runs:
+            d.tracker.start_trial(d.trials[tid], d.sweep.name, d.sweep.kind)
+            d.tracker.trial_status[tid] = "RUNNING"
+            d.last_step[tid] = 0
+        return d.tracker.trial_runs[tid]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        d, tid = self._driver(), self._tid(trial)
+        if d is None or tid in d.finished_before:
+            return
+        tracker = d.tracker
+        if tid not in tracker.trial_runs:
+            self._run(d, tid)
+        elif tracker.trial_status.get(tid, "RUNNING") != "RUNNING":
+            if tracker.trial_status[tid] == "FAILED":  # failed before, tried again by --resume
+                tracker.client.delete_tag(tracker.trial_runs[tid], "metaocl.error")
+            tracker.set_status(tracker.trial_runs[tid], "RUNNING")  # reattached after --resume
+            tracker.trial_status[tid] = "RUNNING"
+        d.outcome.failed.pop(tid, None)
+        d.progress.trial_started(tid)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        d, tid = self._driver(), self._tid(trial)
+        if d is None or CHECKPOINT_KEY in result or tid in d.finished_before:
+            return
+        if CONFIG_ERROR_KEY in result:  # a user mistake found inside the trial: failed, never retried
+            line = str(result[CONFIG_ERROR_KEY])
+            d.outcome.failed[tid] = line
+            d.tracker.end_trial(self._run(d, tid), ok=False, error=str(result.get(TRACEBACK_KEY) or line))
+            d.tracker.trial_status[tid] = "FAILED"
+            d.progress.trial_ended(tid, ok=False, error=line)
+            return
+        row = metric_items(result)
+        step = int(row.get("epoch", 0))
+        if step > d.last_step.get(tid, 0):  # an epoch replayed by a retry is logged once
+            d.tracker.log_metrics(self._run(d, tid), result)
+            d.last_step[tid] = step
+        history = d.outcome.histories.setdefault(tid, [])
+        _history_put(history, row)
+        d.progress.report(tid, len(history), row)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        d, tid = self._driver(), self._tid(trial)
+        if d is None:
+            return
+        d.outcome.retried[tid] = d.outcome.retried.get(tid, 0) + 1
+        run_id = self._run(d, tid)
+        d.tracker.client.set_tag(run_id, "metaocl.retries", str(d.outcome.retried[tid]))
+        error = _trial_error_text(trial)
+        d.tracker.client.log_text(run_id, error, f"errors/attempt-{d.outcome.retried[tid]}.txt")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        d, tid = self._driver(), self._tid(trial)
+        if d is None or not _completed(trial):  # Ray also "completes" trials it stops on Ctrl-C
+            return
+        if CONFIG_ERROR_KEY in (trial.last_result or {}):  # ended FAILED in on_trial_result
+            return
+        if tid not in d.finished_before:
+            d.ledger.mark_finished(tid)  # first: a killed driver must never lead to a second training
+            d.tracker.end_trial(self._run(d, tid), ok=True)
+            d.tracker.trial_status[tid] = "FINISHED"
+        d.outcome.finished.add(tid)
+        d.progress.trial_ended(tid, ok=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        d, tid = self._driver(), self._tid(trial)
+        if d is None:
+            return
+        error = _trial_error_text(trial)
+        d.outcome.failed[tid] = _last_line(error)
+        d.tracker.end_trial(self._run(d, tid), ok=False, error=error)
+        d.tracker.trial_status[tid] = "FAILED"
+        d.progress.trial_ended(tid, ok=False, error=d.outcome.failed[tid])
+
+
+def _completed(trial) -> bool:
+    """Whether the trial's function returned (Ray marks its last result ``done``), not merely stopped."""
+    return bool((getattr(trial, "last_result", None) or {}).get("done"))
+
+
+def _last_line(error: str) -> str:
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "failed"
+
+
+def _strip_colours(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _trial_error_text(trial) -> str:
+    """The error (traceback) of the trial's last failed attempt, without terminal colour codes."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text()
+    else:
+        text = str(getattr(trial, "error_msg", "") or "trial failed")
+    return _strip_colours(text)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: str | Path | None = None,
+              progress: bool = True, resume: bool = False, tracking_explicit: bool = False,
+              max_failures: int | None = None) -> SweepOutcome:
+    """Run every trial of ``sweep`` on Ray Tune and track it into MLflow at ``tracking``.
+
+    Every user mistake (unreachable cluster, resources no node has, node-local storage on a cluster,
+    missing inputs, a config error every trial would hit, nothing to resume) raises ``ConfigError``
+    before MLflow or the storage is written. When the sweep has ended, :func:`_after_sweep` prints
+    the summary.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    kind = kind_of(sweep.kind)
+    storage = str(storage) if storage else default_storage()
+    if not is_uri(storage):
+        storage = str(Path(storage).resolve())
+    trials = {t.trial_id: t for t in sweep.trials()}
+    print_fingerprint = fingerprint(trials)
+    exp_dir = state = None
+    if resume:
+        exp_dir, state = find_resumable(sweep, storage)
+        if state.get("fingerprint") != print_fingerprint:
+            raise ConfigError(f"--resume: the trials of {sweep.name} differ from those the sweep started with "
+                              f"({exp_dir}); resume with the same sweep file, --smoke, --seeds and --set")
+        if tracking != state["tracking_uri"]:
+            if tracking_explicit:
+                raise ConfigError(f"--resume: this sweep tracks into {state['tracking_uri']}, not {tracking}; "
+                                  f"resume with --tracking-uri {state['tracking_uri']}")
+            tracking = state["tracking_uri"]
+    outcome = SweepOutcome(
+        grid_values={tid: t.grid_values for tid, t in trials.items()},
+        resume_command=make_resume_command(sweep, storage if storage != default_storage() else None, address,
+                                           tracking if tracking_explicit else None))
+    tracker = shown = None
+    started = False
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if local:
+        preflight.check_inputs(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
+    try:
+        where = preflight.init_ray(address)
+        resources = preflight.check_resources(sweep, where)
+        preflight.check_devices(sweep, trials, resources)
+        preflight.check_shared_storage(storage, where)
+        if not local:
+            preflight.check_inputs(sweep, trials, local=False)  # asked of the cluster, where trials read them
+
+        # From here on things are written: the MLflow parent run, the experiment folder.
+        if resume:
+            from metaocl.tracking import check_reachable
+
+            check_reachable(tracking)
+            tracker = SweepTracker.reattach(tracking, state["parent_run_id"])
+        else:
+            tracker = SweepTracker.for_sweep(sweep, tracking)
+            exp_dir = join(storage, experiment_prefix(sweep) + tracker.parent_id[:8])
+        outcome.parent_run_id = tracker.parent_id
+        for key, value in (("metaocl.invocation", "sweep"), ("metaocl.fingerprint", print_fingerprint),
+                           ("metaocl.ray_experiment", exp_dir)):
+            tracker.client.set_tag(tracker.parent_id, key, value)
+        ledger = Ledger(exp_dir)
+        if not resume:
+            ledger.write_state({"parent_run_id": tracker.parent_id, "tracking_uri": tracking, "sweep": sweep.name,
+                                "experiment": sweep.experiment_name, "smoke": sweep.smoke,
+                                "fingerprint": print_fingerprint, "created": time.time()})
+        finished_before = ledger.finished() & set(trials)
+        last_step: dict[str, int] = {}
+        for tid in tracker.trial_status:  # reattached runs: what they already hold
+            outcome.histories[tid] = tracker.load_history(tracker.trial_runs[tid])
+            last_step[tid] = max((int(r.get("epoch", 0)) for r in outcome.histories[tid]), default=0)
+            retries = int(tracker.trial_tags.get(tid, {}).get("metaocl.retries", "0"))
+            if retries:
+                outcome.retried[tid] = retries
+        for tid in finished_before:
+            outcome.finished.add(tid)
+            if tracker.trial_status.get(tid) != "FINISHED" and tid in tracker.trial_runs:
+                tracker.end_trial(tracker.trial_runs[tid], ok=True)  # the old driver died in between
+        shown = SweepProgress(sweep.name, kind, {tid: kind.n_reports(t.config) for tid, t in trials.items()},
+                              done={tid: len(h) for tid, h in outcome.histories.items()},
+                              finished=set(finished_before), enabled=progress)
+        driver = _Driver(tracker, sweep, kind, trials, outcome, ledger, shown, finished_before, last_step)
+
+        trainable_ = tune.with_resources(trainable, resources)
+        if resume:
+            tuner = tune.Tuner.restore(exp_dir, trainable_, resume_unfinished=True, resume_errored=True)
+        else:
+            space = [{"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
+                      "config": t.config_dict()} for tid, t in trials.items()]
+            tuner = tune.Tuner(
+                trainable_,
+                param_space={"trial": tune.grid_search(space)},
+                tune_config=tune.TuneConfig(num_samples=1),
+                run_config=tune.RunConfig(
+                    name=exp_dir.rstrip("/").rsplit("/", 1)[1],
+                    storage_path=storage,
+                    callbacks=[MlflowDriverCallback()],
+                    failure_config=tune.FailureConfig(
+                        max_failures=sweep.max_failures if max_failures is None else max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=0,
+                ),
+            )
+        started = True
+        with _driving(driver):
+            results = tuner.fit()
+        _reconcile(driver, results)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        if not started:  # nothing ran yet: nothing to resume either
+            raise
+    finally:
+        if shown is not None:
+            shown.close()
+        if tracker is not None:
+            if outcome.unfinished() and started:
+                outcome.interrupted = True
+            if outcome.interrupted:
+                for tid in outcome.unfinished():
+                    if tid in tracker.trial_runs and tracker.trial_status.get(tid) != "KILLED":
+                        tracker.set_status(tracker.trial_runs[tid], "KILLED")
+                tracker.end(False, status="KILLED")
+            else:
+                tracker.end(outcome.ok)
+        if ray.is_initialized():
+            ray.shutdown()
+    if tracker is not None:
+        _after_sweep(tracking, tracker.parent_id, outcome)
+    return outcome
+
+
+def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -> None:
+    """Runs once per invocation, after the sweep ended and MLflow holds its final state: the summary."""
+    from metaocl.summary import summarize
+
+    text = summarize({t: h for t, h in outcome.histories.items() if t not in outcome.failed}, outcome.grid_values)
+    if text:
+        print()
+        print(text)
+
+
+def _reconcile(driver: _Driver, results: tune.ResultGrid) -> None:
+    """Make MLflow and the outcome agree with Ray's final word on every trial (public ResultGrid API)."""
+    outcome, tracker = driver.outcome, driver.tracker
+    for result in results:
+        tid = ((result.config or {}).get("trial") or {}).get("trial_id")
+        if tid is None:
+            continue
+        metrics = result.metrics or {}
+        if result.error is not None:
+            if tid not in outcome.failed:  # failed under an earlier driver
+                outcome.failed[tid] = _last_line(_strip_colours(str(result.error)))
+        elif CONFIG_ERROR_KEY in metrics:
+            outcome.failed.setdefault(tid, str(metrics[CONFIG_ERROR_KEY]))
+        elif metrics.get("done") and tid not in outcome.finished:
+            driver.ledger.mark_finished(tid)  # finished under an earlier driver that died before its ledger
+            if tid in tracker.trial_runs and tracker.trial_status.get(tid) != "FINISHED":
+                tracker.end_trial(tracker.trial_runs[tid], ok=True)
+            outcome.finished.add(tid)

@@ -1,0 +1,161 @@
+"""What a running sweep shows: one bar for the sweep and one line per running trial, for every kind.
+
+On a terminal: a tqdm bar over all evaluations of the sweep (``n_reports`` of each trial's kind)
+with trials done / running / failed and the ETA, and under it one bar per running trial with its
+latest epoch (or step) and headline effects. Elsewhere (a ``docker run`` log, KubeRay, CI), no
+bars: one line per report, at most one per ``interval`` seconds per trial (a trial's last report,
+its end and its failure are always printed), each line self-contained::
+
+    [s0] epoch 3/24 stage 1: acc qd1consis 0.912 qd2incons 0.833 (OCL +0.079, meta-OCL +0.012) | sweep 1 done, 2 running, 0 failed; 30/144 evals; ETA 4m10s
+
+Counts come from the driver's per-trial histories, so an epoch replayed by a retry or a
+``--resume`` is counted once, and finished trials of an earlier invocation count as done.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, Mapping
+
+from metaocl.experiments.base import ExperimentKind
+
+DEFAULT_INTERVAL_S = 30.0  # non-TTY: at most one line per trial this often
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class SweepProgress:
+    """Progress of one sweep invocation. ``expected``: trial id -> evaluations it will report."""
+
+    def __init__(self, name: str, kind: ExperimentKind, expected: Mapping[str, int], *, done: Mapping[str, int] = {},
+                 finished: set[str] = frozenset(), stream: IO[str] | None = None, tty: bool | None = None,
+                 interval: float | None = None, enabled: bool = True):
+        self.name, self.kind, self.expected = name, kind, dict(expected)
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        env = os.environ.get("METAOCL_PROGRESS_INTERVAL")
+        self.interval = interval if interval is not None else float(env) if env else DEFAULT_INTERVAL_S
+        self.enabled = enabled
+        self.reports = dict(done)  # trial -> evaluations logged so far (distinct epochs)
+        self.finished, self.failed, self.running = set(finished), set(), set()
+        self.start_reports = sum(self.reports.values())
+        self.start_time = time.monotonic()
+        self.last_line: dict[str, float] = {}
+        self.bar = None
+        self.trial_bars: dict[str, object] = {}
+        if enabled and self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.n_done, desc=f"{name}: {len(expected)} trials",
+                            unit="eval", file=self.stream, dynamic_ncols=True)
+            self._refresh()
+
+    # ---- counts -------------------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        return sum(self.expected.values())
+
+    @property
+    def n_done(self) -> int:
+        return sum(min(n, self.expected.get(t, n)) for t, n in self.reports.items())
+
+    def eta(self) -> str:
+        made = self.n_done - self.start_reports
+        left = self.total - self.n_done
+        if left <= 0:
+            return "0s"
+        if made <= 0:
+            return "?"
+        return _duration((time.monotonic() - self.start_time) / made * left)
+
+    def counts(self) -> str:
+        return (f"{len(self.finished)} done, {len(self.running)} running, {len(self.failed)} failed; "
+                f"{self.n_done}/{self.total} evals")
+
+    # ---- events from the driver --------------------------------------------------------------
+    def trial_started(self, tid: str) -> None:
+        self.running.add(tid)
+        self.failed.discard(tid)
+        if self.bar is not None and tid not in self.trial_bars:
+            from tqdm.auto import tqdm
+
+            self.trial_bars[tid] = tqdm(total=self.expected.get(tid), initial=self.reports.get(tid, 0),
+                                        desc=f"  {tid}", unit="eval", file=self.stream, leave=False,
+                                        dynamic_ncols=True)
+        self._refresh()
+
+    def report(self, tid: str, n_reports: int, row: Mapping[str, float]) -> None:
+        """Trial ``tid`` has now logged ``n_reports`` distinct evaluations, the latest being ``row``."""
+        before = self.n_done
+        self.reports[tid] = n_reports
+        self.running.add(tid)
+        if self.bar is not None:
+            self.bar.update(self.n_done - before)
+            tbar = self.trial_bars.get(tid)
+            if tbar is not None:
+                tbar.update(n_reports - tbar.n)
+                tbar.set_postfix_str(self.describe(tid, row, with_id=False), refresh=True)
+            self._refresh()
+        elif self.enabled:
+            now = time.monotonic()
+            last = n_reports >= self.expected.get(tid, n_reports + 1)
+            if last or now - self.last_line.get(tid, -1e9) >= self.interval:
+                self.last_line[tid] = now
+                self._print(f"{self.describe(tid, row)} | {self.name}: {self.counts()}; ETA {self.eta()}")
+
+    def trial_ended(self, tid: str, ok: bool, error: str = "") -> None:
+        self.running.discard(tid)
+        (self.finished if ok else self.failed).add(tid)
+        tbar = self.trial_bars.pop(tid, None)
+        if tbar is not None:
+            tbar.close()
+        if self.bar is not None:
+            self._refresh()
+            if not ok:
+                self.bar.write(f"[{tid}] FAILED: {error}", file=self.stream)
+        elif self.enabled:
+            self._print(f"[{tid}] {'done' if ok else 'FAILED: ' + error} | {self.name}: {self.counts()}")
+
+    def close(self) -> None:
+        for tbar in self.trial_bars.values():
+            tbar.close()
+        self.trial_bars.clear()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.enabled:
+            self._print(f"{self.name}: {self.counts()}")
+
+    # ---- text ----------------------------------------------------------------------------------
+    def describe(self, tid: str, row: Mapping[str, float], with_id: bool = True) -> str:
+        """``[s0] epoch 3/24 stage 1: acc qd1consis 0.912 ... (OCL +0.079, meta-OCL +0.012)``."""
+        unit = self.kind.progress_unit
+        n = self.reports.get(tid, 0)
+        where = f"{unit} {int(row.get('epoch', 0))}, eval {n}/{self.expected.get(tid, '?')}"
+        if "stage" in row:
+            where += f", stage {int(row['stage'])}"
+        pairs = [p for p in self.kind.effect_pairs if p.template is None]
+        shown = [s for p in pairs for s in (p.a, p.b)]
+        values = self.kind.headline(row)
+        text = " ".join(f"{s} {values[s]:.3f}" for s in shown if s in values)
+        gaps = self.kind.gaps(row)
+        effects = ", ".join(f"{p.effect} {gaps[p.metric]:+.3f}" for p in pairs if p.metric in gaps)
+        out = f"{where}: {self.kind.measure} {text}" if text else where
+        if effects:
+            out += f" ({effects})"
+        return f"[{tid}] {out}" if with_id else out
+
+    def _refresh(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{len(self.finished)} done, {len(self.running)} running, "
+                                     f"{len(self.failed)} failed", refresh=True)
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)

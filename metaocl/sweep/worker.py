@@ -1,0 +1,80 @@
+"""The code a Ray worker runs for one trial: the Tune function trainable and its reporter.
+
+This is the only part of the sweep that Ray pickles and ships to workers; it imports neither MLflow
+nor the driver. A trial rebuilds its config from the plain dict in ``param["trial"]``, runs its kind's
+``run(config, reporter)`` and hands every evaluation (and each checkpoint) to Ray Tune; the driver's
+callback (:mod:`metaocl.sweep.driver`) turns those into MLflow runs.
+
+A :class:`~metaocl.config.ConfigError` raised inside a trial is a user mistake that a retry cannot
+fix: the trial returns at once with one final report carrying the error line under
+:data:`CONFIG_ERROR_KEY` (so Ray does not retry it), and the driver marks it FAILED with that line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Mapping
+
+from ray import tune
+
+from metaocl.config import ConfigError, from_dict, kind as kind_of
+from metaocl.sweep.ledger import Ledger
+
+CHECKPOINT_KEY = "metaocl_checkpoint"  # marks a report that only carries a checkpoint (not logged)
+CONFIG_ERROR_KEY = "metaocl_config_error"  # a report that says: this trial failed with a user mistake (the line)
+TRACEBACK_KEY = "metaocl_traceback"  # ... and where it was raised
+
+
+class TuneReporter:
+    """Inside a Ray worker: hand each evaluation (and each checkpoint) to Ray Tune.
+
+    ``save_checkpoint(state)`` stores ``state`` (any ``torch.save``-able dict: model and optimizer
+    state dicts, epoch, RNG states) as a Tune checkpoint; ``restore_checkpoint()`` returns the
+    latest one of this trial after a retry or a ``--resume``, else None.
+    """
+
+    interactive = False
+
+    def __call__(self, metrics: Mapping[str, float]) -> None:
+        tune.report(dict(metrics))
+
+    def save_checkpoint(self, state: dict) -> None:
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="metaocl-ckpt-") as d:
+            torch.save(state, Path(d) / "state.pt")
+            tune.report({CHECKPOINT_KEY: 1.0}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    def restore_checkpoint(self) -> dict | None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        import torch
+
+        with checkpoint.as_directory() as d:
+            return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def trainable(param: dict) -> None:
+    """The Ray Tune function trainable: rebuild the trial's config and run its experiment kind."""
+    import ray
+
+    spec = param["trial"]
+    tid = spec["trial_id"]
+    ledger = Ledger(spec["exp_dir"])
+    if ledger.is_finished(tid):  # finished under an earlier driver whose Ray state was not saved in time
+        return
+    ledger.log_attempt(tid, {"trial_id": tid, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                             "time": time.time(), "from_checkpoint": tune.get_checkpoint() is not None})
+    os.environ["METAOCL_TRIAL_CPUS"] = str(spec["cpus"])
+    kind = kind_of(spec["kind"])
+    try:
+        config = from_dict(kind.config_cls, spec["config"], f"trial {tid}")
+        kind.run(config, TuneReporter())
+    except ConfigError as e:  # deterministic: a retry would fail the same way
+        tune.report({CONFIG_ERROR_KEY: str(e), TRACEBACK_KEY: traceback.format_exc()})
