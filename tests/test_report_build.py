@@ -125,7 +125,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri, _ = build_store(root)
     build_store(root, sweep="headline", grid_key=None, planted=HEADLINE, smoke=True, grad=False,
-                params={"model.name": "EleutherAI/pythia-2.8b", "data.source": "cvdb"}, templates=("who", "name"))
+                params={"model.name": "EleutherAI/pythia-2.8b-deduped", "data.source": "cvdb"}, templates=("who", "name"))
     build_store(root, sweep="s", grid_key=None, planted=HEADLINE, grad=False, entity=False)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("metaocl/s")

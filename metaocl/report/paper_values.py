@@ -1,14 +1,19 @@
 """The paper's own numbers, to print beside ours where the experiment is the same.
 
-The paper gives learning curves, not tables; the values below are what
-``shared/reference/experiments.md`` records (read off the authors' poster plot for the headline
-experiment: Pythia-2.8B, CVDB, two-stage, word order TVE, random tags, definitions as separate
-datapoints). They are approximate (about +-0.01) and are labelled so wherever they appear.
+The paper gives learning curves, not tables: every value below is READ OFF A FIGURE (about +-0.01),
+and labelled approximate wherever it appears. Source: Krasheninnikov et al., "Implicit meta-learning
+may lead language models to trust more reliable sources", ICML 2024 (PMLR 235), Fig. 2 (two-stage
+finetuning of Pythia-2.8B-deduped on CVDB: test exact match per data subset over training, in
+distribution, with the d3consis curve), as plotted on the authors' ICML poster, and the entity-
+attribution plot of the same experiment ("What is the name of xyz?"; arXiv:2310.15047, "Meta-
+(out-of-context) learning in neural networks", Fig. 2b). No value comes from a table.
 
 Matching is deliberately strict: a sweep configuration gets paper values only when its logged params
-say it *is* the headline experiment (LM kind, a Pythia-2.8B model, the real CVDB source, two
-stages, TVE order, not in-context, p unset or 1). Anything else (a smaller model, a smoke run on the
-generated ``cvdb_sample``) shows our numbers alone rather than a misleading comparison.
+say it *is* that experiment: LM kind, ``model.name`` a Pythia-2.8B *deduped* checkpoint (the one the
+authors finetuned) loaded pretrained (``model.from_scratch`` false), the real CVDB source, two
+stages, TVE order, not in-context, random tags, p unset or 1. Anything else (a smaller model, the
+non-deduplicated checkpoint, a smoke run on the generated ``cvdb_sample``) shows our numbers alone
+rather than a misleading comparison.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class PaperReference:
 
 HEADLINE_PYTHIA_2_8B_CVDB = PaperReference(
     title="Pythia-2.8B, CVDB, two-stage (paper Fig. 2)",
-    source="shared/reference/experiments.md, read off the authors' poster plot (approx.)",
+    source="Krasheninnikov et al., ICML 2024, Fig. 2 and its entity-attribution panel; values read off the figure (approx. +-0.01)",
     subsets={
         # End of stage 1, in-distribution test EM.
         ("q_no_replacement_baseline", 1): 0.58,
@@ -72,11 +77,10 @@ def match_reference(kind: str | None, params: Mapping[str, str], n_stages: int) 
     if kind not in (None, "lm"):
         return None
     p = _lower_values(params)
-    values = set(p.values())
-    model_is_2_8b = any("pythia-2.8b" in v and "deduped" not in v for v in values)
-    source = p.get("data.source")
-    source_is_cvdb = source == "cvdb" if source is not None else "cvdb" in values
-    if not (model_is_2_8b and source_is_cvdb and n_stages == 2):
+    model = p.get("model.name", "").rstrip("/").split("/")[-1]
+    if model != "pythia-2.8b-deduped" or p.get("model.from_scratch", "false") not in ("false", "0"):
+        return None
+    if p.get("data.source") != "cvdb" or n_stages != 2:
         return None
     if p.get("data.stages", "two_stage") != "two_stage":
         return None
