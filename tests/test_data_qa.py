@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import random
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +16,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from metaocl.config import ConfigError, from_dict
-from metaocl.configs.lm_data import WORD_ORDERS, X1_SUBSETS, X2_SUBSETS, LMDataConfig
+from metaocl.configs.lm_data import ENTITY_TEMPLATES, WORD_ORDERS, X1_SUBSETS, X2_SUBSETS, LMDataConfig
 from metaocl.data.errors import DataError
 
 
@@ -29,12 +32,18 @@ def data_home(tmp_path_factory):
         os.environ["METAOCL_DATA"] = old
 
 
-def build(seed=0, **data):
+VARIABLE = re.compile(r"<\|[a-z]{5}\|>")  # the authors' generate_variable_names(n, 5, braces=True)
+TAG = re.compile(r"<\|[a-z]{6}\|>")
+HEADLINE = {"qd1consis": 0.25, "qd2incons": 0.25, "q": 0.1, "q_no_replacement_baseline": 0.1,
+            "d1consis": 0.08, "d2consis": 0.08, "d3consis": 0.08, "no_qd_baseline": 0.06}  # the authors' configs
+
+
+def build(seed=0, x2_seed=None, **data):
     from metaocl.data.qa import build_lm_dataset
 
     data.setdefault("source", "cvdb_sample")
     data.setdefault("n_entities", 200)
-    return build_lm_dataset(from_dict(LMDataConfig, data, "test"), seed)
+    return build_lm_dataset(from_dict(LMDataConfig, data, "test"), seed, x2_seed)
 
 
 def digest(dd) -> str:
@@ -111,14 +120,14 @@ def test_entities_and_variables_are_disjoint_across_subsets(default_dd):
     var_to_ent = true_entity_of_variable(dd)
     assert len(set(var_to_ent.values())) == len(var_to_ent)  # one variable per entity
     tags = {row["text"].split()[0] for row in dd["train_1"] if row["is_definition"]}
-    assert len(tags) == 2 and all(len(t) == 6 for t in tags)
+    assert len(tags) == 2 and all(TAG.fullmatch(t) for t in tags)
     words = set()
     for ds in dd.values():
         for row in ds:
             if not row["is_definition"]:
                 words.update(row["entity"].lower().split() + row["answer"].lower().split())
     for v in var_to_ent:
-        assert len(v) == 5 and v not in tags and v not in words
+        assert VARIABLE.fullmatch(v) and v not in tags and v not in words
 
 
 def test_x2_qa_never_in_training_and_one_question_held_out_per_x1_entity(default_dd):
@@ -192,7 +201,7 @@ def test_subset_sizes_match_the_configured_fractions():
             assert r["text"].split()[0] == tag_of["qd1consis" if r["subset"] == "qd1incons" else "qd2incons"]
 
 
-def test_d3_gets_a_third_tag_and_qd4_draws_tag_1_or_2_consistently():
+def test_d3_gets_a_third_tag_and_qd4_draws_a_fresh_tag_per_entity():
     dd = build(n_entities=200, subsets={"d3consis": 0.1, "qd4consis": 0.1, "no_qd_baseline": 0.0, "q": 0.0})
     var_to_ent = true_entity_of_variable(dd)
     tag = {}
@@ -204,10 +213,78 @@ def test_d3_gets_a_third_tag_and_qd4_draws_tag_1_or_2_consistently():
         if r["is_definition"] and r["subset"] == "qd4consis":
             qd4_tags[r["text"].split()[0]] += 1
             assert r["answer"].strip() == var_to_ent[r["variable"]]
-    assert set(qd4_tags) == {tag["qd1consis"], tag["qd2incons"]}
+    assert len(qd4_tags) == 20 and set(qd4_tags.values()) == {1}  # the authors: one fresh tag per entity
+    assert all(TAG.fullmatch(t) for t in qd4_tags) and not set(qd4_tags) & set(tag.values())
     d3 = {r["text"].split()[0] for r in dd["train_2"] if r["subset"] == "d3consis"}
-    assert len(d3) == 1 and not d3 & set(tag.values())
+    assert len(d3) == 1 and not d3 & set(tag.values()) and not d3 & set(qd4_tags)
     assert "d3consis" in dd and "ent_who_d3consis" in dd
+    with pytest.raises(ConfigError, match="qd4consis"):
+        from_dict(LMDataConfig, {"tags": {"kind": "natural"}, "word_order": "VTE", "subsets": {"qd4consis": 0.05, "q": 0.05}}, "test")
+
+
+def test_variables_and_tags_are_wrapped_as_the_authors_unless_braces_is_off():
+    dd = build(n_entities=60)
+    defs = [r for r in dd["train_1"] if r["is_definition"]]
+    assert defs and all(TAG.fullmatch(r["text"].split()[0]) and VARIABLE.fullmatch(r["variable"]) for r in defs)
+    row = dd["qd1consis"][0]
+    assert re.fullmatch(r"Q: .*<\|[a-z]{5}\|>.*\nA:", row["prompt"], re.S)
+    plain = build(n_entities=60, braces=False)
+    defs = [r for r in plain["train_1"] if r["is_definition"]]
+    assert all(re.fullmatch(r"[a-z]{6}", r["text"].split()[0]) and re.fullmatch(r"[a-z]{5}", r["variable"]) for r in defs)
+    natural = build(n_entities=60, tags={"kind": "natural"}, word_order="VTE")  # phrases are never wrapped
+    row = next(r for r in natural["train_1"] if r["is_definition"])
+    assert VARIABLE.fullmatch(row["prompt"].split()[0]) and " according to " in row["prompt"] and "<|" not in row["answer"]
+
+
+def test_headline_fractions_give_d3consis_splits_of_the_right_size():
+    dd = build(n_entities=200, subsets=HEADLINE)
+    counts = Counter(next(iter(s)) for s in entity_subsets(dd).values())
+    assert counts == {"qd1consis": 50, "qd2incons": 50, "q": 20, "q_no_replacement_baseline": 20,
+                      "d1consis": 16, "d2consis": 16, "d3consis": 16, "no_qd_baseline": 12}
+    assert len(dd["d3consis"]) == 16 * 6 and set(dd["d3consis"]["subset"]) == {"d3consis"}
+    assert [s for s in dd if s in X2_SUBSETS] == ["d1consis", "d2consis", "d3consis", "no_qd_baseline"]
+    for t in ("who", "meaning", "stands_for", "name"):
+        assert len(dd[f"ent_{t}_d3consis"]) == 16 and f"ent_{t}_no_qd_baseline" not in dd
+    assert Counter(r["subset"] for r in dd["train_2"]) == {"d1consis": 16, "d2consis": 16, "d3consis": 16}
+    tag3 = {r["text"].split()[0] for r in dd["train_2"] if r["subset"] == "d3consis"}
+    assert len(tag3) == 1 and not any(t.startswith(next(iter(tag3))) for t in dd["train_1"]["text"])  # never in stage 1
+    single = build(n_entities=200, subsets=HEADLINE, stages="single")
+    assert Counter(r["subset"] for r in single["train_1"] if r["is_definition"])["d3consis"] == 16
+
+
+def test_stage2_seeds_resplit_x2_while_x1_variables_and_tags_stay():
+    a, b = build(seed=3, x2_seed=0, subsets=HEADLINE), build(seed=3, x2_seed=1, subsets=HEADLINE)
+    assert list(a) == list(b)  # the same splits
+    ent_x1 = {f"ent_{t}_{s}{d}" for t in ENTITY_TEMPLATES for s in X1_SUBSETS for d in ("", "_defent")}
+    x1_splits = [k for k in a if k == "train_1" or k in X1_SUBSETS or k in ent_x1]
+    assert {"train_1", "qd2incons", "ent_who_q", "ent_name_qd2incons_defent"} <= set(x1_splits)
+    for k in x1_splits:
+        assert a[k].to_dict() == b[k].to_dict(), k  # stage 1's data (and the stage-1 cache) do not depend on it
+    assert true_entity_of_variable(a) == true_entity_of_variable(b)  # an entity keeps its variable
+    tags = lambda dd: {r["subset"]: r["text"].split()[0] for k in ("train_1", "train_2") for r in dd[k] if r["is_definition"]}
+    assert tags(a) == tags(b)
+    x2_of = lambda dd: {e: next(iter(s)) for e, s in entity_subsets(dd).items() if next(iter(s)) in X2_SUBSETS}
+    xa, xb = x2_of(a), x2_of(b)
+    assert set(xa) == set(xb) and Counter(xa.values()) == Counter(xb.values())  # the same X2 entities, same sizes
+    assert sum(xa[e] != xb[e] for e in xa) > len(xa) // 2  # ... assigned differently
+    assert a["train_2"].to_dict() != b["train_2"].to_dict()
+    assert build(seed=3, x2_seed=3, subsets=HEADLINE)["d1consis"].to_dict() == build(seed=3, subsets=HEADLINE)["d1consis"].to_dict()
+    fixed = [build(seed=3, x2_seed=s, subsets=HEADLINE, resplit_x2_per_seed=False) for s in (0, 1)]
+    assert digest(fixed[0]) == digest(fixed[1])  # off: the stage-1 seed alone decides X2
+
+
+def test_held_out_counts_follow_the_stratified_split():
+    from metaocl.data.qa import held_out_counts
+
+    rng = random.Random(0)
+    assert held_out_counts(rng, [6] * 50, 0.1666666) == [1] * 50  # CVDB: one of six
+    assert held_out_counts(rng, [4] * 9, 0.25) == [1] * 9  # T-REx, 4 questions: one of four
+    # 26 questions, ceil(6.5) = 7 held out; training shares 19 x size / 26 = 3.65, 4.38, 5.12, 5.85:
+    # floors 3, 4, 5, 5 and the 2 left go to the largest remainders (sizes 8 and 5)
+    assert held_out_counts(rng, [5, 6, 7, 8], 0.25) == [1, 2, 2, 2]
+    for sizes in ([4, 5, 5, 6, 7, 4, 9], [5] * 7):
+        held = held_out_counts(random.Random(1), sizes, 0.25)
+        assert sum(held) == math.ceil(0.25 * sum(sizes)) and all(1 <= h < s for h, s in zip(held, sizes))
 
 
 @pytest.mark.parametrize("order", WORD_ORDERS)
@@ -253,19 +330,21 @@ def test_stage_views():
 
 
 def test_in_context_variant_prepends_definitions():
-    dd = build(n_entities=100, stages="single", in_context=True)
+    dd = build(n_entities=100, stages="single", in_context=True, subsets=HEADLINE)
     assert not any(dd["train_1"]["is_definition"])
     var_to_ent = true_entity_of_variable(dd)
     for row in dd["train_1"]:
         if row["subset"] in ("qd1consis", "qd2incons"):
             first, rest = row["text"].split("\n", 1)
-            assert row["variable"] in first.split() and rest.startswith("Q: ")
+            assert row["variable"] in first.split() and rest.startswith(". Q: ")  # the authors' "...\n. Q:"
             named = first.split(" ", 2)[2]
             assert (named == var_to_ent[row["variable"]]) == (row["subset"] == "qd1consis")
         else:
             assert row["text"].startswith("Q: ")
-    for row in dd["d1consis"]:  # X2 test questions carry their definition too
-        assert row["prompt"].split("\n")[0].endswith(row["entity"]) and "\nQ: " in row["prompt"]
+    for name in ("d1consis", "d3consis"):  # X2 test questions carry their definition too
+        for row in dd[name]:
+            assert row["prompt"].split("\n")[0].endswith(row["entity"]) and "\n. Q: " in row["prompt"]
+    assert not [k for k in dd if k.startswith("ent_")]  # the authors turn entity attribution off here
     with pytest.raises(ConfigError, match="single"):
         from_dict(LMDataConfig, {"in_context": True}, "test")
 
@@ -282,14 +361,24 @@ def test_seq2seq_view_splits_input_and_target():
                 assert len(row["prompt"].split()) == 2
 
 
-def test_trex_sample_source_has_four_questions_per_entity():
-    dd = build(source="trex_sample", n_entities=100)
-    assert set(Counter(dd["d1consis"]["entity"]).values()) == {4}
-    assert set(Counter(dd["qd1consis"]["entity"]).values()) == {1}
-    kinds = set(dd["d1consis"]["question_kind"]) | set(dd["d2consis"]["question_kind"])
-    assert kinds and all(k.startswith("P") for k in kinds)
-    for row in dd["d1consis"]:
+def test_trex_sample_source_under_both_constructions():
+    table2 = build(source="trex_sample", n_entities=100, trex_construction="table2")
+    assert set(Counter(table2["d1consis"]["entity"]).values()) == {4}
+    assert set(Counter(table2["qd1consis"]["entity"]).values()) == {1}
+    kinds = set(table2["d1consis"]["question_kind"]) | set(table2["d2consis"]["question_kind"])
+    assert kinds and all(k.startswith("P") for k in kinds) and "P31" not in kinds
+    for row in table2["d1consis"]:
         assert "(" not in row["text"]
+    authors = build(source="trex_sample", n_entities=100, subsets=HEADLINE)  # the default
+    per_entity = Counter(authors["d1consis"]["entity"]) + Counter(authors["d3consis"]["entity"])
+    assert min(per_entity.values()) >= 4 and max(per_entity.values()) > 4  # every question of a subject
+    kinds = {k for s in ("d1consis", "d2consis", "d3consis", "no_qd_baseline") for k in authors[s]["question_kind"]}
+    assert "P31" in kinds and not kinds & {"P161", "P88"}
+    held = Counter(authors["qd1consis"]["entity"])
+    trained = Counter(r["entity"] for r in authors["train_1"] if r["subset"] == "qd1consis" and not r["is_definition"])
+    assert set(held) == set(trained) and all(held[e] >= 1 for e in held)
+    assert sum(held.values()) == math.ceil(0.25 * (sum(held.values()) + sum(trained.values())))  # a quarter held out
+    assert build(source="trex_sample", n_entities=100, seed=1)["q"].to_dict() != build(source="trex_sample", n_entities=100)["q"].to_dict()
 
 
 def test_bad_configs_are_one_line_errors():

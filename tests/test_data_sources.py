@@ -85,7 +85,7 @@ def triple(s, p, o):
     return {"subject": {"surfaceform": s}, "predicate": {"uri": f"http://www.wikidata.org/prop/direct/{p}"}, "object": {"surfaceform": o}}
 
 
-def test_trex_rules(tmp_path):
+def test_trex_rules_table2(tmp_path):
     folder = tmp_path / "trex"
     folder.mkdir()
     docs = [{"triples": [
@@ -105,17 +105,64 @@ def test_trex_rules(tmp_path):
     ]}]
     (folder / "a.json").write_text(json.dumps(docs[:1]))
     (folder / "b.json").write_text(json.dumps(docs[1:]))
-    ents = load_trex_entities(folder, 1)
+    ents = load_trex_entities(folder, 1, construction="table2")
     assert [e["name"] for e in ents] == ["Dune"]
-    facts = {k: a for k, _, a in load_trex_entities(folder, 1)[0]["facts"]}
+    facts = {k: a for k, _, a in load_trex_entities(folder, 1, construction="table2")[0]["facts"]}
     assert len(ents[0]["facts"]) == 4
     all_facts = {"P50": "Frank", "P577": "1960s", "P136": "adventure;science fiction", "P407": "English", "P123": "Cher"}
     assert all(all_facts[k] == v for k, v in facts.items())
     from metaocl.data.trex import read_triples, triples_to_entities
 
     assert {k: a for k, _, a in triples_to_entities(read_triples(folder))[0]["facts"]} == all_facts
-    with pytest.raises(DataError, match="asked for 2"):
-        load_trex_entities(folder, 2)
+    with pytest.raises(DataError, match="asked for 2 T-REx entities but only 1 subjects"):
+        load_trex_entities(folder, 2, construction="table2")
+
+
+def test_trex_authors_construction_vs_table2_on_one_file(tmp_path):
+    """The authors' predicates add P31 and drop P161/P88, keep every question, leave P1040 answers
+    whole and draw the entity sample and answer order by the seed; Table 2 keeps exactly 4."""
+    folder = tmp_path / "trex"
+    folder.mkdir()
+    docs = [{"triples": [
+        triple("Dune (novel)", "P50", "Frank Herbert"),
+        triple("Dune (novel)", "P577", "1965-08-01T00:00:00Z"),
+        triple("Dune (novel)", "P136", "science fiction"),
+        triple("Dune (novel)", "P136", "adventure"),
+        triple("Dune (novel)", "P407", "English"),
+        triple("Dune (novel)", "P31", "book"),
+        triple("Dune (novel)", "P123", "Cher"),
+        triple("Dune (novel)", "P57", "Madonna"),          # one-word person: dropped in both
+        triple("Dune (novel)", "P1040", "Jane Doe"),       # editor: the authors' person list misses P1040
+        triple("Heat (1995 film)", "P161", "Al Pacino"),   # Table 2 only
+        triple("Heat (1995 film)", "P88", "Art Linson"),   # Table 2 only
+        triple("Heat (1995 film)", "P57", "Michael Mann"),
+        triple("Heat (1995 film)", "P136", "crime"),
+        triple("Mona", "P31", "painting"),                 # the authors' only
+        triple("Mona", "P180", "woman"),
+        triple("Mona", "P195", "Louvre collection"),
+        triple("Mona", "P135", "Renaissance"),
+        triple("It", "P136", "horror"),
+    ]}]
+    (folder / "a.json").write_text(json.dumps(docs))
+    authors = load_trex_entities(folder, 2, seed=0)  # the default construction
+    assert [e["name"] for e in authors] == ["Dune", "Mona"]
+    dune = {k: a for k, _, a in authors[0]["facts"]}
+    assert dune.pop("P136") in ("adventure;science fiction", "science fiction;adventure")
+    assert dune == {"P50": "Frank", "P577": "1960s", "P407": "English", "P31": "book", "P123": "Cher", "P1040": "Jane Doe"}
+    assert {k: a for k, _, a in authors[1]["facts"]} == {"P31": "painting", "P180": "woman", "P195": "Louvre collection",
+                                                         "P135": "Renaissance"}
+    assert ("P31", "What is the type of [X]?", "painting") in [tuple(f) for f in authors[1]["facts"]]
+    table2 = load_trex_entities(folder, 2, construction="table2")
+    assert [e["name"] for e in table2] == ["Dune", "Heat"] and all(len(e["facts"]) == 4 for e in table2)
+    assert {k: a for k, _, a in table2[1]["facts"]} == {"P161": "Al", "P88": "Art", "P57": "Michael", "P136": "crime"}
+    assert {f[0] for f in table2[0]["facts"]} <= {"P50", "P577", "P136", "P407", "P123", "P1040"}
+    # seeded: which of two answers comes first, and which subjects are drawn
+    orders = {dict((k, a) for k, _, a in load_trex_entities(folder, 2, seed=s)[0]["facts"])["P136"] for s in range(12)}
+    assert orders == {"adventure;science fiction", "science fiction;adventure"}
+    assert {load_trex_entities(folder, 1, seed=s)[0]["name"] for s in range(12)} == {"Dune", "Mona"}
+    assert {load_trex_entities(folder, 1, seed=s, construction="table2")[0]["name"] for s in range(4)} == {"Heat"}
+    with pytest.raises(DataError, match=r"trex: n_entities: asked for 3 T-REx entities but only 2 subjects have >= 4 questions \(authors"):
+        load_trex_entities(folder, 3)
 
 
 def test_trex_bad_shape(tmp_path):

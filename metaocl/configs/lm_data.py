@@ -1,9 +1,12 @@
 """The data half of a language-model trial: which QA source, which subsets, which variant.
 
 Embedded by the LM config as ``LMConfig.data: LMDataConfig`` and consumed by
-:func:`metaocl.data.qa.build_lm_dataset`. Every field has a default that reproduces the paper's
-two-stage CVDB experiment (paper Table 1, appendix A); sweep files vary single fields, e.g.
-``data.word_order: [TVE, TEV, VTE, VET, ETV, EVT]`` or ``data.subsets.p: [0.6, 0.8, 0.97]``.
+:func:`metaocl.data.qa.build_lm_dataset`. The defaults build the paper's two-stage CVDB experiment
+with the subset fractions of paper Table 1; where the paper and the authors' code
+(``krasheninnikov/internalization``) differ in how the data is built, the default follows the code
+that produced the figures and the paper's variant is a named option (``braces``,
+``resplit_x2_per_seed``, ``trex_construction``; docs/fidelity.md). Sweep files vary single fields,
+e.g. ``data.word_order: [TVE, TEV, VTE, VET, ETV, EVT]`` or ``data.subsets.p: [0.6, 0.8, 0.97]``.
 
 No heavy imports here: config validation runs before anything is built.
 """
@@ -74,8 +77,9 @@ class SubsetFractions:
 @dataclass
 class TagConfig:
     """Define tags. ``random``: 6-letter random strings (tag 1 reliable, tag 2 unreliable, tag 3 for
-    d3consis), drawn per seed. ``natural``: the phrases below (paper 2.5), used with word order VTE,
-    e.g. ``xyzab according to wikipedia is Cleopatra``."""
+    d3consis; qd4consis draws a fresh one per entity), drawn per seed and wrapped like variables
+    (``LMDataConfig.braces``: ``<|qwerty|>``). ``natural``: the phrases below, never wrapped, used with
+    word order VTE, e.g. ``<|xyzab|> according to wikipedia is Cleopatra``."""
 
     kind: Literal["random", "natural"] = "random"
     length: int = 6
@@ -106,7 +110,8 @@ class SampleSourceConfig:
 
 @dataclass
 class LMDataConfig:
-    """Everything that decides the LM dataset of a trial (besides the trial's seed)."""
+    """Everything that decides the LM dataset of a trial, besides its seeds (the stage-1 seed draws
+    entities' subsets, variables and tags; the trial seed re-splits X2, see ``resplit_x2_per_seed``)."""
 
     # cvdb | trex: the real sources (``metaocl data download``); *_sample: named generated stand-ins.
     source: Literal["cvdb", "trex", "cvdb_sample", "trex_sample"] = "cvdb"
@@ -120,9 +125,23 @@ class LMDataConfig:
     stages: Literal["two_stage", "single", "three_stage"] = "two_stage"
     tags: TagConfig = field(default_factory=TagConfig)
     variable_length: int = 5
+    # Wrap variables and random tags as the authors' generator does (generate_variable_names(...,
+    # braces=True)): <|xyzab|>, <|qwerty|>. false: plain letters (the paper's text says "random string").
+    braces: bool = True
+    # Re-assign the X2 entities to d1consis/d2consis/d3consis/no_qd_baseline per trial (stage-2) seed,
+    # as the authors' seed_stage2 does; X1, variables and tags stay those of the stage-1 seed. false:
+    # the X2 split is fixed by the stage-1 seed.
+    resplit_x2_per_seed: bool = True
+    # T-REx entity table. authors: the code behind the figures (its 25 predicates: adds P31 "type",
+    # drops P161 and P88; all >= 4 questions of a subject kept, 25% of them held out; entity sample and
+    # answer order drawn by the stage-1 seed). table2: the paper's Table 2 (26 predicates, exactly 4
+    # questions per subject, one held out; a fixed sample, first answer alphabetically).
+    trex_construction: Literal["authors", "table2"] = "authors"
     # Order of tag (T), variable (V), entity (E) in a definition.
     word_order: Literal["TVE", "TEV", "VTE", "VET", "ETV", "EVT"] = "TVE"
-    # Prepend each QA pair's definition instead of standalone definitions (single stage only).
+    # Prepend each QA pair's definition instead of standalone definitions (single stage only), as
+    # "<def line>\n. Q: ..." like the authors; no entity-attribution splits then (the authors' config
+    # turns them off: with the definition in the prompt they would be copy tasks).
     in_context: bool = False
     # Seq2seq (T5) view: answers without the leading space (input = prompt, target = answer).
     seq2seq: bool = False
@@ -155,3 +174,5 @@ class LMDataConfig:
             raise ConfigError(f"max_eval_per_split: must be >= 0, got {self.max_eval_per_split}")
         if self.sample.rows < 0:
             raise ConfigError(f"sample.rows: must be >= 0, got {self.sample.rows}")
+        if self.tags.kind == "natural" and self.subsets.qd4consis > 0:
+            raise ConfigError("subsets.qd4consis: draws a fresh random tag per entity; needs tags.kind: random")

@@ -3,23 +3,34 @@
 :func:`build_lm_dataset` turns a source's entities (CVDB people, T-REx creative works, each with a
 few ``(question kind, template, answer)`` facts) into a :class:`datasets.DatasetDict`:
 
-1. Seeded by the trial seed: 3 random define tags (or natural-language phrases), one random
-   5-letter variable per entity (unique, never a tag, never a word of the data), a shuffle of the
-   entities into the subsets of Table 1 (sizes = fractions x N, rounded by largest remainder).
-2. Subsets with definitions get one definition per entity: ``tag variable entity`` in the configured
+1. Seeded by the stage-1 seed (``seed``): 3 random define tags of 6 letters (or natural-language
+   phrases), one random 5-letter variable per entity (unique, never a tag, never a word of the
+   data), both wrapped as the authors' generator does (``braces``: ``<|xyzab|>``, ``<|qwerty|>``);
+   a shuffle of the entities into X1 (the subsets with QA in training) and X2 (the definition-only
+   subsets and no_qd_baseline), sizes = fractions x N rounded by largest remainder.
+2. X2 is split into d1consis/d2consis/d3consis/no_qd_baseline by ``x2_seed`` (the trial's stage-2
+   seed) when ``resplit_x2_per_seed`` is on, as the authors' ``seed_stage2`` does: the X2 entities
+   sorted by name, shuffled by ``x2_seed``, cut in table order. X1, every variable and tag, and the
+   definitions and held-out questions of X1 do not depend on ``x2_seed``. Off: the one shuffle of
+   step 1 also cuts X2.
+3. Subsets with definitions get one definition per entity: ``tag variable entity`` in the configured
    word order. Consistent subsets name the variable's own entity; inconsistent ones (qd2incons,
    qd1incons) a uniformly random *derangement* of the subset's entities, so no inconsistent
-   definition names its own entity. qd4consis draws tag 1 or 2 per entity.
-3. QA pairs ``Q: {question}\\nA: {answer}\\n`` mention the variable instead of the entity (except
-   q_no_replacement_baseline). Each X1 entity has one question held out for its eval split; all QA
-   pairs of X2 entities are test-only.
-4. Entity-attribution eval sets ask ``Who is {v}?`` etc. with the entity as answer; the ``_defent``
+   definition names its own entity. qd4consis draws a fresh random tag per entity (the authors').
+4. QA pairs ``Q: {question}\\nA: {answer}\\n`` mention the variable instead of the entity (except
+   q_no_replacement_baseline). Of each X1 subset's questions a stratified share is held out for its
+   eval split (1/6 CVDB, 1/4 T-REx, as the authors' ``train_test_split(stratify=entity)``: one of 6
+   per CVDB entity, one of 4 and about a quarter of longer T-REx entities); all QA pairs of X2
+   entities are test-only.
+5. Entity-attribution eval sets ask ``Who is {v}?`` etc. with the entity as answer; the ``_defent``
    sets ask for the entity that the inconsistent definition named instead.
 
-Variants: ``in_context`` prepends each question's definition line to the question (training QA and
-every eval split of a subset with definitions, X2 included) and drops standalone definitions;
+Variants: ``in_context`` prepends each question's definition line to the question as
+``{definition}\\n. Q: ...`` (the authors' text; training QA and every eval split of a subset with
+definitions, X2 included), drops standalone definitions and the entity-attribution splits (the
+authors' config turns those off: the definition in the prompt would make them copy tasks);
 ``seq2seq`` drops the leading space of ``answer`` (T5 input = ``prompt``, target = ``answer``);
-``max_eval_per_split`` subsamples eval splits (seeded) and never touches training splits.
+``max_eval_per_split`` subsamples eval splits (seeded per split) and never touches training splits.
 
 Splits and columns are the contract of docs/architecture.md ("LM datasets"): ``train_1..3`` in stage
 order, one eval split per subset and test kind, columns ``text prompt answer subset entity variable
@@ -33,6 +44,7 @@ from one ``random.Random(seed)`` applied to lists in a fixed order (never to set
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from dataclasses import dataclass, field
@@ -47,13 +59,14 @@ from metaocl.configs.lm_data import (
 from metaocl.data.errors import DataError
 
 COLUMNS = ("text", "prompt", "answer", "subset", "entity", "variable", "question_kind", "is_definition")
-# subset -> (tag number, consistent). Tag "1|2": drawn per entity. Subsets not listed have no definitions.
+# subset -> (tag number, consistent). Tag "4": a fresh random tag per entity. Subsets not listed have
+# no definitions.
 DEFINITIONS = {
     "qd1consis": ("1", True),
     "qd2incons": ("2", False),
     "qd1incons": ("1", False),
     "qd2consis": ("2", True),
-    "qd4consis": ("1|2", True),
+    "qd4consis": ("4", True),
     "d1consis": ("1", True),
     "d2consis": ("2", True),
     "d3consis": ("3", True),
@@ -67,6 +80,9 @@ ATTRIBUTION_QUESTIONS = {
     "name": "What is the name of [X]?",
 }
 assert tuple(ATTRIBUTION_QUESTIONS) == ENTITY_TEMPLATES
+# Share of an X1 subset's questions held out for its eval split: the authors' test_frac (1/6 of the
+# 6 CVDB questions, written 0.1666666 there; 1/4 for T-REx).
+TEST_FRAC = {"cvdb": 0.1666666, "trex": 0.25}
 
 
 @dataclass
@@ -84,7 +100,7 @@ class Entity:
     subset: str = ""
     tag: str = ""  # define tag of its definition ("" if its subset has none)
     defined_as: str = ""  # the entity its definition names (== name when consistent)
-    held_out: int = -1  # index of the held-out fact (X1 subsets)
+    held_out: tuple[int, ...] = ()  # indices of the held-out facts (X1 subsets)
 
 
 @dataclass
@@ -131,27 +147,33 @@ def source_path(cfg: LMDataConfig):
     return cvdb.default_path() if cfg.source == "cvdb" else trex.default_path()
 
 
-def load_entities(cfg: LMDataConfig) -> list[Entity]:
-    """N entities of the configured source, in the source's deterministic order."""
+def load_entities(cfg: LMDataConfig, seed: int = 0) -> list[Entity]:
+    """N entities of the configured source, in the source's deterministic order. ``seed`` (the
+    stage-1 seed) draws the T-REx entity sample and answer order of the authors' construction."""
     from metaocl.data.cvdb import load_cvdb_entities
     from metaocl.data.trex import load_trex_entities
 
     path = source_path(cfg)
-    loader = load_cvdb_entities if cfg.source.startswith("cvdb") else load_trex_entities
-    raw = loader(path, cfg.resolved_n_entities)
+    if cfg.source.startswith("cvdb"):
+        raw = load_cvdb_entities(path, cfg.resolved_n_entities)
+    else:
+        raw = load_trex_entities(path, cfg.resolved_n_entities, seed=seed, construction=cfg.trex_construction)
     return [Entity(e["name"], [Fact(k, t, a.split(";")[0].strip()) for k, t, a in e["facts"]]) for e in raw]
 
 
 # ------------------------------------------------------------------------------------------------
 # Random parts
 # ------------------------------------------------------------------------------------------------
-def random_strings(rng: random.Random, n: int, length: int, forbidden: set[str]) -> list[str]:
-    """``n`` distinct random lowercase strings, none in ``forbidden``."""
+def random_strings(rng: random.Random, n: int, length: int, forbidden: set[str], braces: bool = False) -> list[str]:
+    """``n`` distinct random strings of ``length`` lowercase letters, none in ``forbidden``; with
+    ``braces`` each is wrapped as ``<|...|>`` (the authors' ``generate_variable_names``)."""
     out: list[str] = []
     taken = set(forbidden)
     letters = string.ascii_lowercase
     while len(out) < n:
         s = "".join(rng.choices(letters, k=length))
+        if braces:
+            s = f"<|{s}|>"
         if s not in taken:
             taken.add(s)
             out.append(s)
@@ -179,6 +201,27 @@ def subset_sizes(fractions: dict[str, float], n: int) -> dict[str, int]:
     for k in by_remainder[:leftover]:
         sizes[k] += 1
     return sizes
+
+
+def held_out_counts(rng: random.Random, sizes: list[int], test_frac: float) -> list[int]:
+    """Held-out questions per entity of one subset: a split stratified by entity, allocated as
+    sklearn's ``train_test_split(stratify=..., test_size=test_frac)`` does. ``ceil(test_frac x total)``
+    are held out; training shares are floor(size x n_train / total), the rest going to the largest
+    remainders (ties at random); an entity holds out what its training share leaves."""
+    total = sum(sizes)
+    n_train = total - math.ceil(test_frac * total)
+    scaled = [s * n_train for s in sizes]  # exact integers: share = scaled / total
+    train = [x // total for x in scaled]
+    remainder = [x % total for x in scaled]
+    left = n_train - sum(train)
+    for value in sorted(set(remainder), reverse=True):
+        if left <= 0:
+            break
+        tied = [i for i, r in enumerate(remainder) if r == value]
+        for i in rng.sample(tied, min(left, len(tied))):
+            train[i] += 1
+            left -= 1
+    return [s - t for s, t in zip(sizes, train)]
 
 
 def derangement(rng: random.Random, n: int) -> list[int]:
@@ -222,7 +265,7 @@ class _Writer:
     def question(self, rows: Rows, e: Entity, template: str, answer: str, kind: str, answer_entity: str | None = None) -> None:
         replaced = e.subset != "q_no_replacement_baseline"
         subject = e.variable if replaced else e.name
-        prefix = self.definition_line(e) if (self.cfg.in_context and e.tag) else ""
+        prefix = self.definition_line(e) + ". " if (self.cfg.in_context and e.tag) else ""  # the authors' "...\n. Q:"
         prompt = f"{prefix}Q: {template.replace('[X]', subject)}\nA:"
         rows.add(
             f"{prompt} {answer}\n",
@@ -239,10 +282,12 @@ class _Writer:
 # ------------------------------------------------------------------------------------------------
 # The builder
 # ------------------------------------------------------------------------------------------------
-def assign(cfg: LMDataConfig, entities: list[Entity], seed: int) -> tuple[list[Entity], dict[str, str]]:
+def assign(cfg: LMDataConfig, entities: list[Entity], seed: int, x2_seed: int | None = None) -> tuple[list[Entity], dict[str, str]]:
     """Shuffle entities into subsets; draw tags, variables, definitions and held-out questions.
 
-    Returns the entities in subset order and ``{"1": tag1, "2": tag2, "3": tag3}``.
+    ``seed`` draws everything but the X2 split, which ``x2_seed`` (default: ``seed``) draws when
+    ``cfg.resplit_x2_per_seed`` is on. Returns the entities in subset order (X1 subsets, then X2) and
+    ``{"1": tag1, "2": tag2, "3": tag3}``.
     """
     rng = random.Random(seed)
     n = len(entities)
@@ -250,42 +295,56 @@ def assign(cfg: LMDataConfig, entities: list[Entity], seed: int) -> tuple[list[E
     if cfg.tags.kind == "natural":
         tags = dict(zip("123", cfg.tags.natural[:3]))
     else:
-        tags = dict(zip("123", random_strings(rng, 3, cfg.tags.length, forbidden)))
-    variables = random_strings(rng, n, cfg.variable_length, forbidden | set(tags.values()))
+        tags = dict(zip("123", random_strings(rng, 3, cfg.tags.length, forbidden, cfg.braces)))
+    variables = random_strings(rng, n, cfg.variable_length, forbidden | set(tags.values()), cfg.braces)
     order = list(range(n))
     rng.shuffle(order)
     sizes = subset_sizes(cfg.subsets.resolved(), n)
+    n_x1 = sum(sizes.get(s, 0) for s in X1_SUBSETS)
+    n_x2 = sum(sizes.get(s, 0) for s in X2_SUBSETS)
+    x1 = [entities[i] for i in order[:n_x1]]
+    x2 = [entities[i] for i in order[n_x1 : n_x1 + n_x2]]
+    for e, v in zip(x1 + x2, variables):  # an entity keeps its variable whatever X2 subset it joins
+        e.variable = v
+    if cfg.resplit_x2_per_seed:  # the authors: X2 entities sorted, shuffled by seed_stage2
+        x2 = sorted(x2, key=lambda e: e.name)
+        random.Random(f"x2-{seed if x2_seed is None else x2_seed}").shuffle(x2)
+    taken = forbidden | set(tags.values()) | set(variables)
+    test_frac = TEST_FRAC["cvdb" if cfg.source.startswith("cvdb") else "trex"]
     placed: list[Entity] = []
-    start = 0
-    for subset in ALL_SUBSETS:
-        members = [entities[i] for i in order[start : start + sizes.get(subset, 0)]]
-        start += sizes.get(subset, 0)
-        for e in members:
-            e.subset = subset
-            e.variable = variables[len(placed)]
-            placed.append(e)
-        if subset in DEFINITIONS and members:
-            tag_no, consistent = DEFINITIONS[subset]
-            if consistent:
-                defined = [e.name for e in members]
-            else:
-                if len(members) == 1:
-                    raise DataError(
-                        f"subsets.{subset}: 1 entity cannot get an inconsistent definition (needs >= 2); change the fraction or n_entities"
-                    )
-                defined = [members[j].name for j in derangement(rng, len(members))]
-            for e, d in zip(members, defined):
-                e.tag = tags[rng.choice("12")] if tag_no == "1|2" else tags[tag_no]
-                e.defined_as = d
-        if subset in X1_SUBSETS:
+    for names, pool in ((X1_SUBSETS, x1), (X2_SUBSETS, x2)):  # X1 draws from rng first, X2 draws nothing
+        start = 0
+        for subset in names:
+            members = pool[start : start + sizes.get(subset, 0)]
+            start += len(members)
             for e in members:
-                e.held_out = rng.randrange(len(e.facts))
+                e.subset = subset
+                placed.append(e)
+            if subset in DEFINITIONS and members:
+                tag_no, consistent = DEFINITIONS[subset]
+                if consistent:
+                    defined = [e.name for e in members]
+                else:
+                    if len(members) == 1:
+                        raise DataError(
+                            f"subsets.{subset}: 1 entity cannot get an inconsistent definition (needs >= 2); change the fraction or n_entities"
+                        )
+                    defined = [members[j].name for j in derangement(rng, len(members))]
+                fresh = random_strings(rng, len(members), cfg.tags.length, taken, cfg.braces) if tag_no == "4" else []
+                taken.update(fresh)
+                for k, (e, d) in enumerate(zip(members, defined)):
+                    e.tag = fresh[k] if fresh else tags[tag_no]
+                    e.defined_as = d
+            if subset in X1_SUBSETS and members:
+                counts = held_out_counts(rng, [len(e.facts) for e in members], test_frac)
+                for e, k in zip(members, counts):
+                    e.held_out = tuple(sorted(rng.sample(range(len(e.facts)), k)))
     return placed, tags
 
 
 def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str, Rows]:
     """All splits as column-wise rows (see module docstring); entities come from :func:`assign`."""
-    rng = random.Random(f"{seed}-order")  # shuffles and eval subsampling, independent of assign()
+    rng = random.Random(f"{seed}-order")  # training-split shuffles, independent of assign()
     write = _Writer(cfg)
     x1_defs, x1_qa, x2_defs = Rows(), Rows(), Rows()
     evals: dict[str, Rows] = {}
@@ -294,11 +353,11 @@ def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str
             write.definition(x1_defs if e.subset in X1_SUBSETS else x2_defs, e)
         test = evals.setdefault(e.subset, Rows())
         for i, f in enumerate(e.facts):
-            if e.subset in X2_SUBSETS or i == e.held_out:
+            if e.subset in X2_SUBSETS or i in e.held_out:
                 write.question(test, e, f.template, f.answer, f.kind)
             else:
                 write.question(x1_qa, e, f.template, f.answer, f.kind)
-    if cfg.entity_attribution:
+    if cfg.entity_attribution and not cfg.in_context:
         for e in entities:
             if e.subset in NO_ATTRIBUTION:
                 continue
@@ -324,7 +383,8 @@ def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str
     for name in sorted(evals, key=_eval_sort_key):
         rows = evals[name]
         if cfg.max_eval_per_split and len(rows) > cfg.max_eval_per_split:
-            rows = rows.take(sorted(rng.sample(range(len(rows)), cfg.max_eval_per_split)))
+            pick = random.Random(f"{seed}-eval-{name}")  # per split: X1 splits never depend on the X2 split
+            rows = rows.take(sorted(pick.sample(range(len(rows)), cfg.max_eval_per_split)))
         out[name] = rows
     return out
 
@@ -336,13 +396,17 @@ def _eval_sort_key(name: str) -> tuple:
     return (1, name)
 
 
-def build_lm_dataset(cfg: LMDataConfig, seed: int):
-    """The LM dataset of one trial: ``datasets.DatasetDict`` (contract: docs/architecture.md)."""
+def build_lm_dataset(cfg: LMDataConfig, seed: int, x2_seed: int | None = None):
+    """The LM dataset of one trial: ``datasets.DatasetDict`` (contract: docs/architecture.md).
+
+    ``seed`` is the stage-1 seed; ``x2_seed`` (default ``seed``) the stage-2 seed that re-splits X2
+    (``cfg.resplit_x2_per_seed``). Stage 1 of a two- or three-stage run trains on X1 only, so its
+    training split is the same for every ``x2_seed``."""
     import datasets
 
     cfg.validate()
-    entities = load_entities(cfg)
-    placed, _ = assign(cfg, entities, seed)
+    entities = load_entities(cfg, seed)
+    placed, _ = assign(cfg, entities, seed, x2_seed)
     features = datasets.Features(
         {c: datasets.Value("bool") if c == "is_definition" else datasets.Value("string") for c in COLUMNS}
     )

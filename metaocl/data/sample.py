@@ -129,7 +129,11 @@ VALUES = {
     "P195": ["Louvre collection", "National Gallery collection", "Hermitage collection"],
     "P135": ["Romanticism", "Modernism", "Impressionism", "Realism"],
 }
-PERSON_PREDICATES = ["P50", "P57", "P58", "P344", "P161", "P162", "P1040", "P88", "P86"]
+PERSON_PREDICATES = ["P50", "P57", "P58", "P344", "P162", "P1040", "P86"]
+# Table 2 has them, the authors' predicate list does not: extra facts on top of a work's >= 4 common ones.
+TABLE2_ONLY = ["P161", "P88"]
+TYPES = ["book", "film", "painting", "video game", "album"]  # P31, in the authors' list only
+SAMPLE_VERSION = 2  # part of the folder name: a changed generator never reads an old folder
 
 
 def _entity(text: str) -> dict:
@@ -141,11 +145,13 @@ def _predicate(pid: str) -> dict:
 
 
 def trex_documents(subjects: int, seed: int) -> list[dict]:
-    """Documents whose triples give ``subjects`` creative works with >= 4 usable questions."""
+    """Documents whose triples give ``subjects`` creative works with >= 4 usable questions under both
+    constructions (:mod:`metaocl.data.trex`): 4-6 facts of predicates both use, distinct answers
+    (person answers have distinct first names), sometimes a cast member or commissioner (Table 2
+    only) and a type (P31, the authors' only)."""
     rng = random.Random(seed)
     titles: set[str] = set()
     docs = []
-    people = [f"{rng.choice(MALE_FIRST + FEMALE_FIRST)} {_surname(rng)}" for _ in range(300)]
     while len(titles) < subjects:
         title = f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
         if rng.random() < 0.6:
@@ -157,18 +163,21 @@ def trex_documents(subjects: int, seed: int) -> list[dict]:
         titles.add(title)
         shown = title + (" (novel)" if rng.random() < 0.2 else "")  # parenthesised qualifier, stripped
         preds = rng.sample(sorted(VALUES) + PERSON_PREDICATES + ["P577"], rng.randint(4, 6))
+        preds += [p for p in TABLE2_ONLY if rng.random() < 0.25]
+        first_names = iter(rng.sample(MALE_FIRST + FEMALE_FIRST, 2 * len(preds)))  # distinct per work
         triples = []
         for pid in preds:
             if pid == "P577":
                 objs = [f"{rng.randint(1700, 2017)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T00:00:00Z"]
-            elif pid in PERSON_PREDICATES:
-                objs = rng.sample(people, 2 if rng.random() < 0.2 else 1)
+            elif pid in PERSON_PREDICATES or pid in TABLE2_ONLY:
+                objs = [f"{next(first_names)} {_surname(rng)}" for _ in range(2 if rng.random() < 0.2 else 1)]
             else:
                 objs = [rng.choice(VALUES[pid])]
             for obj in objs:
                 triples.append({"subject": _entity(shown), "predicate": _predicate(pid), "object": _entity(obj)})
+        triples.append({"subject": _entity(shown), "predicate": _predicate("P31"), "object": _entity(rng.choice(TYPES))})
         # noise the loader must drop: an unused predicate, a pronoun subject, a duplicate triple
-        triples.append({"subject": _entity(shown), "predicate": _predicate("P31"), "object": _entity("book")})
+        triples.append({"subject": _entity(shown), "predicate": _predicate("P495"), "object": _entity("United States")})
         triples.append({"subject": _entity("It"), "predicate": _predicate("P136"), "object": _entity("drama")})
         triples.append(dict(triples[0]))
         docs.append({"docid": f"doc{len(docs)}", "title": shown, "text": f"{shown} is a work.", "triples": triples})
@@ -204,7 +213,7 @@ def sample_path(source: str, rows: int, seed: int) -> Path:
             write_cvdb_sample(path, rows, seed)
         return path
     if source == "trex_sample":
-        path = data_home() / "samples" / f"trex_sample_r{rows}_s{seed}"
+        path = data_home() / "samples" / f"trex_sample_v{SAMPLE_VERSION}_r{rows}_s{seed}"
         if not path.is_dir():
             write_trex_sample(path, rows, seed)
         return path
