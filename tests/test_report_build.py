@@ -14,15 +14,12 @@ import time
 
 import numpy as np
 import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
 from metaocl.config import ConfigError
-
-mlflow = pytest.importorskip("mlflow")
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from metaocl.report.build import make_report  # noqa: E402
+from metaocl.report.build import make_report
 
 STAGE1_EPOCHS = 6
 STAGE2_EPOCHS = 4
@@ -149,10 +146,18 @@ def _expected(diffs):
     return d.mean(), 2 * sps.t.sf(abs(t), d.size - 1)
 
 
+def _expected_ci(diffs):
+    """Hand-computed t interval: mean -+ t_{0.975, n-1} * sd / sqrt(n)."""
+    d = np.asarray(diffs)
+    half = sps.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    return d.mean() - half, d.mean() + half
+
+
 def test_report_grid_sweep_statistics_figures_and_artifacts(store, tmp_path):
     uri = store
     out = tmp_path / "report"
-    verdicts = make_report("batch_size", uri, out)
+    verdicts, runs = make_report("batch_size", uri, out)
+    assert runs.n_trials == 10 and not runs.left_out
 
     # Headline verdicts: OCL at the end of stage 1, meta-OCL at the end of stage 2, per configuration.
     by_start = {v.split(": ", 1)[0]: v for v in verdicts if "entity" not in v}
@@ -169,9 +174,9 @@ def test_report_grid_sweep_statistics_figures_and_artifacts(store, tmp_path):
     assert by_start  # configuration prefixes present
     assert any("meta-OCL (entity attribution, name) reproduced" in v for v in verdicts)
 
-    # The CI printed is the bootstrap CI of the planted differences and brackets their mean.
-    lo, hi = (float(x) for x in meta_128.split("[", 1)[1].split("]", 1)[0].split(", "))
-    assert min(PLANTED[128][1]) <= lo < 0.03 < hi <= max(PLANTED[128][1])
+    # The CI printed is the paired-t CI of the planted differences.
+    lo, hi = _expected_ci(PLANTED[128][1])
+    assert f"[{lo:.3f}, {hi:.3f}]" in meta_128
 
     names = {p.name for p in out.iterdir()}
     for stem in ("curves_batch_size-128", "curves_batch_size-0", "entity_batch_size-128", "summary_batch_size",
@@ -196,7 +201,7 @@ def test_report_grid_sweep_statistics_figures_and_artifacts(store, tmp_path):
 def test_report_single_configuration_matches_paper_values(store, tmp_path):
     uri = store
     out = tmp_path / "out"
-    verdicts = make_report("headline", uri, out, smoke=True)
+    verdicts, _ = make_report("headline", uri, out, smoke=True)
     assert verdicts[0].startswith("OCL reproduced: qd1consis - qd2incons = +0.060 [")
     assert verdicts[1].startswith("meta-OCL reproduced: d1consis - d2consis = +0.030 [")
     summary = (out / "summary.md").read_text()
@@ -207,11 +212,12 @@ def test_report_single_configuration_matches_paper_values(store, tmp_path):
     assert not (out / "grad_alignment.png").exists()
 
 
-def test_report_failed_runs_are_left_out(store, tmp_path):
+def test_report_failed_runs_are_left_out_and_named(store, tmp_path):
     uri = store
-    verdicts = make_report("s", uri, tmp_path / "out", log_to_mlflow=False)
+    verdicts, runs = make_report("s", uri, tmp_path / "out", log_to_mlflow=False)
     assert "3 seeds" in verdicts[1] and "+0.030" in verdicts[1]
-    assert "1 failed run(s)" in (tmp_path / "out" / "summary.md").read_text()
+    assert list(runs.left_out) == ["FAILED"] and runs.left_out["FAILED"][0].startswith("s9 (run ")
+    assert f"left out: 1 failed run ({runs.left_out['FAILED'][0]})" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_report_unknown_sweep_and_empty_experiment_are_one_line_config_errors(store, tmp_path):
@@ -219,7 +225,7 @@ def test_report_unknown_sweep_and_empty_experiment_are_one_line_config_errors(st
     with pytest.raises(ConfigError) as e:
         make_report("batch_sise", uri, tmp_path / "x")
     assert "metaocl/batch_sise" in str(e.value) and "metaocl/batch_size" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="no usable trial runs"):
+    with pytest.raises(ConfigError, match="has no sweep \\(parent\\) run"):
         make_report("empty", uri, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
@@ -230,7 +236,10 @@ def test_cli_report_prints_verdicts_and_one_line_errors(store, tmp_path, capsys)
     out = tmp_path / "cli"
     rc = main(["report", "s", "--tracking-uri", store, "--out", str(out), "--no-log"])
     printed = capsys.readouterr().out
-    assert rc == 0 and printed.splitlines()[0].startswith("OCL reproduced: qd1consis - qd2incons = +0.060 [")
+    assert rc == 0 and printed.splitlines()[0].startswith("metaocl/s: sweep invocation ")
+    assert "3 finished trial runs" in printed.splitlines()[0]
+    assert printed.splitlines()[1].startswith("left out: 1 failed run (s9 (run ")
+    assert printed.splitlines()[2].startswith("OCL reproduced: qd1consis - qd2incons = +0.060 [")
     assert f"report: {out}/summary.md" in printed and (out / "summary.md").is_file()
 
     assert main(["report", "nosuch", "--tracking-uri", store, "--out", str(tmp_path / "n")]) == 2
@@ -242,7 +251,7 @@ def test_cli_report_prints_verdicts_and_one_line_errors(store, tmp_path, capsys)
 
 
 def test_seed_grid_keys_are_replicates_and_each_value_is_one_unit(store, tmp_path):
-    verdicts = make_report("two_stage", store, tmp_path / "out", log_to_mlflow=False)
+    verdicts, _ = make_report("two_stage", store, tmp_path / "out", log_to_mlflow=False)
     # One configuration (stage1_seed is not a configuration); units = stage-1 seeds, runs averaged inside.
     assert [v.split(" ", 1)[0] for v in verdicts] == ["OCL", "meta-OCL"]
     ocl_units = [0.06, 0.05, 0.07]

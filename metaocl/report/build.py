@@ -1,27 +1,17 @@
-"""``make_report``: a sweep's runs in MLflow -> figures, effect statistics, verdicts, summary.md.
+"""``make_report``: one sweep invocation in MLflow -> figures, effect statistics, verdicts, summary.md.
 
-Reads only MLflow (see :mod:`metaocl.report.runs`). For each configuration (grid point, all its
-seeds) it measures, at the end of every stage:
-
-- OCL = ``qd1consis - qd2incons`` and meta-OCL = ``d1consis - d2consis`` of the headline measure
-  (``acc`` for set inclusion and MNIST, ``em`` for language models);
-- for every entity-attribution template T (LM): OCL = ``ent_T_qd1consis - ent_T_qd2incons_defent``
-  (the consistent entity vs the entity the inconsistent definition named, as in paper Fig. 2b) and
-  meta-OCL = ``ent_T_d1consis - ent_T_d2consis``.
-
-Verdicts (the function's return value and the top of ``summary.md``) use the stage where each
-effect is meant to be read: meta-OCL at the end of the last stage; OCL at the end of the stage
-before it (stage 1 of the two-stage experiment, stage 2 of the three-stage one) or of the only
-stage. Every other stage end is in the summary's table.
+Reads only MLflow, and only one invocation: the finished trial runs of one parent run (the newest by
+default; see :mod:`metaocl.report.runs`). Effects and verdicts come from :mod:`metaocl.report.effects`,
+the same code that prints the summary at the end of a sweep. ``summary.md`` names the parent run it
+read and every run it left out.
 
 Outputs are written into a temporary folder next to ``out_dir`` and moved into place only when
-complete, then logged as artifacts (``report/``) of the sweep's newest parent run.
+complete, then logged as artifacts (``report/``) of that parent run.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -30,30 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from metaocl.report import figures
+from metaocl.report.effects import ConfigurationEffects, analyse, verdict_lines
 from metaocl.report.paper_values import PaperReference, match_reference
 from metaocl.report.runs import Configuration, SweepRuns, load_sweep_runs, split_family
-from metaocl.report.stats import (
-    METHOD_NOTE,
-    Effect,
-    markdown_effects_table,
-    mean_ci_text,
-    paired_effect,
-    verdict_line,
-)
+from metaocl.report.stats import METHOD_NOTE, markdown_effects_table, mean_ci_text
 
-# (effect name, first split, second split); in-distribution splits
-EFFECT_PAIRS = (("OCL", "qd1consis", "qd2incons"), ("meta-OCL", "d1consis", "d2consis"))
-GAP_METRICS = {"OCL": "gap/ocl", "meta-OCL": "gap/meta_ocl"}
 GRAD_METRICS = ("grad/cos_def1_qa", "grad/cos_def2_qa")
 
 
 @dataclass
-class ConfigurationReport:
-    configuration: Configuration
-    stages: list[int]
-    effects: list[Effect]
-    headline: list[Effect]
-    paper: PaperReference | None
+class ConfigurationReport(ConfigurationEffects):
+    paper: PaperReference | None = None
     figures: list[Path] = field(default_factory=list)
 
 
@@ -61,64 +38,11 @@ def default_out_dir(sweep: str, smoke: bool = False) -> Path:
     return Path("reports") / (sweep + ("-smoke" if smoke else ""))
 
 
-def verdict_stages(stages: list[int]) -> dict[str, int]:
-    """Effect kind -> the stage whose end its verdict reads (see the module docstring)."""
-    last = stages[-1]
-    return {"OCL": stages[-2] if len(stages) >= 2 else last, "meta-OCL": last}
-
-
-def _entity_templates(c: Configuration, measure: str) -> list[str]:
-    found = []
-    for name in c.metric_names():
-        if name.startswith(f"{measure}/ent_"):
-            family, _ = split_family(name.split("/", 1)[1])
-            template = family.split(": ", 1)[1]
-            if template not in found:
-                found.append(template)
-    return sorted(found, key=lambda t: (t != "name", t))
-
-
-def configuration_effects(c: Configuration, measure: str) -> list[Effect]:
-    """Every measurable effect of ``c`` at the end of every stage."""
-    names = c.metric_names()
-    pairs = [(name, a, b) for name, a, b in EFFECT_PAIRS]
-    for template in _entity_templates(c, measure):
-        pairs.append((f"OCL (entity attribution, {template})", f"ent_{template}_qd1consis", f"ent_{template}_qd2incons_defent"))
-        pairs.append((f"meta-OCL (entity attribution, {template})", f"ent_{template}_d1consis", f"ent_{template}_d2consis"))
-    effects = []
-    for stage in c.stages():
-        for name, a, b in pairs:
-            ma, mb = f"{measure}/{a}", f"{measure}/{b}"
-            if ma in names and mb in names:
-                av, bv = c.unit_values(ma, stage), c.unit_values(mb, stage)
-            elif name in GAP_METRICS and GAP_METRICS[name] in names:
-                # Only the logged gap is there: test it against 0 (same statistics, b = 0).
-                av = c.unit_values(GAP_METRICS[name], stage)
-                bv = [0.0 if math.isfinite(v) else math.nan for v in av]
-            else:
-                continue
-            n_runs = len(c.trials) if c.replicate_keys else 0
-            eff = paired_effect(name, a, b, av, bv, measure=measure, stage=stage, configuration=c.label, n_runs=n_runs)
-            if eff.n:
-                effects.append(eff)
-    return effects
-
-
-def headline_effects(effects: list[Effect], stages: list[int]) -> list[Effect]:
-    """The effects a verdict is given for: each effect name at its verdict stage."""
-    wanted = verdict_stages(stages) if stages else {}
-    out = []
-    for e in effects:
-        kind = "meta-OCL" if e.name.startswith("meta-OCL") else "OCL"
-        if wanted.get(kind) == e.stage and (e.name in ("OCL", "meta-OCL") or "entity attribution, name" in e.name):
-            out.append(e)
-    return sorted(out, key=lambda e: ("(" in e.name, e.name.startswith("meta-OCL"), e.name))
-
-
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
-def _curve_panels(c: Configuration, measure: str, paper: PaperReference | None) -> dict[str, list[figures.CurveSet]]:
+def _curve_panels(c: Configuration, measure: str, paper: PaperReference | None,
+                  templates: tuple[str, ...]) -> dict[str, list[figures.CurveSet]]:
     """``{"curves": [in-distribution panel], "entity": [one panel per template]}``."""
     steps = c.steps()
     ends = {}
@@ -130,7 +54,7 @@ def _curve_panels(c: Configuration, measure: str, paper: PaperReference | None) 
         if not metric.startswith(f"{measure}/"):
             continue
         split = metric.split("/", 1)[1]
-        family, subset = split_family(split)
+        family, subset = split_family(split, templates)
         families.setdefault(family, {})[subset] = c.unit_matrix(metric, steps)
 
     def paper_points(prefix: str, subsets) -> dict[str, list[tuple[float, float]]] | None:
@@ -168,11 +92,12 @@ def _primary_key(keys: list[str]) -> str | None:
 
 def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Path) -> list[Path]:
     measure = runs.measure
+    templates = runs.kind_spec.entity_templates
     written: list[Path] = []
     many = len(reports) > 1
     for r in reports:
         c = r.configuration
-        panels = _curve_panels(c, measure, r.paper)
+        panels = _curve_panels(c, measure, r.paper, templates)
         where = f" — {c.label}" if c.label else ""
         n_units = len(c.clusters())
         spread = f"mean, 95% CI over {n_units} seeds" if n_units > 1 else "1 seed, no CI"
@@ -209,7 +134,7 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
             stage: {
                 m.split("/", 1)[1]: r.configuration.unit_values(m, stage)
                 for m in r.configuration.metric_names()
-                if m.startswith(f"{measure}/") and split_family(m.split("/", 1)[1])[0] == "in-distribution"
+                if m.startswith(f"{measure}/") and split_family(m.split("/", 1)[1], templates)[0] == "in-distribution"
             }
             for stage in r.stages
         }
@@ -238,13 +163,14 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
 # --------------------------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------------------------
-def _subset_table(r: ConfigurationReport, measure: str) -> str:
+def _subset_table(r: ConfigurationReport, measure: str, templates: tuple[str, ...]) -> str:
     c = r.configuration
-    metrics = sorted(
-        (m for m in c.metric_names() if m.startswith(f"{measure}/")),
-        key=lambda m: (split_family(m.split("/", 1)[1])[0] != "in-distribution", split_family(m.split("/", 1)[1])[0],
-                       figures.subset_sort_key(split_family(m.split("/", 1)[1])[1])),
-    )
+
+    def order(m: str) -> tuple:
+        family, subset = split_family(m.split("/", 1)[1], templates)
+        return family != "in-distribution", family, figures.subset_sort_key(subset)
+
+    metrics = sorted((m for m in c.metric_names() if m.startswith(f"{measure}/")), key=order)
     head = ["split"] + [f"end of stage {s}" for s in r.stages]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in metrics:
@@ -266,8 +192,8 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
     lines = [
         f"# Report: {runs.sweep}",
         "",
-        f"- MLflow experiment `{runs.experiment_name}` at `{runs.tracking_uri}`"
-        + (f", parent run `{runs.parent_run_id}`" if runs.parent_run_id else ", no parent run"),
+        f"- MLflow experiment `{runs.experiment_name}` at `{runs.tracking_uri}`: the finished trial runs of "
+        f"sweep invocation (parent run) `{runs.parent_run_id}` only",
         f"- kind: {runs.kind or 'unknown'}; headline measure: `{measure}`; {runs.n_trials} trial runs in "
         f"{len(reports)} configuration(s), {'/'.join(map(str, seeds))} seed(s) each"
         + (f"; grid: {', '.join(f'`{k}`' for k in runs.grid_keys)}" if runs.grid_keys else "")
@@ -275,8 +201,8 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
            f"{', '.join(f'`{k}`' for k in runs.replicate_keys)}" if runs.replicate_keys else ""),
         f"- generated {_dt.datetime.now().isoformat(timespec='seconds')}",
     ]
-    if runs.skipped:
-        lines.append("- left out: " + ", ".join(f"{n} {s.lower()} run(s)" for s, n in runs.skipped.items()))
+    if runs.left_out:
+        lines.append(f"- {runs.left_out_text()}")
     matched = [r for r in reports if r.paper is not None]
     if matched:
         lines.append(f"- paper values: {matched[0].paper.title}; {matched[0].paper.source}")
@@ -295,7 +221,7 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
     for r in reports:
         if len(reports) > 1:
             lines += [f"### {r.configuration.label}", ""]
-        lines += [_subset_table(r, measure), ""]
+        lines += [_subset_table(r, measure, runs.kind_spec.entity_templates), ""]
     lines += ["## Figures", ""]
     for p in figure_paths:
         if p.suffix == ".png":
@@ -313,26 +239,24 @@ def make_report(
     out_dir: str | Path | None = None,
     smoke: bool = False,
     log_to_mlflow: bool = True,
-) -> list[str]:
-    """Write figures + ``summary.md`` for ``sweep_name`` into ``out_dir``; return the verdict lines.
+    parent_run_id: str | None = None,
+) -> tuple[list[str], SweepRuns]:
+    """Write figures + ``summary.md`` for one invocation of ``sweep_name`` into ``out_dir``.
 
-    ``out_dir`` defaults to ``reports/{sweep}`` (``reports/{sweep}-smoke``). Raises ``ConfigError``
-    when the sweep has no experiment or no usable trial runs at ``tracking_uri``.
+    Returns the verdict lines and the runs read. The invocation is ``parent_run_id``, else the
+    newest sweep parent run. ``out_dir`` defaults to ``reports/{sweep}`` (``reports/{sweep}-smoke``).
+    Raises ``ConfigError`` when the sweep has no experiment, parent or usable trial runs at
+    ``tracking_uri``, or when the runs of one configuration differ in more than the seed.
     """
-    runs = load_sweep_runs(sweep_name, tracking_uri, smoke=smoke)
+    runs = load_sweep_runs(sweep_name, tracking_uri, smoke=smoke, parent_run_id=parent_run_id)
     out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_name, smoke)
-    measure = runs.measure
 
     reports = []
-    for c in runs.configurations:
-        stages = c.stages()
-        effects = configuration_effects(c, measure)
-        params = c.trials[0].params if c.trials else {}
-        reports.append(ConfigurationReport(
-            configuration=c, stages=stages, effects=effects, headline=headline_effects(effects, stages),
-            paper=match_reference(runs.kind, params, len(stages)),
-        ))
-    verdicts = [verdict_line(e) for r in reports for e in r.headline]
+    for r in analyse(runs):
+        params = r.configuration.trials[0].params if r.configuration.trials else {}
+        reports.append(ConfigurationReport(r.configuration, r.stages, r.effects, r.headline,
+                                           paper=match_reference(runs.kind, params, len(r.stages))))
+    verdicts = verdict_lines(reports)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -351,4 +275,4 @@ def make_report(
         from mlflow.tracking import MlflowClient
 
         MlflowClient(tracking_uri=tracking_uri).log_artifacts(runs.parent_run_id, str(out), artifact_path="report")
-    return verdicts
+    return verdicts, runs

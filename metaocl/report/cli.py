@@ -1,11 +1,14 @@
-"""``metaocl report NAME``: figures, effect statistics and verdicts of a sweep, from MLflow only.
+"""``metaocl report NAME``: figures, effect statistics and verdicts of one sweep invocation, from MLflow only.
 
     metaocl report batch_size                     # reports/batch_size/{summary.md, *.png, *.pdf}
     metaocl report quickstart --smoke --out /tmp/r
+    metaocl report batch_size --parent 3f2c...    # an earlier invocation (its parent run id)
     metaocl report set_inclusion --tracking-uri http://mlflow:5000
 
-Registered by ``metaocl/cli.py`` through :func:`register`. Unknown sweeps and sweeps without runs are
-one-line ``ConfigError``s (exit 2).
+A report reads exactly one invocation: the finished trial runs of one sweep parent run (the newest
+unless ``--parent`` names another); runs of ``metaocl run`` and of other invocations are never mixed
+in, and RUNNING/FAILED/KILLED runs are left out and named. Registered by ``metaocl/cli.py`` through
+:func:`register`. Unknown sweeps, parents and sweeps without runs are one-line ``ConfigError``s (exit 2).
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "report", help="figures, effect statistics (95%% CIs, paired tests) and verdicts of a sweep, read from MLflow",
+        "report", help="figures, effect statistics (95%% t CIs, paired tests) and verdicts of one sweep invocation, "
+        "read from MLflow",
     )
     p.add_argument("sweep", metavar="NAME", help="sweep name (its MLflow experiment is metaocl/NAME)")
     p.add_argument("--smoke", action="store_true", help="report on the smoke variant (experiment metaocl/NAME-smoke)")
+    p.add_argument("--parent", metavar="RUN_ID",
+                   help="the sweep invocation to report: its MLflow parent run id (default: the newest)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: reports/NAME or reports/NAME-smoke)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--no-log", action="store_true", help="do not log the report as artifacts of the sweep's parent run")
@@ -32,7 +38,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     uri = tracking_uri(args.tracking_uri)
     check_reachable(uri)
     out = args.out or default_out_dir(args.sweep, args.smoke)
-    verdicts = make_report(args.sweep, uri, out, smoke=args.smoke, log_to_mlflow=not args.no_log)
+    verdicts, runs = make_report(args.sweep, uri, out, smoke=args.smoke, log_to_mlflow=not args.no_log,
+                                 parent_run_id=args.parent)
+    print(f"{runs.experiment_name}: sweep invocation {runs.parent_run_id}, {runs.n_trials} finished trial runs")
+    if runs.left_out:
+        print(runs.left_out_text())
     for line in verdicts:
         print(line)
     if not verdicts:

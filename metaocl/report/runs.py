@@ -1,18 +1,25 @@
-"""Read a sweep's trials back from MLflow (the report's only input).
+"""Read one sweep invocation back from MLflow (the only input of the report and of the end-of-sweep summary).
 
 Follows the layout of ``docs/architecture.md`` ("MLflow layout"): experiment ``metaocl/{sweep}``
-(``-smoke`` for smoke runs), parent runs tagged ``metaocl.role=sweep``, one child run per trial
-tagged ``metaocl.role=trial`` with ``metaocl.trial_id``, ``metaocl.grid`` (JSON of the trial's grid
-values) and ``seed``; per-epoch metrics with ``step = epoch`` including a ``stage`` metric.
+(``-smoke`` for smoke runs), one parent run per ``metaocl sweep`` invocation tagged
+``metaocl.role=sweep``, one child run per trial tagged ``metaocl.role=trial`` with
+``metaocl.trial_id``, ``metaocl.grid`` (JSON of the trial's grid values) and ``seed``; params = the
+flattened resolved config; per-epoch metrics with ``step = epoch`` including a ``stage`` metric.
 
-Trials are grouped into *configurations* by their ``metaocl.grid``; a configuration's trials are
-its seeds. Grid keys that are themselves seeds (leaf name ending in ``seed``, e.g.
+**Which runs.** Exactly one invocation: the ``metaocl.role=trial`` children of one parent run (the
+newest parent of the experiment unless one is named). Runs without a parent (or of another parent,
+or with another role, e.g. per-configuration aggregates) are never read. A ``--resume``d sweep
+reattaches to its parent, so it stays one invocation. Only FINISHED runs count; RUNNING (a driver
+that died or is still going), FAILED and KILLED runs are left out and named.
+
+**Grouping.** Trials are grouped into *configurations* by their ``metaocl.grid``; a configuration's
+trials are its seeds. Grid keys that are themselves seeds (leaf name ending in ``seed``, e.g.
 ``train.stage1_seed`` of the two-stage sweep) are *replicate axes*, not configurations: trials that
 differ only in them belong to one configuration. Trials sharing a replicate value (e.g. three stage-2
 seeds branching from one cached stage-1 model) are not independent, so statistics treat each
 replicate value as one unit (a *cluster*: the mean of its trials); without replicate axes every trial
-is its own unit. If a sweep was run more than once (a resume), the newest run of each trial id wins.
-Failed and killed runs are left out (and counted), so a crashed seed never pulls an average down.
+is its own unit. The trials of one configuration must have the same resolved config (MLflow params)
+but for ``seed`` and the replicate axes; anything else is refused (:class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -22,14 +29,14 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from metaocl.config import ConfigError
 
-ENTITY_TEMPLATES = ("who", "meaning", "stands_for", "name")
-SKIPPED_STATUSES = ("FAILED", "KILLED")
+USED_STATUS = "FINISHED"
+SEED_PARAM = "seed"
 
 
 @dataclass
@@ -57,6 +64,20 @@ class TrialRun:
             s = int(round(stage))
             ends[s] = max(ends.get(s, step), step)
         return dict(sorted(ends.items()))
+
+    @classmethod
+    def from_history(cls, trial_id: str, grid: Mapping[str, Any], seed: int, rows: Sequence[Mapping[str, float]],
+                     run_id: str = "", params: Mapping[str, str] | None = None) -> "TrialRun":
+        """A trial from the metric dicts its runner reported in order (``epoch`` is the step), e.g. a
+        ``metaocl run --no-track``; what MLflow would hold for it."""
+        history: dict[str, dict[int, float]] = {}
+        for row in rows:
+            step = int(row.get("epoch", 0))
+            for k, v in row.items():
+                if k != "epoch":
+                    history.setdefault(k, {})[step] = float(v)
+        return cls(run_id=run_id, trial_id=trial_id, grid=dict(grid), seed=int(seed), status=USED_STATUS,
+                   params=dict(params or {}), history=history)
 
     def value(self, metric: str, step: int) -> float:
         return self.history.get(metric, {}).get(step, math.nan)
@@ -98,7 +119,7 @@ class Configuration:
         return out
 
     def unit_matrix(self, metric: str, steps: list[int]) -> np.ndarray:
-        """``units x steps``: :meth:`matrix` averaged within clusters (for bands over independent units)."""
+        """``units x steps`` values of ``metric``, averaged within clusters (for bands over independent units)."""
         rows = []
         for cluster in self.clusters():
             m = np.array([[t.value(metric, s) for s in steps] for t in cluster], dtype=float).reshape(len(cluster), len(steps))
@@ -117,10 +138,6 @@ class Configuration:
         """A file-name-safe form of the label (``all`` without a grid)."""
         text = "_".join(f"{k.split('.')[-1]}-{_short(v)}" for k, v in self.grid.items()) or "all"
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80]
-
-    @property
-    def seeds(self) -> list[int]:
-        return [t.seed for t in self.trials]
 
     def stages(self) -> list[int]:
         found = set()
@@ -142,12 +159,6 @@ class Configuration:
                     found.update(h)
         return sorted(found)
 
-    def matrix(self, metric: str, steps: list[int]) -> np.ndarray:
-        """``seeds x steps`` values of ``metric`` (NaN where a seed did not log that step)."""
-        return np.array([[t.value(metric, s) for s in steps] for t in self.trials], dtype=float).reshape(
-            len(self.trials), len(steps)
-        )
-
     def stage_boundaries(self) -> list[float]:
         """Epochs at which a new stage starts (midway between the stages' last/first epochs)."""
         by_stage: dict[int, list[int]] = {}
@@ -162,16 +173,27 @@ class Configuration:
 
 @dataclass
 class SweepRuns:
-    """What the report knows about a sweep: read from MLflow and nothing else."""
+    """One invocation of a sweep, as the report and the summary see it: read from MLflow and nothing else."""
 
     sweep: str
     experiment_name: str
-    experiment_id: str
     tracking_uri: str
-    kind: str | None
+    kind: str
     parent_run_id: str | None
     configurations: list[Configuration]
-    skipped: dict[str, int]  # status -> count of runs left out
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # status -> ["s3 (run 1a2b...)", ...]
+
+    @property
+    def kind_spec(self):
+        """The :class:`~metaocl.experiments.base.ExperimentKind` (headline measure, effect pairs)."""
+        from metaocl.config import kind
+
+        return kind(self.kind)
+
+    @property
+    def measure(self) -> str:
+        """The headline measure: ``acc`` (set inclusion, MNIST) or ``em`` (language models)."""
+        return self.kind_spec.measure
 
     @property
     def replicate_keys(self) -> list[str]:
@@ -188,16 +210,15 @@ class SweepRuns:
         return keys
 
     @property
-    def measure(self) -> str:
-        """The headline measure: ``acc`` (set inclusion, MNIST) or ``em`` (language models)."""
-        names = set().union(*(c.metric_names() for c in self.configurations)) if self.configurations else set()
-        if any(n.startswith("acc/") for n in names):
-            return "acc"
-        return "em"
-
-    @property
     def n_trials(self) -> int:
         return sum(len(c.trials) for c in self.configurations)
+
+    def left_out_text(self) -> str:
+        """``left out: 1 running run (s3 ...); 2 failed runs (...)`` or ``""``."""
+        parts = []
+        for status, names in self.left_out.items():
+            parts.append(f"{len(names)} {status.lower()} run{'s' if len(names) != 1 else ''} ({', '.join(names)})")
+        return "left out: " + "; ".join(parts) if parts else ""
 
 
 def _short(v: Any) -> str:
@@ -237,20 +258,143 @@ def _parse_grid(text: str | None, run_id: str) -> dict[str, Any]:
     return grid
 
 
-def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False) -> SweepRuns:
-    """All trials of ``sweep`` grouped into configurations, with full metric histories.
+def group_trials(trials: Iterable[TrialRun]) -> list[Configuration]:
+    """Trials -> configurations (replicate axes are not configurations; see the module docstring).
 
-    Raises :class:`ConfigError` (one line) when the experiment does not exist or has no trial runs.
+    The one grouping the report, the end-of-sweep summary and the MLflow UI aggregates use. Raises
+    :class:`ConfigError` when two trials of one configuration differ in a resolved-config value other
+    than ``seed`` and the replicate axes.
     """
+    groups: dict[str, Configuration] = {}
+    for trial in trials:
+        config_grid = {k: v for k, v in trial.grid.items() if not is_replicate_key(k)}
+        replicate = sorted(k for k in trial.grid if is_replicate_key(k))
+        key = json.dumps(config_grid, sort_keys=True)
+        groups.setdefault(key, Configuration(grid=config_grid, replicate_keys=replicate)).trials.append(trial)
+    configurations = list(groups.values())
+    for c in configurations:
+        c.trials.sort(key=lambda t: (t.seed, [json.dumps(t.grid.get(k)) for k in c.replicate_keys], t.trial_id))
+        check_same_config(c)
+    configurations.sort(key=lambda c: _grid_sort_key(c.grid))
+    return configurations
+
+
+def check_same_config(c: Configuration) -> None:
+    """Refuse a configuration whose trials' resolved configs differ in anything but the seed(s)."""
+    ignored = {SEED_PARAM, *c.replicate_keys}
+    ref = next((t for t in c.trials if t.params), None)
+    if ref is None:
+        return
+    for t in c.trials:
+        if not t.params or t is ref:
+            continue
+        for k in sorted(set(ref.params) | set(t.params)):
+            if k not in ignored and ref.params.get(k) != t.params.get(k):
+                where = f" ({c.label})" if c.label else ""
+                raise ConfigError(
+                    f"runs {ref.trial_id} ({ref.run_id}) and {t.trial_id} ({t.run_id}) of one configuration{where} "
+                    f"differ in {k}: {ref.params.get(k)!r} vs {t.params.get(k)!r}; refusing to pool them as seeds")
+
+
+def _trial_from_run(client, run) -> TrialRun:
+    tags = run.data.tags
+    history: dict[str, dict[int, float]] = {}
+    for metric in run.data.metrics:
+        points = client.get_metric_history(run.info.run_id, metric)
+        # Several values at one step (a re-logged epoch): the last logged wins.
+        ordered = sorted(points, key=lambda m: (m.step, m.timestamp))
+        history[metric] = {int(m.step): float(m.value) for m in ordered}
+    seed_text = tags.get("seed", run.data.params.get(SEED_PARAM, "0"))
+    try:
+        seed = int(float(seed_text))
+    except ValueError:
+        seed = 0
+    return TrialRun(
+        run_id=run.info.run_id, trial_id=tags.get("metaocl.trial_id", run.info.run_id),
+        grid=_parse_grid(tags.get("metaocl.grid"), run.info.run_id), seed=seed, status=run.info.status,
+        params=dict(run.data.params), history=history,
+    )
+
+
+def _client(tracking_uri: str, what: str):
     from mlflow.tracking import MlflowClient
 
-    name = experiment_name(sweep, smoke)
     if tracking_uri.startswith("sqlite:///"):
         path = tracking_uri[len("sqlite:///"):]
         if not os.path.isfile(path):  # do not let MLflow create an empty store as a side effect
-            raise ConfigError(f"report {sweep}: no MLflow store at {path} (run `metaocl sweep {sweep}` first, "
-                              "or pass --tracking-uri)")
-    client = MlflowClient(tracking_uri=tracking_uri)
+            raise ConfigError(f"{what}: no MLflow store at {path} (run `metaocl sweep` first, or pass --tracking-uri)")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def load_invocation(tracking_uri: str, experiment: str, parent_run_id: str | None = None,
+                    allow_empty: bool = False) -> SweepRuns:
+    """The FINISHED trial runs of one sweep invocation (children of one parent run), grouped.
+
+    ``parent_run_id`` defaults to the newest ``metaocl.role=sweep`` run of ``experiment``. RUNNING,
+    FAILED and KILLED children are left out and named in :attr:`SweepRuns.left_out`. Raises
+    :class:`ConfigError` (one line) for a missing experiment, parent or store, for trials of one
+    configuration whose configs differ in more than the seed, and, unless ``allow_empty``, when no
+    trial run is usable.
+    """
+    client = _client(tracking_uri, f"report {experiment}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    return _load(client, exp, tracking_uri, parent_run_id, allow_empty)
+
+
+def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty: bool) -> SweepRuns:
+    name = exp.name
+    if parent_run_id is None:
+        parents = _search_all(client, exp.experiment_id, "tags.`metaocl.role` = 'sweep'")
+        if not parents:
+            raise ConfigError(f"experiment {name!r} at {tracking_uri} has no sweep (parent) run; "
+                              "runs of `metaocl run` are never part of a report")
+        parent = parents[0]  # newest first
+    else:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception:  # MlflowException: no such run
+            raise ConfigError(f"--parent {parent_run_id}: no such run at {tracking_uri}") from None
+        if parent.info.experiment_id != exp.experiment_id:
+            raise ConfigError(f"--parent {parent_run_id}: that run is not in experiment {name!r}")
+        if parent.data.tags.get("metaocl.role") != "sweep":
+            raise ConfigError(f"--parent {parent_run_id}: not a sweep run (tag metaocl.role="
+                              f"{parent.data.tags.get('metaocl.role')!r}, expected 'sweep')")
+    pid = parent.info.run_id
+    children = _search_all(client, exp.experiment_id,
+                           f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = 'trial'")
+    chosen: dict[str, Any] = {}
+    left_out: dict[str, list[str]] = {}
+    for run in children:  # newest first: should a trial id occur twice, the newest run counts
+        tid = run.data.tags.get("metaocl.trial_id", run.info.run_id)
+        if run.info.status != USED_STATUS:
+            left_out.setdefault(run.info.status, []).append(f"{tid} (run {run.info.run_id})")
+            continue
+        chosen.setdefault(tid, run)
+    for names in left_out.values():
+        names.sort()
+    kind = parent.data.tags.get("metaocl.kind") or next(
+        (r.data.tags["metaocl.kind"] for r in children if r.data.tags.get("metaocl.kind")), None)
+    if kind is None:
+        raise ConfigError(f"parent run {pid} of {name!r} has no tag metaocl.kind; cannot tell the headline measure")
+    runs = SweepRuns(
+        sweep=parent.data.tags.get("metaocl.sweep") or name.removeprefix("metaocl/").removesuffix("-smoke"),
+        experiment_name=name, tracking_uri=tracking_uri, kind=kind, parent_run_id=pid,
+        configurations=group_trials(_trial_from_run(client, chosen[t]) for t in sorted(chosen)),
+        left_out=left_out,
+    )
+    if not runs.configurations and not allow_empty:
+        extra = f"; {runs.left_out_text()}" if left_out else ""
+        raise ConfigError(f"parent run {pid} of {name!r} at {tracking_uri} has no finished trial runs{extra}")
+    return runs
+
+
+def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False, parent_run_id: str | None = None) -> SweepRuns:
+    """:func:`load_invocation` of ``metaocl report NAME [--smoke] [--parent RUN_ID]``, with hints
+    naming the experiments the store does hold when ``metaocl/NAME`` is not there."""
+    name = experiment_name(sweep, smoke)
+    client = _client(tracking_uri, f"report {sweep}")
     exp = client.get_experiment_by_name(name)
     if exp is None:
         known = sorted(e.name for e in client.search_experiments() if e.name.startswith("metaocl/"))
@@ -259,60 +403,10 @@ def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False) -> Sweep
         if other in known:
             hint = f" (it has {other!r}: {'drop' if smoke else 'add'} --smoke)"
         raise ConfigError(f"report {sweep}: no MLflow experiment {name!r} at {tracking_uri}{hint}")
-
-    parents = _search_all(client, exp.experiment_id, "tags.`metaocl.role` = 'sweep'")
-    parent = parents[0] if parents else None  # newest first
-    trial_runs = _search_all(client, exp.experiment_id, "tags.`metaocl.role` = 'trial'")
-
-    newest: dict[str, Any] = {}
-    skipped: dict[str, int] = {}
-    for run in trial_runs:  # newest first: the first run of a trial id wins
-        status = run.info.status
-        if status in SKIPPED_STATUSES:
-            skipped[status] = skipped.get(status, 0) + 1
-            continue
-        tid = run.data.tags.get("metaocl.trial_id", run.info.run_id)
-        newest.setdefault(tid, run)
-    if not newest:
-        extra = f" ({', '.join(f'{n} {s.lower()}' for s, n in skipped.items())})" if skipped else ""
-        raise ConfigError(f"report {sweep}: experiment {name!r} at {tracking_uri} has no usable trial runs{extra}")
-
-    groups: dict[str, Configuration] = {}
-    for tid, run in sorted(newest.items()):
-        tags = run.data.tags
-        grid = _parse_grid(tags.get("metaocl.grid"), run.info.run_id)
-        config_grid = {k: v for k, v in grid.items() if not is_replicate_key(k)}
-        replicate = sorted(k for k in grid if is_replicate_key(k))
-        key = json.dumps(config_grid, sort_keys=True)
-        history: dict[str, dict[int, float]] = {}
-        for metric in run.data.metrics:
-            points = client.get_metric_history(run.info.run_id, metric)
-            # Several values at one step (a re-logged epoch): the last logged wins.
-            ordered = sorted(points, key=lambda m: (m.step, m.timestamp))
-            history[metric] = {int(m.step): float(m.value) for m in ordered}
-        seed_text = tags.get("seed", run.data.params.get("seed", "0"))
-        try:
-            seed = int(float(seed_text))
-        except ValueError:
-            seed = 0
-        trial = TrialRun(
-            run_id=run.info.run_id, trial_id=tid, grid=grid, seed=seed, status=run.info.status,
-            params=dict(run.data.params), history=history,
-        )
-        groups.setdefault(key, Configuration(grid=config_grid, replicate_keys=replicate)).trials.append(trial)
-
-    configurations = list(groups.values())
-    for c in configurations:
-        c.trials.sort(key=lambda t: t.seed)
-    configurations.sort(key=lambda c: _grid_sort_key(c.grid))
-    kind = parent.data.tags.get("metaocl.kind") if parent is not None else None
-    if kind is None:
-        kind = next((r.data.tags.get("metaocl.kind") for r in newest.values() if r.data.tags.get("metaocl.kind")), None)
-    return SweepRuns(
-        sweep=sweep, experiment_name=name, experiment_id=exp.experiment_id, tracking_uri=tracking_uri,
-        kind=kind, parent_run_id=parent.info.run_id if parent is not None else None,
-        configurations=configurations, skipped=skipped,
-    )
+    try:
+        return _load(client, exp, tracking_uri, parent_run_id, allow_empty=False)
+    except ConfigError as e:
+        raise ConfigError(f"report {sweep}: {e}") from None
 
 
 def _grid_sort_key(grid: dict[str, Any]) -> tuple:
@@ -326,13 +420,14 @@ def _grid_sort_key(grid: dict[str, Any]) -> tuple:
     return tuple(out)
 
 
-def split_family(split: str) -> tuple[str, str]:
-    """``qd1consis`` -> ("in-distribution", "qd1consis"); ``ent_stands_for_d1consis`` ->
+def split_family(split: str, templates: Sequence[str] = ()) -> tuple[str, str]:
+    """``qd1consis`` -> ("in-distribution", "qd1consis"); with the kind's entity ``templates``,
+    ``ent_stands_for_d1consis`` ->
     ("entity attribution: stands_for", "d1consis"); ``ent_name_qd2incons_defent`` ->
     ("entity attribution: name", "qd2incons_defent")."""
     if split.startswith("ent_"):
         rest = split[4:]
-        for template in sorted(ENTITY_TEMPLATES, key=len, reverse=True):
+        for template in sorted(templates, key=len, reverse=True):
             if rest.startswith(template + "_"):
                 return f"entity attribution: {template}", rest[len(template) + 1 :]
         template, _, subset = rest.partition("_")
