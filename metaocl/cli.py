@@ -158,13 +158,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if uri:
         check_reachable(uri)
     from metaocl.experiments.local import check_trial, run_single
-    from metaocl.summary import summarize
+    from metaocl.report.summary import summarize_trial
 
     check_trial(trial, sweep)  # inputs and device before anything is written
     print(f"run {sweep.name} trial {trial.trial_id} (seed {trial.seed}) in this process")
     result = run_single(trial, sweep, uri)
     print()
-    print(summarize({trial.trial_id: result["history"]}, {trial.trial_id: trial.grid_values}))
+    print(summarize_trial(sweep.kind, trial.trial_id, trial.grid_values, trial.seed, result["history"]))
     if uri:
         print(f"MLflow store: {describe_store(uri)}")
         print(f"experiment: {sweep.run_experiment_name} (kept apart from the sweep's {sweep.experiment_name})")

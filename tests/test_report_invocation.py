@@ -118,7 +118,7 @@ def test_running_runs_of_a_killed_driver_are_left_out_and_named(store, tmp_path,
     assert f"left out: 1 running run ({name})" in printed
     assert f"qd1consis - qd2incons = {expected([0.20, 0.22])}, 2 seeds" in printed
     assert f"left out: 1 running run ({name})" in (out / "summary.md").read_text()
-    text = summarize_invocation(store, sweep.experiment_name, parent)
+    text = summarize_invocation(store, parent)
     assert f"left out: 1 running run ({name})" in text and "(2 seeds; acc, mean [95% CI])" in text
 
 
@@ -159,7 +159,7 @@ def test_summary_and_report_agree_with_a_seed_grid_key(store, tmp_path):
         tracker.end_trial(run_id, ok=True)
     tracker.end(True)
 
-    text = summarize_invocation(store, sweep.experiment_name, tracker.parent_id)
+    text = summarize_invocation(store, tracker.parent_id)
     verdicts, runs = make_report("two_stage", store, tmp_path / "r", smoke=True, log_to_mlflow=False)
     assert runs.replicate_keys == ["train.stage1_seed"]
     assert verdicts[0] == f"OCL inconclusive: qd1consis - qd2incons = {expected([0.2, 0.3])}, 2 seeds (4 runs) (em, end of stage 1)"

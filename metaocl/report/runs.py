@@ -326,20 +326,28 @@ def _client(tracking_uri: str, what: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def load_invocation(tracking_uri: str, experiment: str, parent_run_id: str | None = None,
+def load_invocation(tracking_uri: str, experiment: str | None, parent_run_id: str | None = None,
                     allow_empty: bool = False) -> SweepRuns:
     """The FINISHED trial runs of one sweep invocation (children of one parent run), grouped.
 
-    ``parent_run_id`` defaults to the newest ``metaocl.role=sweep`` run of ``experiment``. RUNNING,
-    FAILED and KILLED children are left out and named in :attr:`SweepRuns.left_out`. Raises
-    :class:`ConfigError` (one line) for a missing experiment, parent or store, for trials of one
-    configuration whose configs differ in more than the seed, and, unless ``allow_empty``, when no
-    trial run is usable.
+    ``parent_run_id`` defaults to the newest ``metaocl.role=sweep`` run of ``experiment`` (which may
+    be ``None`` when ``parent_run_id`` is given). RUNNING, FAILED and KILLED children are left out
+    and named in :attr:`SweepRuns.left_out`. Raises :class:`ConfigError` (one line) for a missing
+    experiment, parent or store, for trials of one configuration whose configs differ in more than
+    the seed, and, unless ``allow_empty``, when no trial run is usable.
     """
-    client = _client(tracking_uri, f"report {experiment}")
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise ConfigError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    client = _client(tracking_uri, f"report {experiment or parent_run_id}")
+    if experiment is None:
+        if parent_run_id is None:
+            raise ValueError("load_invocation needs an experiment or a parent run id")
+        try:
+            exp = client.get_experiment(client.get_run(parent_run_id).info.experiment_id)
+        except Exception:  # MlflowException: no such run
+            raise ConfigError(f"parent run {parent_run_id}: no such run at {tracking_uri}") from None
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ConfigError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
     return _load(client, exp, tracking_uri, parent_run_id, allow_empty)
 
 

@@ -53,8 +53,9 @@ def summary_text(runs: SweepRuns) -> str:
     return "\n".join(lines)
 
 
-def summarize_invocation(tracking_uri: str, experiment: str, parent_run_id: str) -> str:
-    """The summary of one sweep invocation as MLflow holds it ("" when no trial finished)."""
+def summarize_invocation(tracking_uri: str, parent_run_id: str, experiment: str | None = None) -> str:
+    """The summary of one sweep invocation (parent run) as MLflow holds it (only the left-out runs,
+    or "", when no trial finished)."""
     runs = load_invocation(tracking_uri, experiment, parent_run_id, allow_empty=True)
     if not runs.configurations:
         return runs.left_out_text()

@@ -367,10 +367,11 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
 
 
 def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -> None:
-    """Runs once per invocation, after the sweep ended and MLflow holds its final state: the summary."""
-    from metaocl.summary import summarize
+    """Runs once per invocation, after the sweep ended and MLflow holds its final state: the summary,
+    read back from MLflow by the report's own code (the same numbers as ``metaocl report``)."""
+    from metaocl.report.summary import summarize_invocation
 
-    text = summarize({t: h for t, h in outcome.histories.items() if t not in outcome.failed}, outcome.grid_values)
+    text = summarize_invocation(tracking_uri, parent_run_id)
     if text:
         print()
         print(text)
