@@ -19,8 +19,9 @@ across stages), ``stage``, and the gaps
   ``gap/meta_ocl_ent_T`` = em/ent_T_d1consis - em/ent_T_d2consis.
 
 Seeds: the dataset, the initial weights and stage 1 use ``train.stage1_seed`` (default: the trial
-seed); later stages shuffle with the trial seed. With ``train.stage1_cache`` the end-of-stage-1
-model (and its reported history) is saved under a key of everything that determines it, so trials
+seed); later stages shuffle with the trial seed and, with ``data.resplit_x2_per_seed``, see the X2
+entities split into d1/d2/d3/no-definition by it (:func:`engine_dataset`). With
+``train.stage1_cache`` the end-of-stage-1 model (and its reported history) is saved under a key of everything that determines it, so trials
 that differ only in ``seed`` branch their later stages from one stage-1 run, as the paper's 3-5
 stage-2 seeds per stage-1 seed did.
 
@@ -134,13 +135,16 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
     seed_everything(config.stage1_seed)
     dataset = engine_dataset(config)
     n_stages = config.data.n_stages
+    resplit = n_stages > 1 and config.data.resplit_x2_per_seed and config.seed != config.stage1_seed
+    later = engine_dataset(config, stage=2) if resplit else dataset  # what stages 2.. see
 
     cache = stage1_cache.folder(config) if n_stages > 1 else None
     history: list[dict] = []
     saved = checkpoints.restore(reporter)  # a retried Ray trial: where its last attempt stopped
     if cache is None or (saved is not None and saved["stage"] > 1):
         loaded = _load(config, dataset)  # with a checkpoint, its weights replace these
-        return _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, saved=saved)
+        return _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, saved=saved,
+                      later=later)
     with stage1_cache.locked(cache):  # the first trial with this key trains stage 1; the rest wait
         if cache.is_dir():  # (a stage-1 checkpoint of ours is superseded: the cache is the same model)
             loaded, history = stage1_cache.load(cache, config)
@@ -151,7 +155,7 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
             _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, last_stage=1,
                    saved=saved)
             stage1_cache.save(cache, loaded, history)
-    return _train(config, reporter, dataset, loaded, device, first_stage=2, history=history)
+    return _train(config, reporter, later, loaded, device, first_stage=2, history=history)
 
 
 def _load(config: LMConfig, dataset) -> LoadedModel:
@@ -166,17 +170,23 @@ def _load(config: LMConfig, dataset) -> LoadedModel:
     return loaded
 
 
-def engine_dataset(config: LMConfig):
+def engine_dataset(config: LMConfig, stage: int = 1):
+    """The trial's dataset as ``stage`` sees it. Everything but the X2 split comes from
+    ``stage1_seed``; the X2 split (``data.resplit_x2_per_seed``) from the trial seed, except in stage 1
+    of a multi-stage run: it trains on X1 only and is shared by the stage-2 seeds (stage-1 cache), so
+    it sees the stage-1 seed's split, as the authors' stage 1 sees seed_stage2 = 0."""
     from metaocl.data.qa import build_lm_dataset
 
-    return build_lm_dataset(config.data, config.stage1_seed)
+    shared = stage == 1 and config.data.n_stages > 1
+    return build_lm_dataset(config.data, config.stage1_seed, x2_seed=config.stage1_seed if shared else config.seed)
 
 
 def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
            first_stage: int, history: list[dict], last_stage: int | None = None,
-           saved: dict | None = None) -> dict[str, float]:
+           saved: dict | None = None, later=None) -> dict[str, float]:
     """Stages ``first_stage..last_stage``; appends every report to ``history``; returns the last.
-    With ``saved`` (a checkpoint of this trial) it continues after the epoch the checkpoint was taken."""
+    With ``saved`` (a checkpoint of this trial) it continues after the epoch the checkpoint was taken.
+    ``later``: the dataset of stages 2.. when it differs from ``dataset`` (X2 re-split per seed)."""
     from metaocl.engine import lm as engine
     from metaocl.engine import lm_evaluate as ev
     from metaocl.engine.grad_alignment import GradAlignmentMonitor
@@ -220,6 +230,10 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
         micro = saved["micro"]
         history[:] = saved["history"]
     for stage in range(first_stage, last_stage + 1):
+        if stage == 2 and later is not None and later is not dataset:  # the trial seed's X2 split from here on
+            dataset = later
+            eval_names = [name for name in dataset if not name.startswith("train_") and len(dataset[name])]
+            eval_sets = {name: engine.encode(dataset[name], tok, loaded.is_seq2seq, with_prompts=True) for name in eval_names}
         if saved is not None and saved["stage"] > stage:
             continue
         n_epochs = epochs[stage - 1]
