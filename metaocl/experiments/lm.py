@@ -21,9 +21,9 @@ across stages), ``stage``, and the gaps
 Seeds: the dataset, the initial weights and stage 1 use ``train.stage1_seed`` (default: the trial
 seed); later stages shuffle with the trial seed and, with ``data.resplit_x2_per_seed``, see the X2
 entities split into d1/d2/d3/no-definition by it (:func:`engine_dataset`). With
-``train.stage1_cache`` the end-of-stage-1 model (and its reported history) is saved under a key of everything that determines it, so trials
-that differ only in ``seed`` branch their later stages from one stage-1 run, as the paper's 3-5
-stage-2 seeds per stage-1 seed did.
+``train.stage1_cache`` the end-of-stage-1 model (and its reported history) is saved under a key of
+everything that determines it, so trials that differ only in ``seed`` branch their later stages from
+one stage-1 run, as the paper's 3-5 stage-2 seeds per stage-1 seed did.
 
 Checkpoints (``train.checkpoint_every``): in a Ray trial, the end of every N-th epoch of a stage and
 of every stage saves model, optimizer, schedule, the stage's data-order generator, RNG states, the
