@@ -1,94 +1,134 @@
-"""Run set-inclusion configurations through the real engine and record what they cost and show.
+"""Run candidate set-inclusion configurations through the package's own runner and record their cost.
 
 Used to search for the cheapest CPU setting in which meta-OCL shows (docs/cpu-meta-ocl.md)::
 
-    python scripts/cpu_search.py NAME --seeds 0 1 --set data.n_variables=2000 --set train.joint=true
+    python scripts/cpu_search.py R1 --seeds 0 1 --set train.stage1_epochs=12 --set train.lr=0.004
+    python scripts/search_table.py                      # every candidate, read back from MLflow
 
-Each (NAME, seed) runs ``metaocl.experiments.set_inclusion.run(config, PrintReporter())`` in this
-process with ONE torch thread and writes ``scripts/results/NAME_s{seed}.json``: the resolved
-overrides, every reported metrics row, wall seconds, CPU seconds of this process, training examples
-processed, and the load average at the start. On a shared machine wall time is meaningless; the
-budget is projected from single-thread examples per CPU-second (``examples / cpu_s``).
+A candidate is a sweep file: the base sweep (``--base``, default ``quickstart``) with the ``--set``
+overrides applied and validated by :func:`metaocl.config.load_sweep` (a bad key or value is one
+line and exit status 2, nothing run), written as ``WORKDIR/sweeps/NAME.yaml`` with ``first_seed``
+set so its trial ids are ``s{seed}``. Each seed is one ``metaocl run WORKDIR/sweeps/NAME.yaml
+--trial s{seed}`` subprocess (the real runner, no Ray) tracked into the MLflow store
+``WORKDIR/mlflow.db`` as experiment ``metaocl/NAME``, with one torch thread
+(``METAOCL_TRIAL_CPUS=1``) under ``nice``, ``--jobs`` of them at a time. When one ends, this script
+adds its cost to the same MLflow run: ``cost/cpu_s`` (the child's own user + system CPU seconds,
+from ``os.wait4``: training, evaluation, data generation, start-up), ``cost/wall_s``,
+``cost/train_examples`` (training examples processed) and the tag ``cost.loadavg`` (1-minute load
+average at its start). On a shared machine wall time is meaningless; CPU seconds are the cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("METAOCL_TRIAL_CPUS", "1")
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+from metaocl.config import ConfigError, load_sweep, read_yaml, resolve_sweep_path
 
-from metaocl.config import from_dict  # noqa: E402
-from metaocl.configs.set_inclusion import SetInclusionConfig  # noqa: E402
-from metaocl.data.set_inclusion import generate  # noqa: E402
-from metaocl.experiments import PrintReporter  # noqa: E402
-from metaocl.experiments.set_inclusion import run  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_WORKDIR = Path(os.environ.get("METAOCL_SEARCH_DIR", "search-runs"))
 
 
-def set_dotted(tree: dict, key: str, value) -> None:
-    *parents, leaf = key.split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
+def write_candidate(name: str, base: str, seeds: list[int], overrides: list[str], workdir: Path) -> Path:
+    """Validate ``base`` + ``overrides`` with the package's loader and write it as ``workdir/sweeps/NAME.yaml``."""
+    src = resolve_sweep_path(base)
+    sweep = load_sweep(str(src), overrides=overrides)  # ConfigError names a bad key or value
+    data = read_yaml(src)
+    data.pop("smoke", None)
+    data.pop("grid", None)
+    data.pop("points", None)
+    data.update(name=name, description=f"cpu search candidate {name}: {base} with {' '.join(overrides) or 'no change'}",
+                base=sweep.base, first_seed=min(seeds), seeds=max(seeds) - min(seeds) + 1)
+    out = workdir / "sweeps" / f"{name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_sweep(str(out))  # the written file itself validates
+    return out
 
 
-def base_from_sweep(name: str) -> dict:
-    path = Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml"
-    return yaml.safe_load(path.read_text())["base"]
+def train_examples(sweep_path: Path, seed: int) -> int:
+    """Training examples one trial processes: its stage-1 (and stage-2) examples times the epochs."""
+    from metaocl.data.set_inclusion import generate
 
-
-def examples_processed(cfg: SetInclusionConfig) -> int:
+    trial = next(t for t in load_sweep(str(sweep_path)).trials() if t.seed == seed)
+    cfg = trial.config
     ds = generate(cfg.data, cfg.seed)
-    n1 = len(ds.stage_examples(1, joint=cfg.train.joint))
+    n1 = len(ds.stage_examples(1, joint=cfg.train.joint)) * cfg.train.stage1_epochs
     n2 = 0 if cfg.train.joint else len(ds.stage_examples(2)) * cfg.train.stage2_epochs
-    return n1 * cfg.train.stage1_epochs + n2
+    return n1 + n2
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("name")
+def record_cost(uri: str, name: str, seed: int, cpu_s: float, wall_s: float, examples: int, load: float) -> str:
+    """Log the cost of the newest finished run of trial ``s{seed}`` of ``metaocl/NAME``; its run id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"metaocl/{name}")
+    runs = client.search_runs([exp.experiment_id], f"tags.`metaocl.trial_id` = 's{seed}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise RuntimeError(f"no finished MLflow run of {name} seed {seed} in {uri}")
+    run_id = runs[0].info.run_id
+    for key, value in (("cost/cpu_s", cpu_s), ("cost/wall_s", wall_s), ("cost/train_examples", examples)):
+        client.log_metric(run_id, key, float(value))
+    client.set_tag(run_id, "cost.loadavg", f"{load:.2f}")
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("name", help="candidate name (the MLflow experiment is metaocl/NAME)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--base", default="", help="a sweep file whose base config to start from")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    RESULTS.mkdir(exist_ok=True)
-    tree = base_from_sweep(args.base) if args.base else {}
-    tree.setdefault("device", "cpu")
-    for item in args.set:
-        key, value = item.split("=", 1)
-        set_dotted(tree, key, yaml.safe_load(value))
-    for seed in args.seeds:
-        tree["seed"] = seed
-        cfg = from_dict(SetInclusionConfig, json.loads(json.dumps(tree)), where=args.name)
-        load = os.getloadavg()
-        reporter = PrintReporter(echo=True)
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-
-        def timed(metrics, _report=reporter):  # every row also carries CPU and wall seconds so far
-            _report({**metrics, "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0})
-            print(f"  cpu {time.process_time() - cpu0:.0f}s  " + "  ".join(
-                f"{k}={v:.2f}" for k, v in metrics.items() if k.startswith(("acc_def/", "grad/"))), flush=True)
-
-        timed.interactive = False
-        run(cfg, timed)
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        n_ex = examples_processed(cfg)
-        out = {"name": args.name, "seed": seed, "config": tree, "sets": args.set, "wall_s": wall,
-               "cpu_s": cpu, "train_examples": n_ex, "examples_per_cpu_s": n_ex / cpu,
-               "loadavg_start": load, "history": reporter.history}
-        (RESULTS / f"{args.name}_s{seed}.json").write_text(json.dumps(out, indent=1))
-        print(f"DONE {args.name} seed {seed}: wall {wall:.0f}s cpu {cpu:.0f}s examples {n_ex} "
-              f"({n_ex / cpu:.0f}/cpu-s) load {load[0]:.1f}", flush=True)
+    ap.add_argument("--base", default="quickstart", help="sweep (name or YAML path) whose base config to start from")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at once (one thread each)")
+    ap.add_argument("--nice", type=int, default=10)
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="sweeps/ and mlflow.db go here")
+    args = ap.parse_args(argv)
+    try:
+        path = write_candidate(args.name, args.base, args.seeds, args.overrides, args.workdir)
+    except ConfigError as e:
+        print(f"cpu_search: error: {e}", file=sys.stderr)
+        return 2
+    uri = f"sqlite:///{(args.workdir / 'mlflow.db').resolve()}"
+    env = dict(os.environ, METAOCL_TRIAL_CPUS="1", PYTHONUNBUFFERED="1")
+    pending, running, failed = list(args.seeds), {}, []
+    first = True
+    while pending or running:
+        while pending and len(running) < max(1, args.jobs):
+            seed = pending.pop(0)
+            log = open(args.workdir / f"{args.name}_s{seed}.log", "w")
+            cmd = ["nice", "-n", str(args.nice), sys.executable, "-m", "metaocl.cli", "run", str(path),
+                   "--trial", f"s{seed}", "--tracking-uri", uri]
+            load = os.getloadavg()[0]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[proc.pid] = (seed, proc, log, time.perf_counter(), load)
+            print(f"{args.name} seed {seed}: started (pid {proc.pid}, load {load:.1f})", flush=True)
+            if first:  # let the first run create the MLflow tables before a second one opens the store
+                time.sleep(15)
+                first = False
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in running:
+            continue
+        seed, proc, log, t0, load = running.pop(pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.close()
+        wall, cpu = time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+        if proc.returncode != 0:
+            failed.append(seed)
+            print(f"{args.name} seed {seed}: FAILED (exit {proc.returncode}); see {log.name}", flush=True)
+            continue
+        n_ex = train_examples(path, seed)
+        record_cost(uri, args.name, seed, cpu, wall, n_ex, load)
+        print(f"{args.name} seed {seed}: cpu {cpu:.0f}s wall {wall:.0f}s examples {n_ex} "
+              f"({n_ex / cpu:.0f}/cpu-s) load {load:.1f}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Tabulate every candidate of the CPU search from its MLflow store (written by scripts/cpu_search.py).
+
+    python scripts/search_table.py                          # search-runs/mlflow.db, every metaocl/* experiment
+    python scripts/search_table.py --db X.db R1 R7          # some candidates
+    python scripts/search_table.py --per-seed --curves R7   # one row per seed; meta-OCL at every evaluation
+
+Per candidate: seeds, mean CPU seconds and training examples per trial, final accuracies (mean),
+and the OCL and meta-OCL verdicts over its seeds, computed by the report's own statistics
+(:mod:`metaocl.report.stats`: paired t-test, t-based 95% CI). Only FINISHED trial runs with a
+``cost/cpu_s`` metric count; for a trial id run twice, the newest run counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+
+from mlflow.tracking import MlflowClient
+
+from metaocl.report.stats import paired_effect, verdict_line
+
+SUBSETS = ("qd1consis", "qd2incons", "d1consis", "d2consis")
+GAPS = {"OCL": ("qd1consis", "qd2incons"), "meta-OCL": ("d1consis", "d2consis")}
+
+
+def candidate_trials(client: MlflowClient, experiment) -> dict[int, dict]:
+    """seed -> {run_id, final acc per subset, per-epoch acc, cost} of one candidate's finished trials."""
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+    out: dict[int, dict] = {}
+    for r in runs:
+        m = r.data.metrics
+        if "cost/cpu_s" not in m or r.data.tags.get("metaocl.role") != "trial":
+            continue
+        seed = int(r.data.params.get("seed", r.data.tags.get("metaocl.trial_id", "s-1")[1:]))
+        if seed in out:
+            continue
+        curves = {s: {h.step: h.value for h in client.get_metric_history(r.info.run_id, f"acc/{s}")} for s in SUBSETS}
+        out[seed] = {"run_id": r.info.run_id, "final": {s: m.get(f"acc/{s}", math.nan) for s in SUBSETS},
+                     "curves": curves, "cpu_s": m["cost/cpu_s"], "wall_s": m.get("cost/wall_s", math.nan),
+                     "examples": m.get("cost/train_examples", math.nan), "load": r.data.tags.get("cost.loadavg", "")}
+    return out
+
+
+def effects(trials: dict[int, dict]) -> dict[str, object]:
+    seeds = sorted(trials)
+    return {name: paired_effect(name, a, b, [trials[s]["final"][a] for s in seeds], [trials[s]["final"][b] for s in seeds],
+                                measure="acc", stage=1, seeds=seeds) for name, (a, b) in GAPS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="candidates (default: every metaocl/* experiment in the store)")
+    ap.add_argument("--db", default="search-runs/mlflow.db")
+    ap.add_argument("--per-seed", action="store_true", help="one row per seed too")
+    ap.add_argument("--curves", action="store_true", help="meta-OCL per seed at every evaluation")
+    args = ap.parse_args(argv)
+    client = MlflowClient(f"sqlite:///{args.db}")
+    exps = {e.name.removeprefix("metaocl/"): e for e in client.search_experiments() if e.name.startswith("metaocl/")}
+    names = args.names or sorted(exps)
+    missing = [n for n in names if n not in exps]
+    if missing:
+        print(f"search_table: error: no experiment metaocl/{missing[0]} in {args.db}", file=sys.stderr)
+        return 2
+    print("| candidate | seeds | CPU s/trial | examples/trial | qd1consis / qd2incons / d1consis / d2consis | OCL | meta-OCL |")
+    print("|---|---|---|---|---|---|---|")
+    details = defaultdict(list)
+    for name in names:
+        trials = candidate_trials(client, exps[name])
+        if not trials:
+            continue
+        seeds = sorted(trials)
+        eff = effects(trials)
+        accs = " / ".join(f"{sum(trials[s]['final'][k] for s in seeds) / len(seeds):.3f}" for k in SUBSETS)
+        cpu = sum(trials[s]["cpu_s"] for s in seeds) / len(seeds)
+        ex = sum(trials[s]["examples"] for s in seeds) / len(seeds)
+        span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+        print(f"| {name} | {span} | {cpu:.0f} | {ex:,.0f} | {accs} | "
+              + " | ".join(verdict_line(e, with_context=False).replace(f", {e.n} seeds", "") for e in eff.values()) + " |")
+        for s in seeds:
+            t = trials[s]
+            f = t["final"]
+            details[name].append(
+                f"  {name} seed {s}: " + " / ".join(f"{f[k]:.3f}" for k in SUBSETS)
+                + f"  OCL {f['qd1consis'] - f['qd2incons']:+.3f}  meta {f['d1consis'] - f['d2consis']:+.3f}"
+                + f"  cpu {t['cpu_s']:.0f}s load {t['load']}")
+            if args.curves:
+                c = t["curves"]
+                steps = sorted(c["d1consis"])
+                details[name].append("    meta by epoch: " + "  ".join(
+                    f"{e}:{c['d1consis'][e] - c['d2consis'].get(e, math.nan):+.3f}" for e in steps)
+                    + "\n    OCL by epoch:  " + "  ".join(
+                    f"{e}:{c['qd1consis'].get(e, math.nan) - c['qd2incons'].get(e, math.nan):+.3f}" for e in steps))
+    if args.per_seed or args.curves:
+        for name in names:
+            print("\n".join(details[name]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
