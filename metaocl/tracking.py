@@ -1,5 +1,12 @@
 """MLflow tracking: one experiment per sweep, a parent run per invocation, a child run per trial.
 
+When a sweep ends, :func:`log_sweep_aggregates` writes what a person opening the MLflow UI looks for
+first onto the parent run (and, for a grid, onto one ``metaocl.role=configuration`` child run per
+grid point): per epoch the mean over seeds of each subset's headline measure and of every gap, with
+t-based 95% CI bounds (``gap/meta_ocl``, ``gap/meta_ocl_lo``, ``gap/meta_ocl_hi``), and the verdicts
+as tags (``metaocl.verdict.meta_ocl``). Grouping and statistics are the report's own
+(:mod:`metaocl.report.runs`, :mod:`metaocl.report.stats`, :mod:`metaocl.report.effects`).
+
 Only the process that drives a sweep writes to MLflow; trials hand their metrics to it through
 ``tune.report``. That keeps the embedded SQLite store (``sqlite:///mlflow.db`` in the working
 directory, MLflow's own default, so ``mlflow ui`` there shows it) free of concurrent writers, and
@@ -10,6 +17,7 @@ means a trial never needs to reach the tracking server. The layout is specified 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -21,6 +29,15 @@ from metaocl.config import ConfigError, Sweep, Trial, flatten
 
 DEFAULT_STORE = "mlflow.db"
 MAX_PARAM_LENGTH = 500  # MLflow's limit on a param value
+MAX_TAG_LENGTH = 5000
+# MLflow 3's UI reads this experiment tag to open an experiment on its model-training pages (runs,
+# charts) instead of the GenAI overview (traces, latency, token usage).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Every run of one sweep invocation (parent, configurations, trials) carries its parent's run id, so
+# one search filter lists the whole invocation (``metaocl ui`` links to it).
+SWEEP_RUN_TAG = "metaocl.sweep_run_id"
+CONFIGURATION_ROLE = "configuration"
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -61,6 +78,8 @@ class SweepTracker:
         self.client = _client(uri)
         exp = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment_name)
+        if exp is None or EXPERIMENT_KIND_TAG not in exp.tags:  # a kind chosen in the UI is kept
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.parent_id: str | None = None
         self._parent_tags = dict(tags)
         self._run_name = run_name
@@ -129,6 +148,7 @@ class SweepTracker:
     def start_parent(self) -> str:
         run = self.client.create_run(self.experiment_id, run_name=self._run_name, tags=self._parent_tags)
         self.parent_id = run.info.run_id
+        self.client.set_tag(self.parent_id, SWEEP_RUN_TAG, self.parent_id)
         return self.parent_id
 
     def start_trial(self, trial: Trial, sweep_name: str, kind: str) -> str:
@@ -139,6 +159,7 @@ class SweepTracker:
                 "seed": str(trial.seed), "stage": "1"}
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
+            tags[SWEEP_RUN_TAG] = self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
         run_id = run.info.run_id
         params = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(trial.config_dict()).items()]
@@ -170,6 +191,131 @@ class SweepTracker:
     def end(self, ok: bool, status: str | None = None) -> None:
         if self.parent_id:
             self.client.set_terminated(self.parent_id, status or ("FINISHED" if ok else "FAILED"))
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregates for the MLflow UI: the sweep's result on its parent run
+# --------------------------------------------------------------------------------------------
+def verdict_tag(metric: str) -> str:
+    """``gap/meta_ocl`` -> ``metaocl.verdict.meta_ocl`` (the tag holding that effect's verdict line)."""
+    return "metaocl.verdict." + metric.split("/", 1)[1]
+
+
+def aggregate_metrics(configuration, kind) -> list[tuple[str, int, float]]:
+    """``(name, step, value)`` per epoch: mean over independent units (seeds) and t-based 95% CI
+    bounds (``name_lo``, ``name_hi``) of each in-distribution subset's headline measure and of each
+    gap of ``kind.effect_pairs``. Bounds need 2 units; a step where no unit has a value is skipped."""
+    from metaocl.report.runs import split_family
+    from metaocl.report.stats import mean_ci
+
+    names = configuration.metric_names()
+    prefix = kind.measure + "/"
+    subsets = sorted(m for m in names if m.startswith(prefix)
+                     and split_family(m[len(prefix):], kind.entity_templates)[0] == "in-distribution")
+    gaps = [pair.metric for pair in kind.effect_pairs if pair.metric in names]
+    steps = configuration.steps()
+    out = []
+    for name in subsets + [g for g in gaps if g not in subsets]:
+        matrix = configuration.unit_matrix(name, steps)
+        for j, step in enumerate(steps):
+            mean, lo, hi = mean_ci(matrix[:, j])
+            if math.isfinite(mean):
+                out.append((name, step, mean))
+            if math.isfinite(lo) and math.isfinite(hi):
+                out += [(f"{name}_lo", step, lo), (f"{name}_hi", step, hi)]
+    return out
+
+
+def _common_params(trials, ignore: set[str]) -> dict[str, str]:
+    """Params with one value in every trial (the resolved config they share), minus ``ignore``."""
+    if not trials:
+        return {}
+    common = {k: v for k, v in trials[0].params.items() if k not in ignore}
+    for t in trials[1:]:
+        common = {k: v for k, v in common.items() if t.params.get(k) == v}
+    return common
+
+
+def _log_batch(client, run_id: str, metrics=(), params=()) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, v, now, step) for k, step, v in metrics]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+    plist = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params]
+    for i in range(0, len(plist), 100):
+        client.log_batch(run_id, params=plist[i : i + 100])
+
+
+def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
+    """Write the invocation's result where the MLflow UI shows it first; returns the verdict lines.
+
+    Reads the FINISHED trials of the invocation with the report's loader. A sweep without a grid
+    gets, on the parent run, per-epoch means and t-based 95% CI bounds over seeds
+    (:func:`aggregate_metrics`), the params its trials share and the verdicts as tags
+    (``metaocl.verdict.ocl``, ``metaocl.verdict.meta_ocl``, ...). A grid sweep gets one child run per
+    configuration (``metaocl.role=configuration``, named by its grid values, its params including the
+    grid keys) holding that configuration's aggregates and verdicts; the parent gets the params all
+    trials share and every configuration's verdict line, one per line, in the same tags.
+
+    Metrics are appended, never replaced (MLflow cannot delete a metric), so the parent's per-epoch
+    aggregates are written once: a later call (``--resume`` of an ended sweep) updates tags and
+    re-creates the configuration runs, but leaves the parent's metric curves as first written.
+    """
+    from metaocl.report.effects import analyse
+    from metaocl.report.runs import SEED_PARAM, load_invocation
+    from metaocl.report.stats import verdict_line
+
+    runs = load_invocation(uri, None, parent_run_id, allow_empty=True)
+    if not runs.configurations:
+        return []
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    kind = runs.kind_spec
+    metric_of = {pair.name: pair.metric for pair in kind.effect_pairs}
+    analysed = analyse(runs)
+    grid = len(runs.configurations) > 1 or bool(runs.configurations[0].grid)
+    replicate = set(runs.replicate_keys)
+    all_trials = [t for c in runs.configurations for t in c.trials]
+
+    # The parent: what every trial shares, and the verdicts.
+    parent_params = _common_params(all_trials, {SEED_PARAM, *replicate, *runs.grid_keys})
+    parent_params = {k: v for k, v in parent_params.items() if parent.data.params.get(k, v) == v}
+    verdicts: dict[str, list[str]] = {}
+    for r in analysed:
+        for e in r.headline:
+            verdicts.setdefault(verdict_tag(metric_of.get(e.name, "gap/" + e.name)), []).append(verdict_line(e))
+    already = bool(parent.data.metrics) and any(k.endswith("_lo") for k in parent.data.metrics)
+    metrics = [] if grid or already else aggregate_metrics(runs.configurations[0], kind)
+    _log_batch(client, parent_run_id, metrics, [(k, v) for k, v in parent_params.items()
+                                                 if k not in parent.data.params])
+    for key, lines in verdicts.items():
+        client.set_tag(parent_run_id, key, "\n".join(lines)[:MAX_TAG_LENGTH])
+    seeds = sorted({t.seed for t in all_trials})
+    client.set_tag(parent_run_id, "metaocl.seeds", ",".join(map(str, seeds)))
+
+    # One run per configuration of a grid (made afresh on every call, so it never holds stale curves).
+    old = client.search_runs([parent.info.experiment_id],
+                             f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`metaocl.role` = '{CONFIGURATION_ROLE}'",
+                             max_results=50000)
+    for run in old:
+        client.delete_run(run.info.run_id)
+    if grid:
+        for r in analysed:
+            c = r.configuration
+            tags = {"mlflow.parentRunId": parent_run_id, SWEEP_RUN_TAG: parent_run_id,
+                    "metaocl.role": CONFIGURATION_ROLE, "metaocl.sweep": runs.sweep, "metaocl.kind": runs.kind,
+                    "metaocl.grid": json.dumps(c.grid, sort_keys=True),
+                    "metaocl.seeds": ",".join(str(t.seed) for t in c.trials),
+                    "metaocl.trials": ",".join(t.trial_id for t in c.trials)}
+            for e in r.headline:
+                tags[verdict_tag(metric_of.get(e.name, "gap/" + e.name))] = verdict_line(e)[:MAX_TAG_LENGTH]
+            run = client.create_run(parent.info.experiment_id, run_name=c.label, tags=tags)
+            params = _common_params(c.trials, {SEED_PARAM, *replicate})
+            _log_batch(client, run.info.run_id, aggregate_metrics(c, kind), params.items())
+            client.set_terminated(run.info.run_id, "FINISHED")
+    return [line for lines in verdicts.values() for line in lines]
 
 
 def check_reachable(uri: str) -> None:

@@ -375,6 +375,16 @@ def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -
     if text:
         print()
         print(text)
+    if not outcome.interrupted:  # the sweep's result onto its parent run, for the MLflow UI
+        from metaocl.tracking import log_sweep_aggregates
+
+        try:
+            log_sweep_aggregates(tracking_uri, parent_run_id)
+        except Exception as e:  # the summary is printed and the trials are in MLflow: say it, go on
+            import sys
+
+            print(f"metaocl: warning: could not log the sweep's aggregates to MLflow ({type(e).__name__}: {e})",
+                  file=sys.stderr)
 
 
 def _reconcile(driver: _Driver, results: tune.ResultGrid) -> None:

@@ -1,0 +1,128 @@
+"""The sweep's result on its MLflow parent run (what `metaocl ui` shows first), on known numbers.
+
+Trials are written through the driver's own tracker into a real SQLite store, then
+`log_sweep_aggregates` runs as the driver runs it when a sweep ends.
+"""
+
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from metaocl.config import load_sweep
+from metaocl.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, SWEEP_RUN_TAG, SweepTracker, log_sweep_aggregates
+
+SWEEP_YAML = """\
+name: uigrid
+description: tiny set-inclusion grid for the UI aggregates test
+kind: set_inclusion
+base: {device: cpu, data: {n_variables: 200}, train: {stage1_epochs: 2, stage2_epochs: 0, joint: true}}
+grid: {GRID}
+seeds: 3
+resources: {cpu: 1, gpu: 0}
+"""
+
+# acc per seed (3 seeds) and epoch (2 epochs): d1consis, d2consis; qd* fixed
+D1 = {0: [0.50, 0.60], 1: [0.52, 0.64], 2: [0.54, 0.62]}
+D2 = {0: [0.50, 0.55], 1: [0.50, 0.57], 2: [0.50, 0.53]}
+
+
+def _metrics(seed: int, epoch: int, shift: float = 0.0) -> dict:
+    d1, d2 = D1[seed][epoch - 1] + shift, D2[seed][epoch - 1]
+    return {"epoch": epoch, "stage": 1, "acc/qd1consis": 0.9, "acc/qd2incons": 0.8, "acc/d1consis": d1,
+            "acc/d2consis": d2, "gap/ocl": 0.1, "gap/meta_ocl": d1 - d2, "train/loss": 1.0}
+
+
+def _write_sweep(tmp_path, grid: str, shift_by=None):
+    path = tmp_path / "uigrid.yaml"
+    path.write_text(SWEEP_YAML.replace("{GRID}", grid))
+    sweep = load_sweep(str(path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker.for_sweep(sweep, uri)
+    for trial in sweep.trials():
+        run_id = tracker.start_trial(trial, sweep.name, sweep.kind)
+        shift = shift_by(trial) if shift_by else 0.0
+        for epoch in (1, 2):
+            tracker.log_metrics(run_id, _metrics(trial.seed, epoch, shift))
+        tracker.end_trial(run_id, ok=True)
+    tracker.end(True)
+    return uri, tracker
+
+
+def _history(client, run_id, key):
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def test_parent_carries_means_t_cis_and_verdicts(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri, tracker = _write_sweep(tmp_path, "{}")
+    lines = log_sweep_aggregates(uri, tracker.parent_id)
+    client = MlflowClient(uri)
+    exp = client.get_experiment(tracker.experiment_id)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    parent = client.get_run(tracker.parent_id)
+
+    gaps = {s: [D1[s][1] - D2[s][1] for s in D1] for s in (2,)}[2]  # epoch 2: 0.05, 0.07, 0.09
+    mean = sum(gaps) / 3
+    half = stats.t.ppf(0.975, 2) * stats.tstd(gaps) / math.sqrt(3)  # hand-computed t interval
+    got = {k: _history(client, tracker.parent_id, k) for k in ("gap/meta_ocl", "gap/meta_ocl_lo", "gap/meta_ocl_hi")}
+    assert got["gap/meta_ocl"][2] == pytest.approx(mean)
+    assert got["gap/meta_ocl_lo"][2] == pytest.approx(mean - half)
+    assert got["gap/meta_ocl_hi"][2] == pytest.approx(mean + half)
+    assert got["gap/meta_ocl"][1] == pytest.approx((0.0 + 0.02 + 0.04) / 3)
+    assert _history(client, tracker.parent_id, "acc/d1consis")[1] == pytest.approx(0.52)
+    # constant across seeds: zero-width interval, as the report's statistics define it
+    assert _history(client, tracker.parent_id, "gap/ocl_lo")[2] == pytest.approx(0.1)
+    assert "train/loss" not in parent.data.metrics  # per-trial metrics stay on the trials
+
+    assert parent.data.tags["metaocl.verdict.meta_ocl"].startswith("meta-OCL reproduced: d1consis - d2consis = +0.070")
+    # identical gaps in 3 seeds: exact sign-flip p = 2/2^3, which no 3 seeds can beat
+    assert parent.data.tags["metaocl.verdict.ocl"].startswith("OCL inconclusive: qd1consis - qd2incons = +0.100 "
+                                                              "[0.100, 0.100], p=0.250, 3 seeds")
+    assert parent.data.tags["metaocl.verdict.meta_ocl"] in lines
+    assert parent.data.tags["metaocl.seeds"] == "0,1,2"
+    assert parent.data.tags[SWEEP_RUN_TAG] == tracker.parent_id
+    assert parent.data.params["train.stage1_epochs"] == "2" and "seed" not in parent.data.params
+
+    # a second call (e.g. --resume of an ended sweep) does not append a second curve
+    log_sweep_aggregates(uri, tracker.parent_id)
+    assert len(client.get_metric_history(tracker.parent_id, "gap/meta_ocl")) == 2
+
+
+def test_grid_gets_one_configuration_run_per_grid_point(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri, tracker = _write_sweep(tmp_path, "{train.batch_size: [32, 64]}",
+                                shift_by=lambda t: 0.1 if t.grid_values["train.batch_size"] == 64 else 0.0)
+    log_sweep_aggregates(uri, tracker.parent_id)
+    client = MlflowClient(uri)
+    exp_id = tracker.experiment_id
+    configs = client.search_runs([exp_id], "tags.`metaocl.role` = 'configuration'")
+    assert sorted(r.info.run_name for r in configs) == ["train.batch_size=32", "train.batch_size=64"]
+    by_name = {r.info.run_name: r for r in configs}
+    r64 = by_name["train.batch_size=64"]
+    assert r64.data.tags["mlflow.parentRunId"] == tracker.parent_id
+    assert r64.data.tags[SWEEP_RUN_TAG] == tracker.parent_id
+    assert json.loads(r64.data.tags["metaocl.grid"]) == {"train.batch_size": 64}
+    assert r64.data.params["train.batch_size"] == "64" and "seed" not in r64.data.params
+    assert r64.info.status == "FINISHED"
+    assert _history(client, r64.info.run_id, "gap/meta_ocl")[2] == pytest.approx(0.07 + 0.1)
+    assert _history(client, by_name["train.batch_size=32"].info.run_id, "gap/meta_ocl")[2] == pytest.approx(0.07)
+
+    parent = client.get_run(tracker.parent_id)
+    assert "gap/meta_ocl" not in parent.data.metrics  # one curve per configuration, not a pooled one
+    verdicts = parent.data.tags["metaocl.verdict.meta_ocl"].splitlines()
+    assert [v.split(":")[0] for v in verdicts] == ["train.batch_size=32", "train.batch_size=64"]
+    assert "train.batch_size" not in parent.data.params
+
+    # the report reads only trials: the configuration runs never count as seeds
+    from metaocl.report.runs import load_invocation
+
+    runs = load_invocation(uri, None, tracker.parent_id)
+    assert [len(c.trials) for c in runs.configurations] == [3, 3]
+
+    log_sweep_aggregates(uri, tracker.parent_id)  # made afresh: the old ones are deleted
+    again = client.search_runs([exp_id], "tags.`metaocl.role` = 'configuration'")
+    assert len(again) == 2 and not {r.info.run_id for r in again} & {r.info.run_id for r in configs}
