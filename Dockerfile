@@ -1,7 +1,6 @@
-# syntax=docker/dockerfile:1
 #
-# The metaocl image: the pinned Python stack, the package and its sweep files, with the `metaocl`
-# CLI as the entrypoint, so that
+# The metaocl image: the locked Python stack (requirements.lock), the package and its sweep files,
+# with the `metaocl` CLI as the entrypoint, so that
 #
 #     docker build -t metaocl:latest .
 #     docker run --gpus all --shm-size=8g -v metaocl-runs:/runs -v metaocl-cache:/cache \
@@ -11,16 +10,24 @@
 # docker/kuberay/ override the command with `ray start ...` or `mlflow server ...`; `bash`, `ray`
 # and `mlflow` are on the PATH for them (also in login shells, which KubeRay uses).
 #
-# Why this base: the official PyTorch CUDA runtime image of the torch version pinned in
-# requirements.txt. torch 2.14.1 on PyPI is built for CUDA 13.0, and so is the torch inside
-# pytorch/pytorch:2.14.1-cuda13.0-*, so `pip install -r requirements.txt` finds torch==2.14.1
-# already satisfied and keeps it; the build stops below if the two ever disagree.
+# Builders: the legacy builder and BuildKit both build it (no `# syntax=` line, which would fetch a
+# frontend from Docker Hub, and no `RUN --mount`, which the legacy builder rejects).
+#
+# Base (BASE_IMAGE): by default the official PyTorch CUDA runtime image of the torch version pinned
+# in requirements.txt. torch 2.14.1 on PyPI is built for CUDA 13.0, and so is the torch inside
+# pytorch/pytorch:2.14.1-cuda13.0-*, so installing requirements.lock finds torch==2.14.1 already
+# satisfied and keeps it; the build stops below if the two ever disagree.
 # CUDA 13 needs an NVIDIA driver >= 580 on the host. For an older driver, build with a CUDA
 # variant that PyTorch publishes for this release, e.g. --build-arg CUDA_VERSION=12.8
 # (tests/test_docker.py pins the default to the CUDA major of the PyPI build).
+# Without a registry (air-gapped sites, our CI): docker/local-base.sh makes a Debian bookworm +
+# Python base from a Debian mirror, and
+#     docker build --build-arg BASE_IMAGE="$(docker/local-base.sh)" -t metaocl:latest .
+# installs the PyPI torch (CUDA 13.0 build, runs on CPU too) into it. See docker/README.md.
 ARG TORCH_VERSION=2.14.1
 ARG CUDA_VERSION=13.0
-FROM pytorch/pytorch:${TORCH_VERSION}-cuda${CUDA_VERSION}-cudnn9-runtime
+ARG BASE_IMAGE=pytorch/pytorch:${TORCH_VERSION}-cuda${CUDA_VERSION}-cudnn9-runtime
+FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION
 ARG CUDA_VERSION
@@ -32,6 +39,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # Caches live under /cache and results under /runs: mount volumes there (docker/README.md).
 ENV PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     NVIDIA_VISIBLE_DEVICES=all \
@@ -60,10 +69,14 @@ RUN set -eux; \
 
 WORKDIR /app
 
-# Dependencies first: this layer is reused until requirements.txt changes.
-COPY requirements.txt ./
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m pip install -r requirements.txt
+# One venv for every base: it sees the base's own packages (the PyTorch image's torch), and keeps
+# pip away from a Debian system Python (PEP 668).
+RUN python3 -m venv --system-site-packages "${VIRTUAL_ENV}"
+
+# Dependencies first: this layer is reused until the lock changes. requirements.lock pins every
+# transitive package of requirements.txt (tests/test_docker.py keeps the two in agreement).
+COPY requirements.txt requirements.lock ./
+RUN python -m pip install --no-cache-dir -r requirements.lock
 
 # The torch that ends up installed must be the pinned version, built for the base image's CUDA.
 RUN python -c 'import sys, torch; \
@@ -74,13 +87,14 @@ RUN python -c 'import sys, torch; \
     "${TORCH_VERSION}" "${CUDA_VERSION}"
 
 # The package, editable from /app so that sweeps/ sits next to it (metaocl.config.sweeps_dir());
-# METAOCL_SWEEPS above says the same explicitly. tests/ lets a GPU host run `pytest -m gpu` here.
+# METAOCL_SWEEPS above says the same explicitly. tests/ and bench/ let a GPU host run
+# `pytest -m gpu` (the GPU tests load bench/*.py) and the benchmarks here.
 COPY pyproject.toml README.md ./
 COPY metaocl ./metaocl
 COPY sweeps ./sweeps
 COPY tests ./tests
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m pip install --no-deps -e . \
+COPY bench ./bench
+RUN python -m pip install --no-cache-dir --no-deps -e . \
     && metaocl --help > /dev/null
 
 # Login shells (bash -l, as KubeRay starts Ray) may reset PATH; keep this Python's bin dir on it.
@@ -94,5 +108,9 @@ USER ${APP_UID}:${APP_UID}
 # trial state (./metaocl-results): mount a volume here.
 WORKDIR /runs
 
+# `docker stop` sends SIGINT, which the sweep driver handles like Ctrl-C: unfinished trials and the
+# sweep run end KILLED in MLflow and `metaocl sweep NAME --resume` continues (SIGTERM, Docker's
+# default, would end the driver with no such bookkeeping). Give it time: `docker stop -t 60`.
+STOPSIGNAL SIGINT
 ENTRYPOINT ["metaocl"]
 CMD ["--help"]

@@ -239,6 +239,20 @@ def test_base_image_cuda_matches_pinned_torch(dockerfile):
     assert any('"${TORCH_VERSION}" "${CUDA_VERSION}"' in run and "torch.version.cuda" in run for run in dockerfile.runs)
 
 
+def test_dockerfile_builds_with_the_legacy_builder_and_buildkit(dockerfile):
+    text = DOCKERFILE.read_text()
+    # A `# syntax=` line makes BuildKit fetch its frontend from Docker Hub (fails without a
+    # registry); the legacy builder rejects `RUN --mount`.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "no `# syntax=` line"
+    assert not any(run.startswith("--mount") or " --mount=" in run for run in dockerfile.runs), "no RUN --mount"
+    # One FROM, chosen by BASE_IMAGE: the PyTorch image by default, docker/local-base.sh's without a registry.
+    keyword_args = [args for keyword, args in dockerfile.instructions if keyword == "FROM"]
+    assert keyword_args == ["${BASE_IMAGE}"]
+    assert dockerfile.args["BASE_IMAGE"] == dockerfile.froms[0]
+    # `docker stop` must reach the driver as Ctrl-C (KeyboardInterrupt: KILLED runs, resumable).
+    assert ("STOPSIGNAL", "SIGINT") in dockerfile.instructions
+
+
 def test_pinned_torch_mapping_agrees_with_installed_torch():
     torch = pytest.importorskip("torch")
     pin = requirement_pins()["torch"]
@@ -251,13 +265,13 @@ def test_pinned_torch_mapping_agrees_with_installed_torch():
 
 def test_image_installs_requirements_then_the_package(dockerfile):
     copied = {source: dest for sources, dest in dockerfile.copies for source in sources}
-    assert "requirements.txt" in copied and "pyproject.toml" in copied and "metaocl" in copied
+    assert "requirements.lock" in copied and "pyproject.toml" in copied and "metaocl" in copied
     pip_runs = [run for run in dockerfile.runs if "pip install" in run]
-    requirements_run = [i for i, run in enumerate(pip_runs) if "-r requirements.txt" in run]
+    requirements_run = [i for i, run in enumerate(pip_runs) if "-r requirements.lock" in run]
     package_run = [i for i, run in enumerate(pip_runs) if re.search(r"pip install\b.*(-e )?\.(\s|$)", run)]
     assert requirements_run and package_run, pip_runs
     assert requirements_run[0] < package_run[0], "install pinned requirements before the package"
-    # --no-deps: the package install must never move a pin of requirements.txt.
+    # --no-deps: the package install must never move a pin of requirements.lock.
     assert "--no-deps" in pip_runs[package_run[0]]
     # sweep files: found through METAOCL_SWEEPS, which must be where sweeps/ was copied to.
     assert copied.get("sweeps") == dockerfile.env["METAOCL_SWEEPS"]
@@ -407,6 +421,56 @@ def test_compose_sweep_script_is_valid_bash(compose, tmp_path):
     assert not re.search(r"(?<!\$)\$\{?(RAY_ADDRESS|METAOCL_SWEEP)", script), "unescaped $ in the sweep script"
 
 
+def compose_with_cpu_override() -> dict:
+    """compose.yaml merged with compose.cpu.yaml the way Compose merges an override: services and
+    their keys are replaced (command), profiles are added; nothing is removed."""
+    base = yaml.safe_load(COMPOSE.read_text())
+    override = yaml.safe_load((COMPOSE.parent / "compose.cpu.yaml").read_text())
+    for name, service in override["services"].items():
+        merged = base["services"].setdefault(name, {})
+        for key, value in service.items():
+            merged[key] = sorted(set(merged.get(key, [])) | set(value)) if key == "profiles" else value
+    return base
+
+
+def test_compose_cpu_override_starts_no_gpu_service(compose):
+    merged = compose_with_cpu_override()
+    default_services = {n: s for n, s in merged["services"].items() if not s.get("profiles")}
+    for name, service in default_services.items():
+        assert not service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices"), (
+            f"{name} asks for a GPU under the CPU override")
+    head_name, head = _service_with_command(compose, "ray", "start", "--head")
+    workers = [n for n, s in default_services.items()
+               if s.get("entrypoint") == ["ray"] and ray_start_flags(s["command"]).get("address")]
+    assert workers == ["ray-cpu-worker"], workers
+    worker = merged["services"]["ray-cpu-worker"]
+    assert worker["image"] == IMAGE and worker["environment"] == compose["services"]["ray-worker"]["environment"]
+    assert ray_start_flags(worker["command"])["address"] == compose["services"]["ray-worker"]["environment"]["RAY_ADDRESS"]
+    assert worker["volumes"] == compose["services"]["ray-worker"]["volumes"]
+    # the head keeps its role (port, dashboard) and takes trials too, with as many CPUs as a worker
+    head_flags, merged_flags = ray_start_flags(head["command"]), ray_start_flags(merged["services"][head_name]["command"])
+    assert {k: v for k, v in merged_flags.items() if k != "num-cpus"} == head_flags
+    assert merged_flags["num-cpus"] == ray_start_flags(worker["command"])["num-cpus"]
+    # the sweep service must not depend on the GPU worker, which the override leaves off
+    for name, service in default_services.items():
+        assert not set(service.get("depends_on", {})) & {"ray-worker"}, name
+    assert not set(merged["services"]["sweep"].get("depends_on", {})) & {"ray-worker"}
+
+
+def test_compose_files_read_by_docker_compose_1_29(compose):
+    """Keys docker-compose 1.29 (Debian 12's) rejects: a top-level `name`."""
+    for path in [COMPOSE, COMPOSE.parent / "compose.cpu.yaml"]:
+        top = set(yaml.safe_load(path.read_text()))
+        assert top <= {"services", "volumes", "networks", "configs", "secrets"} | {k for k in top if k.startswith("x-")}, path
+    for name, service in compose["services"].items():
+        assert service.get("init") is True, f"{name}: init: true, so that the service stops promptly"
+    exe = shutil.which("docker-compose")
+    if exe:
+        result = subprocess.run([exe, "-p", "metaocl", "-f", str(COMPOSE), "-f", str(COMPOSE.parent / "compose.cpu.yaml"),
+                                 "config", "-q"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
 # ---------------------------------------------------------------- docker/kuberay
 
 
@@ -514,3 +578,84 @@ def test_smoke_script_is_valid_bash():
     for needle in ['"metaocl.role") == "sweep"', '"metaocl.role") == "trial"', "-smoke", "mlflow.parentRunId"]:
         assert needle in text
 
+
+
+# ---------------------------------------------------------------- requirements.lock
+
+
+LOCK = ROOT / "requirements.lock"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_entries() -> list[dict]:
+    """requirements.lock as uv writes it: `name==version [; marker]` lines, each followed by
+    `# via` comment lines naming what pulled it in (`-r requirements.txt` for a top-level pin)."""
+    entries = []
+    for raw in LOCK.read_text().splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            if entries:
+                words = line.lstrip("#").strip()
+                words = words[len("via"):].strip() if words.startswith("via") else words
+                if words:
+                    entries[-1]["via"].add(words)
+            continue
+        spec, _, marker = line.partition(";")
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[\w,-]+\])?==([\w.+!-]+)", spec.strip())
+        assert match, f"requirements.lock: {line!r} is not an exact `name==version` pin"
+        entries.append({"name": canonical(match[1]), "version": match[3], "marker": marker.strip(), "via": set()})
+    return entries
+
+
+def test_lock_header_names_the_command_that_made_it():
+    header = LOCK.read_text().splitlines()[:3]
+    command = next((line.lstrip("# ").strip() for line in header if "pip compile" in line), "")
+    # --no-config: no uv.toml / UV_* settings of the machine; uv never reads pip.conf, so this
+    # machine's pip constraints (/etc/xdg/pip/constraints.txt) cannot leak into the lock.
+    for needle in ["uv pip compile requirements.txt", "--no-config", "--universal", "-o requirements.lock"]:
+        assert needle in command, f"requirements.lock's header command lacks {needle!r}: {command!r}"
+
+
+def test_lock_agrees_with_requirements_txt():
+    pins = {canonical(name): version for name, version in requirement_pins().items()}
+    entries = lock_entries()
+    locked: dict[str, set[str]] = {}
+    for entry in entries:
+        locked.setdefault(entry["name"], set()).add(entry["version"])
+    for name, version in pins.items():
+        assert name in locked, f"{name}=={version} is in requirements.txt but not in requirements.lock: regenerate the lock"
+        assert locked[name] == {version}, (
+            f"requirements.txt pins {name}=={version}, requirements.lock has {sorted(locked[name])}: regenerate the lock")
+    top_level = {e["name"] for e in entries if "-r requirements.txt" in e["via"]}
+    assert top_level == set(pins), (
+        f"the lock's top-level packages differ from requirements.txt: "
+        f"only in the lock {sorted(top_level - set(pins))}, only in requirements.txt {sorted(set(pins) - top_level)}")
+
+
+def test_lock_is_closed_and_unique():
+    entries = lock_entries()
+    names = {e["name"] for e in entries}
+    for entry in entries:
+        for via in entry["via"]:
+            if not via.startswith("-r"):
+                assert canonical(via) in names, f"{entry['name']} is pulled in by {via}, which the lock does not pin"
+    # one version per package, unless markers split it (e.g. by Python version)
+    seen: dict[str, list[str]] = {}
+    for entry in entries:
+        seen.setdefault(entry["name"], []).append(entry["marker"])
+    for name, markers in seen.items():
+        assert len(markers) == 1 or all(markers), f"{name} is pinned twice without markers"
+
+
+def test_image_and_ci_install_from_the_lock(dockerfile):
+    installs = [run for run in dockerfile.runs if "pip install" in run and "-r " in run]
+    assert installs and all("-r requirements.lock" in run for run in installs), installs
+    copied = {source for sources, _ in dockerfile.copies for source in sources}
+    assert "requirements.lock" in copied
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"pip install (-q )?-r requirements.lock", ci)
