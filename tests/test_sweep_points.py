@@ -74,3 +74,15 @@ def test_a_point_that_is_not_a_mapping_is_refused(tmp_path):
     bad = SWEEP.replace("  - {train.batch_size: 128, train.stage1_epochs: 7}", "  - 128")
     with pytest.raises(ConfigError, match=r"points\[2\]"):
         load_sweep(_write(tmp_path, bad))
+
+
+def test_report_draws_coupled_keys_in_one_panel():
+    """The batch-size summary (Fig. 6) is one panel: epochs (and the full batch's eval.every) follow
+    from the batch size; a key that does not (the model of a tag-correlation point) still splits panels."""
+    from metaocl.report.build import _coupled_keys
+
+    grids = [t.grid_values for t in load_sweep("batch_size").trials()]
+    assert _coupled_keys("train.batch_size", grids) == {"train.epochs", "eval.every"}
+    grids = [{k: v for k, v in t.grid_values.items() if k != "train.stage1_seed"}
+             for t in load_sweep("tag_correlation").trials()]
+    assert "model.name" not in _coupled_keys("data.subsets.p", grids)

@@ -12,6 +12,7 @@ complete, then logged as artifacts (``report/``) of that parent run.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -81,6 +82,18 @@ def _curve_panels(c: Configuration, measure: str, paper: PaperReference | None,
     return out
 
 
+def _coupled_keys(key: str, grids: list[dict]) -> set[str]:
+    """Keys whose value (or absence) follows from ``key``'s, e.g. the epochs of each batch size in a
+    sweep file's coupled ``points``: they label no separate panel of the summary figure."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    others = {k for g in grids for k in g if k != key}
+    for g in grids:
+        x = json.dumps(g.get(key), sort_keys=True)
+        for k in others:
+            seen.setdefault(k, {}).setdefault(x, set()).add(json.dumps(g.get(k), sort_keys=True))
+    return {k for k, per_x in seen.items() if all(len(v) == 1 for v in per_x.values())}
+
+
 def _primary_key(keys: list[str]) -> str | None:
     if not keys:
         return None
@@ -117,10 +130,11 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
 
     key = _primary_key(runs.grid_keys)
     if key is not None and many:
+        coupled = _coupled_keys(key, [r.configuration.grid for r in reports])
         points = []
         for r in reports:
             c = r.configuration
-            others = ", ".join(f"{k}={v}" for k, v in c.grid.items() if k != key)
+            others = ", ".join(f"{k}={v}" for k, v in c.grid.items() if k != key and k not in coupled)
             paper = None
             if r.paper is not None:
                 paper = {name: value for (name, stage), value in r.paper.effects.items()
