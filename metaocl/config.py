@@ -475,7 +475,7 @@ def load_sweep(
         if key == "seed":  # pins the seed: one trial per grid point, with that seed
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"--set seed={value!r}: expected an integer")
-            if seeds is not None:
+            if seeds is not None and seeds != 1:
                 raise ConfigError(f"--set seed={value} pins one seed; drop --seeds {seeds} "
                                   "(or drop --set seed and use --seeds N for N seeds)")
             pinned_seed = value

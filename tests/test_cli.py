@@ -86,6 +86,14 @@ BAD_FILES = {
         (["sweep", "quickstart", "--tracking-uri", "sqlite:////nonexistent-dir/m.db"], "is unreachable (no folder"),
         (["sweep", "two_stage", "--smoke", "--set", "data.source=cvdb", "--set", "data.path={d}/no-cvdb.csv"],
          "data.path: cvdb data not found at"),
+        (["run", "two_stage", "--smoke", "--set", "data.source=cvdb", "--set", "data.path={d}/no-cvdb.csv"],
+         "data.path: cvdb data not found at"),  # metaocl run checks inputs before MLflow is touched
+        (["sweep", "two_stage", "--smoke", "--set", "model.name=EleutherAI/pythia-70mm"],
+         "model.name: model 'EleutherAI/pythia-70mm' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"),
+        (["run", "two_stage", "--smoke", "--set", "model.name=./no-such-model"],
+         "model.name: './no-such-model' is neither a local folder nor a Hugging Face model name"),
+        (["sweep", "mnist", "--smoke", "--set", "model.name=convnextv2_atoo"], "model.name: unknown timm model"),
+        (["sweep", "quickstart", "--set", "seed=3", "--seeds", "2"], "--set seed=3 pins one seed; drop --seeds 2"),
         (["sweep", "quickstart", "--resume"], "--resume: no started sweep metaocl/quickstart"),
         (["sweep", "quickstart", "--max-failures", "-1"], "--max-failures -1: must be at least 0"),
     ],
@@ -103,3 +111,69 @@ def test_sweep_bad_inputs_one_line_exit_2_nothing_written(capsys, in_tmp, tmp_pa
 def test_ui_on_a_server_uri_points_to_it(capsys, in_tmp):
     assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
     assert "is an MLflow server" in capsys.readouterr().out
+
+
+def test_run_tracks_into_its_own_experiment_with_the_pinned_seed(capsys, in_tmp):
+    """metaocl run --set seed=N: seed N; a parent run (invocation run) with one child, in metaocl/NAME-smoke-run."""
+    argv = ["run", "quickstart", "--smoke", "--set", "seed=5", "--set", "train.stage1_epochs=1",
+            "--set", "train.stage2_epochs=1", "--set", "data.n_variables=60"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trial s5 (seed 5)" in out and "experiment: metaocl/quickstart-smoke-run" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    assert client.get_experiment_by_name("metaocl/quickstart-smoke") is None  # the sweep's experiment: untouched
+    exp = client.get_experiment_by_name("metaocl/quickstart-smoke-run")
+    runs = client.search_runs([exp.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("metaocl.role") == "sweep"]
+    [child] = [r for r in runs if r.data.tags.get("metaocl.role") == "trial"]
+    assert parent.data.tags["metaocl.invocation"] == "run" and parent.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+    assert child.data.tags["seed"] == "5" and child.data.params["seed"] == "5"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "acc/qd1consis")] == [1, 2]
+
+
+def test_run_help_says_what_set_seed_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--set seed=N for seed N" in out and "metaocl/NAME-run" in out
+
+
+def test_resume_command_repeats_what_the_sweep_was_started_with():
+    from metaocl.config import load_sweep
+    from metaocl.sweep.ledger import resume_command
+
+    sweep = load_sweep("quickstart", smoke=True, seeds=3, overrides=["train.lr=1e-3", "data.n_variables=60"])
+    assert resume_command(sweep, "/runs/a b", "head:6379", "http://mlflow:5000") == (
+        "metaocl sweep quickstart --smoke --seeds 3 --set train.lr=1e-3 --set data.n_variables=60 --resume "
+        "--storage '/runs/a b' --address head:6379 --tracking-uri http://mlflow:5000")
+    assert resume_command(load_sweep("quickstart"), None, None) == "metaocl sweep quickstart --resume"
+
+
+def test_progress_lines_off_a_terminal_are_rate_limited():
+    """One line per report at most every `interval` seconds per trial; a trial's last report, its end
+    and the final counts always; the headline measure and effects of the kind in each line."""
+    import io
+
+    from metaocl.config import kind
+    from metaocl.sweep.progress import SweepProgress
+
+    stream = io.StringIO()
+    p = SweepProgress("demo", kind("set_inclusion"), {"s0": 3, "s1": 3}, done={"s1": 3}, finished={"s1"},
+                      stream=stream, tty=False, interval=3600)
+    row = {"acc/qd1consis": 0.9, "acc/qd2incons": 0.6, "acc/d1consis": 0.5, "acc/d2consis": 0.25, "epoch": 1, "stage": 1}
+    p.trial_started("s0")
+    p.report("s0", 1, row)
+    p.report("s0", 2, dict(row, epoch=2))  # within the interval: not printed
+    p.report("s0", 3, dict(row, epoch=3, stage=2))  # the last report: printed
+    p.trial_ended("s0", ok=True)
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[s0] epoch 1, eval 1/3, stage 1: acc qd1consis 0.900 qd2incons 0.600 d1consis 0.500 "
+                               "d2consis 0.250 (OCL +0.300, meta-OCL +0.250) | demo: 1 done, 1 running, 0 failed; "
+                               "4/6 evals; ETA ")
+    assert lines[1].startswith("[s0] epoch 3, eval 3/3, stage 2: ") and "; 6/6 evals; ETA 0s" in lines[1]
+    assert lines[2:] == ["[s0] done | demo: 2 done, 0 running, 0 failed; 6/6 evals",
+                         "demo: 2 done, 0 running, 0 failed; 6/6 evals"]

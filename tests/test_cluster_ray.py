@@ -23,56 +23,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import WAIT_S, ray_env, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-WAIT_S = 180
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def ray_env() -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "METAOCL_RESULTS"):
-        env.pop(var, None)
-    return env
-
-
-def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env or ray_env(),
-                            cwd=cwd, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Terminate a process started by :func:`start` and everything in its session."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader
-    except ProcessLookupError:
-        pass
-
-
-def wait_for(check, what: str, timeout: float = WAIT_S, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def tcp_open(host: str, port: int) -> bool:
@@ -235,8 +196,10 @@ def test_bad_cluster_inputs_stop_before_anything_is_written(cluster, tmp_path, c
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     gpu = sweep_file(tmp_path, "wantsgpu", resources="{cpu: 1, gpu: 1}")
     big = sweep_file(tmp_path, "wantscpus", resources="{cpu: 4, gpu: 0}")
+    cuda = sweep_file(tmp_path, "wantscuda", grid="{device: [cpu, cuda]}")
     cases = [([str(gpu)], "asks for 1 GPU per trial but the Ray cluster at"),
-             ([str(big)], "needs cpu=4 gpu=0 per trial but no node of the Ray cluster")]
+             ([str(big)], "needs cpu=4 gpu=0 per trial but no node of the Ray cluster"),
+             ([str(cuda)], "trial p01_s0: device: 'cuda' but each trial gets gpu=0")]
     if cluster["nodelocal"] is not None:
         ok = sweep_file(tmp_path, "nodelocal")
         cases.append(([str(ok), "--storage", str(cluster["nodelocal"] / "results")],
@@ -254,9 +217,10 @@ def test_bad_cluster_inputs_stop_before_anything_is_written(cluster, tmp_path, c
 
 
 def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(cluster, tmp_path):
-    """Grid device: cpu trains; device: cuda raises in the trial (no GPU). The cpu trial's worker is
-    killed after its first epoch checkpoint: the retry continues from that checkpoint."""
-    path = sweep_file(tmp_path, "faulty", grid="{device: [cpu, cuda]}", seeds=1, epochs=(30, 1), max_failures=1)
+    """Grid device: cpu trains; device: meta raises a RuntimeError in every attempt (torch cannot train
+    on the meta device; not a user-input error the pre-checks know). The cpu trial's worker is killed
+    after its first epoch checkpoint: the retry continues from that checkpoint."""
+    path = sweep_file(tmp_path, "faulty", grid="{device: [cpu, meta]}", seeds=1, epochs=(30, 1), max_failures=1)
     storage = tmp_path / "results"
     log = tmp_path / "driver.log"
     proc = driver([str(path), "--address", cluster["address"], "--storage", str(storage)], tmp_path, log)
@@ -274,7 +238,7 @@ def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(clust
     assert code == 1, out
     table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("p00_s0 ", "p01_s0 "))}
     assert table["p00_s0"][1:4] == ["done", "1", "31"], out
-    assert table["p01_s0"][1:3] == ["FAILED", "1"] and "CUDA is not available" in out, out
+    assert table["p01_s0"][1:3] == ["FAILED", "1"] and "cannot be called on meta tensors" in out, out
     assert "trials: 1 done, 1 failed, 2 retried" in out
     tries = [a["trial_id"] for a in attempts(storage)]
     assert tries.count("p00_s0") == 2 and tries.count("p01_s0") == 2  # max_failures 1: two attempts each
@@ -289,7 +253,7 @@ def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(clust
     assert ok.info.status == "FINISHED" and ok.data.tags["metaocl.retries"] == "1"
     assert steps(client, ok.info.run_id) == list(range(1, 32))  # every epoch logged once
     assert bad.info.status == "FAILED"  # never FINISHED
-    assert "CUDA is not available" in bad.data.tags["metaocl.error"] and "\x1b[" not in bad.data.tags["metaocl.error"]
+    assert "meta tensors" in bad.data.tags["metaocl.error"] and "\x1b[" not in bad.data.tags["metaocl.error"]
     assert "error.txt" in [a.path for a in client.list_artifacts(bad.info.run_id)]
 
 
@@ -337,6 +301,9 @@ def test_ctrl_c_then_killed_driver_then_resume(cluster, tmp_path):
         assert starts.count(tid) == starts_before.count(tid), (tid, starts_before, starts)
     client, parents, children = mlflow_runs(uri, "metaocl/resumable")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    tags = parents[0].data.tags  # what a report filters on: one invocation, continued by --resume
+    assert tags["metaocl.role"] == "sweep" and tags["metaocl.invocation"] == "sweep"
+    assert len(tags["metaocl.fingerprint"]) == 16
     assert sorted(r.data.tags["metaocl.trial_id"] for r in children) == ["s0", "s1", "s2"]  # one run per trial
     for r in children:
         assert r.info.status == "FINISHED"

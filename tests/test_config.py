@@ -119,3 +119,86 @@ def test_every_shipped_sweep_validates():
         text = path.read_text()
         if "smoke:" in text:
             assert load_sweep(name, smoke=True).trials()
+
+
+def test_set_seed_pins_the_seed(tmp_path):
+    path = str(write(tmp_path, GOOD))
+    sweep = load_sweep(path, overrides=["seed=7"])  # one trial per grid point, with seed 7
+    assert [(t.trial_id, t.seed, t.config.seed) for t in sweep.trials()] == [("p00_s7", 7, 7), ("p01_s7", 7, 7)]
+    assert [t.seed for t in load_sweep(path, smoke=True, seeds=1, overrides=["seed=3"]).trials()] == [3, 3]  # metaocl run
+    with pytest.raises(ConfigError, match=r"--set seed=7 pins one seed; drop --seeds 2"):
+        load_sweep(path, seeds=2, overrides=["seed=7"])
+    with pytest.raises(ConfigError, match=r"--set seed='x': expected an integer"):
+        load_sweep(path, overrides=["seed=x"])
+
+
+def test_trials_are_built_once_and_carry_their_grid_values(tmp_path):
+    sweep = load_sweep(str(write(tmp_path, GOOD)))
+    first, again = sweep.trials(), sweep.trials()
+    assert all(a is b for a, b in zip(first, again))  # cached: the same Trial objects, not rebuilt
+    assert [t.grid_values for t in first[::3]] == [{"train.batch_size": 32}, {"train.batch_size": 64}]
+
+
+def test_validating_a_config_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from metaocl.config import load_sweep, kind\n"
+            "for n in ('quickstart', 'two_stage', 'mnist'): load_sweep(n, smoke=True).trials(); kind('lm').n_reports\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_kind_objects_known_answers():
+    from metaocl.config import kind
+
+    si, lm, mn = kind("set_inclusion"), kind("lm"), kind("mnist")
+    assert (si.measure, lm.measure, mn.measure) == ("acc", "em", "acc")
+    assert si.config_cls is SetInclusionConfig
+    # evaluations: every eval.every epochs and at each stage's end
+    cfg = from_dict(SetInclusionConfig, {"train": {"stage1_epochs": 5, "stage2_epochs": 3}, "eval": {"every": 2}})
+    assert si.n_reports(cfg) == 3 + 2
+    cfg = from_dict(SetInclusionConfig, {"train": {"stage1_epochs": 5, "stage2_epochs": 3, "joint": True}})
+    assert si.n_reports(cfg) == 5
+    trial = load_sweep("two_stage", smoke=True, overrides=["train.epochs=[3,2]", "eval.every=2"]).trials()[0]
+    assert lm.n_reports(trial.config) == 2 + 1
+    trial = load_sweep("mnist", smoke=True, overrides=["train.steps=250", "train.eval_every=100"]).trials()[0]
+    assert mn.n_reports(trial.config) == 3  # steps 100, 200 and the last, 250
+    assert [p.metric for p in si.effect_pairs] == ["gap/ocl", "gap/meta_ocl"]
+    assert ("gap/ocl_ent_name", "ent_name_qd1consis", "ent_name_qd2incons_defent") in [
+        (p.metric, p.a, p.b) for p in lm.effect_pairs]
+    assert len(lm.effect_pairs) == 2 + 2 * len(lm.entity_templates)
+
+
+def test_one_gap_definition():
+    from metaocl.config import kind
+    from metaocl.metrics import gaps
+
+    row = {"em/qd1consis": 0.75, "em/qd2incons": 0.5, "em/d1consis": 0.25, "acc/d2consis": 0.0,
+           "em/ent_who_d1consis": 0.5, "em/ent_who_d2consis": 0.125}
+    assert kind("lm").gaps(row) == {"gap/ocl": 0.25, "gap/meta_ocl_ent_who": 0.375}  # only computable pairs
+    assert gaps(row, kind("lm").effect_pairs, "acc") == {}
+
+
+def test_lm_model_name_checks(tmp_path, monkeypatch):
+    from metaocl.config import kind
+
+    lm = kind("lm")
+
+    def problems(**model):
+        sets = [f"model.{k}={v}" for k, v in model.items()]
+        return lm.required_inputs(load_sweep("two_stage", smoke=True, overrides=sets).trials()[0].config)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    assert problems() == []  # builtin tiny-gpt-neox
+    assert problems(name=str(tmp_path)) == []  # a local folder
+    assert problems(name="/no/such/folder") == ["model.name: '/no/such/folder' is neither a local folder nor a "
+                                                "Hugging Face model name"]
+    [line] = problems(name="EleutherAI/pythia-70mm")
+    assert line.startswith("model.name: model 'EleutherAI/pythia-70mm' is not in the local Hugging Face cache")
+    # a from-scratch Pythia needs no weights, but its tokenizer
+    [line] = problems(name="EleutherAI/pythia-70m", from_scratch="true")
+    assert line.startswith("model.name: tokenizer 'EleutherAI/pythia-70m' is not in the local Hugging Face cache")
+    assert problems(name="EleutherAI/pythia-70m", from_scratch="true", tokenizer=str(tmp_path)) == []

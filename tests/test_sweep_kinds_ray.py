@@ -1,0 +1,142 @@
+"""Language-model and MNIST smoke sweeps through a real local Ray instance, killed and resumed.
+
+Each sweep runs as ``metaocl sweep`` in its own process (and session, with its own local Ray), is
+killed with SIGKILL (driver, Ray and trials at once) as soon as one trial has finished, and is then
+continued with ``--resume``. Checked: no finished trial trains again, one MLflow run per trial with
+each evaluation logged once, the progress lines count every evaluation, and (LM) two trials at once
+share one stage-1 model through the cache and its lock. Sizes are the smallest that keep two trials
+running side by side on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from processes import kill_session, ray_env, start, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_cmd(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "metaocl.cli", "sweep", *args]
+
+
+def env_for(tmp: Path) -> dict:
+    # progress lines for every report (no rate limit), data and stage-1 cache under tmp, offline
+    return ray_env(METAOCL_DATA=str(tmp / "data"), METAOCL_PROGRESS_INTERVAL="0", HF_HUB_OFFLINE="1")
+
+
+def attempts(storage: Path) -> list[str]:
+    return [json.loads(p.read_text())["trial_id"] for p in sorted(storage.glob("*/metaocl/attempts/*.json"))]
+
+
+def finished_markers(storage: Path) -> set[str]:
+    return {p.name for p in storage.glob("*/metaocl/finished/*")}
+
+
+def run_killed_then_resumed(tmp: Path, args: list[str]) -> tuple[set[str], list[str], str]:
+    """Start the sweep, SIGKILL it when a first trial has finished, resume it to the end.
+
+    Returns the trials finished before the kill, the attempts started before it, and the resumed run's output."""
+    storage = tmp / "metaocl-results"
+    log = tmp / "first.log"
+    proc = start(sweep_cmd(args), log, env=env_for(tmp), cwd=tmp)
+    try:
+        wait_for(lambda: finished_markers(storage) or proc.poll() is not None, "a first trial to finish",
+                 timeout=400, every=0.1)
+        kill_session(proc)
+    finally:
+        stop(proc)
+    done = finished_markers(storage)
+    assert done, log.read_text()[-3000:]
+    before = attempts(storage)
+    log = tmp / "resumed.log"
+    proc = start(sweep_cmd(args + ["--resume"]), log, env=env_for(tmp), cwd=tmp)
+    try:
+        code = proc.wait(timeout=400)
+    finally:
+        stop(proc)
+    out = log.read_text()
+    assert code == 0, out[-3000:]
+    return done, before, out
+
+
+def mlflow_children(tmp: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("metaocl.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("metaocl.role") == "trial"]
+    return client, parents, children
+
+
+def check_resumed(tmp: Path, experiment: str, trial_ids: list[str], metric: str, steps: list[int],
+                  done: set[str], before: list[str], out: str, name: str, evals: int) -> None:
+    after = attempts(tmp / "metaocl-results")
+    for tid in done:  # a trial finished before the kill never trained again
+        assert after.count(tid) == before.count(tid), (tid, before, after)
+    assert set(after) == set(trial_ids)
+    client, parents, children = mlflow_children(tmp, experiment)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["metaocl.trial_id"] for r in children) == sorted(trial_ids)  # none duplicated
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, metric)] == steps  # each once
+    total = evals * len(trial_ids)
+    # progress of the resumed invocation: earlier trials count as done, every evaluation counted once
+    assert f"{name}: {len(trial_ids)} done, 0 running, 0 failed; {total}/{total} evals" in out, out[-3000:]
+    assert f"trials: {len(trial_ids)} done, 0 failed" in out
+
+
+def test_lm_two_stage_smoke_killed_and_resumed(tmp_path):
+    """3 trials sharing one stage-1 seed on 2 CPUs: two run at once (one trains stage 1, the other
+    waits on the cache lock and branches from it), the third starts when a CPU frees up."""
+    args = ["two_stage", "--smoke", "--seeds", "3", "--set", "train.epochs=[2,1]"]
+    done, before, out = run_killed_then_resumed(tmp_path, args)
+    ids = ["p00_s0", "p00_s1", "p00_s2"]
+    check_resumed(tmp_path, "metaocl/two_stage-smoke", ids, "em/qd1consis", [1, 2, 3], done, before, out,
+                  "two_stage", evals=3)
+    assert "[p00_s0] epoch 1, eval 1/3, stage 1: em qd1consis" in out or "p00_s0" in done  # per-trial progress
+    cache = tmp_path / "data" / "smoke_stage1"
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # one stage-1 model for all three trials
+    assert not list(cache.glob("*.tmp*"))  # nobody trained stage 1 a second time and tried to save it
+    client, _, children = mlflow_children(tmp_path, "metaocl/two_stage-smoke")
+    stage1 = {r.data.tags["metaocl.trial_id"]: [m.value for m in client.get_metric_history(r.info.run_id, "loss/qd1consis")][:2]
+              for r in children}
+    assert len({tuple(v) for v in stage1.values()}) == 1, stage1  # the same stage-1 model (and reports) in every trial
+
+
+def test_mnist_smoke_killed_and_resumed(tmp_path):
+    """4 trials (2 grid points x 2 seeds), 2 at a time, 2 evaluations each."""
+    args = ["mnist", "--smoke", "--seeds", "2", "--set", "train.steps=60", "--set", "train.eval_every=30",
+            "--set", "train.warmup_steps=5"]
+    done, before, out = run_killed_then_resumed(tmp_path, args)
+    ids = ["p00_s0", "p00_s1", "p01_s0", "p01_s1"]
+    check_resumed(tmp_path, "metaocl/mnist-smoke", ids, "acc/qd1consis", [30, 60], done, before, out, "mnist", evals=2)
+
+
+def test_config_error_inside_a_trial_is_not_retried(tmp_path):
+    """block_size too small for the data: only the trial finds out (after tokenizing); the sweep file
+    allows 3 retries, yet the trial fails at its first attempt with the error's one line."""
+    args = ["two_stage", "--smoke", "--seeds", "1", "--set", "train.faithful_padding=true",
+            "--set", "train.block_size=4"]
+    log = tmp_path / "sweep.log"
+    proc = start(sweep_cmd(args), log, env=env_for(tmp_path), cwd=tmp_path)
+    try:
+        code = proc.wait(timeout=400)
+    finally:
+        stop(proc)
+    out = log.read_text()
+    assert code == 1, out[-3000:]
+    assert attempts(tmp_path / "metaocl-results") == ["p00_s0"]  # one attempt, no retry
+    row = next(line for line in out.splitlines() if line.startswith("p00_s0 "))
+    assert row.split()[1:3] == ["FAILED", "0"] and "train.block_size: a datapoint has" in row, out[-3000:]
+    assert "trials: 0 done, 1 failed, 0 retried" in out
+    client, parents, children = mlflow_children(tmp_path, "metaocl/two_stage-smoke")
+    assert [r.info.status for r in children] == ["FAILED"]
+    assert "train.block_size" in children[0].data.tags["metaocl.error"]
