@@ -16,7 +16,6 @@ def bench(tmp_path, monkeypatch):
 
 
 def test_one_epoch_prints_every_figure_and_evaluators_agree(bench, capsys):
-    pytest.importorskip("accelerate")  # HF Trainer needs it (the reference side)
     figures = bench.main(["--entities", "20", "--max-eval-per-split", "3", "--batch-size", "16",
                           "--pretrain-epochs", "2"])
     out = capsys.readouterr().out

@@ -8,7 +8,6 @@ bench = load_bench("set_inclusion")
 
 
 def test_tiny_epoch_prints_ours_and_the_trainer_baseline(capsys):
-    pytest.importorskip("accelerate")  # HF Trainer needs it (the baseline)
     out = bench.main(["--variables", "20", "--batch-size", "16"])
     printed = capsys.readouterr().out
     for key in ("ours_stage1_steps_per_s", "ours_stage1_examples_per_s", "ours_stage2_steps_per_s",

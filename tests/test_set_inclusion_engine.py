@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from metaocl.config import from_dict
@@ -64,18 +65,53 @@ def test_answer_only_loss_targets_the_answer_token():
     assert torch.allclose(eng.lm_loss(model, batch, answer_only=True), expected, atol=1e-5)
 
 
-def test_evaluate_returns_accuracy_and_loss_per_subset():
-    ds, tok = small()
+def always_true_model(tok) -> torch.nn.Module:
+    """The real tiny GPT-NeoX, set to answer ``true`` everywhere with logits (true: 1, every other token: 0).
+
+    The final layer norm outputs the constant vector c at every position (weight 0, bias c) and the
+    unembedding maps c to 1 on ``true`` and 0 elsewhere.
+    """
     model = eng.build_model(TINY, tok.get_vocab_size())
-    sets = {s: eng.EvalSet.from_questions(tok, qs) for s, qs in ds.test_qa.items()}
+    c = torch.linspace(-1.0, 1.0, TINY.hidden_size)
+    with torch.no_grad():
+        model.gpt_neox.final_layer_norm.weight.zero_()
+        model.gpt_neox.final_layer_norm.bias.copy_(c)
+        w = model.get_output_embeddings().weight
+        w.zero_()
+        w[tok.token_to_id("true")] = c / c.dot(c)
+    return model
+
+
+def test_evaluate_scores_a_model_that_always_answers_true():
     from metaocl.configs.set_inclusion import SetInclusionEval
 
+    ds, tok = small()
+    model = always_true_model(tok)
+    sets = {s: eng.EvalSet.from_questions(tok, qs) for s, qs in ds.test_qa.items()}
+    qs = ds.test_qa["qd1consis"]
+    sets["only_true"] = eng.EvalSet.from_questions(tok, [q for q in qs if q.words[-1] == "true"])
+    sets["only_false"] = eng.EvalSet.from_questions(tok, [q for q in qs if q.words[-1] == "false"])
+    v = tok.get_vocab_size()
+    # cross-entropy with logits (1, 0, ..., 0): -log(e / (e + v - 1)) for "true", -log(1 / (e + v - 1)) for "false"
+    loss_true, loss_false = math.log(math.e + v - 1) - 1.0, math.log(math.e + v - 1)
     for scoring in ("argmax", "true_false"):
         out = eng.evaluate(model, sets, tok, SetInclusionEval(scoring=scoring, batch_size=50), "cpu")
-        for s in sets:
-            assert 0.0 <= out[f"acc/{s}"] <= 1.0 and math.isfinite(out[f"loss/{s}"])
-    # true/false scoring always answers one of the two, so on a half-true set it is 0.5 for a constant guess
-    assert set(out) == {f"{m}/{s}" for s in sets for m in ("acc", "loss")}
+        assert set(out) == {f"{m}/{s}" for s in sets for m in ("acc", "loss")}
+        for s in ds.test_qa:  # every test subset is half true, half false
+            assert out[f"acc/{s}"] == 0.5, (scoring, s)
+            assert out[f"loss/{s}"] == pytest.approx((loss_true + loss_false) / 2, rel=1e-5)
+        assert out["acc/only_true"] == 1.0 and out["acc/only_false"] == 0.0
+        assert out["loss/only_true"] == pytest.approx(loss_true, rel=1e-5)
+        assert out["loss/only_false"] == pytest.approx(loss_false, rel=1e-5)
+
+
+def test_gaps_from_known_subset_values():
+    from metaocl.experiments.set_inclusion import KIND
+
+    metrics = {"acc/qd1consis": 0.75, "acc/qd2incons": 0.5, "acc/d1consis": 0.625, "acc/d2consis": 0.5,
+               "loss/qd1consis": 9.0, "acc/q": 0.25}
+    assert KIND.gaps(metrics) == {"gap/ocl": 0.25, "gap/meta_ocl": 0.125}
+    assert KIND.gaps({"acc/qd1consis": 0.75}) == {}  # a gap needs both of its subsets
 
 
 def test_run_reports_every_epoch_with_gaps():
@@ -89,7 +125,6 @@ def test_run_reports_every_epoch_with_gaps():
     assert [r["stage"] for r in reporter.history] == [1, 1, 2]
     for key in ("acc/qd1consis", "acc/d2consis", "gap/ocl", "gap/meta_ocl", "train/loss", "acc_def/qd2incons"):
         assert key in final
-    assert final["gap/ocl"] == final["acc/qd1consis"] - final["acc/qd2incons"]
 
 
 def test_grad_alignment_metrics_are_finite_cosines():
