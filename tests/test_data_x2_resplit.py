@@ -51,7 +51,7 @@ def test_stage1_view_is_shared_and_later_stages_see_the_trial_seeds_x2_split():
 
 
 def test_a_stage2_seed_branched_from_the_stage1_cache_equals_its_uncached_run(tmp_path):
-    c0, c1 = two_stage()
+    c0, c1 = two_stage("train.epochs=[2,1]")
     lm_runner.run(c0, PrintReporter())  # trains stage 1 and fills the cache
     branched = PrintReporter()
     lm_runner.run(c1, branched)  # stage 1 from the cache (trained under seed 0), stage 2 on seed 1's split
