@@ -80,6 +80,12 @@ def test_report_reads_only_the_newest_invocation_and_parent_chooses_another(stor
     for row in planted(0, -0.5, -0.5):
         single.log_metrics(run_id, row)
     single.end_trial(run_id, ok=True)
+    # A per-configuration aggregate run under the newest parent (metaocl.role=configuration): not a trial.
+    client = single.client
+    agg = client.create_run(single.experiment_id, run_name="aggregate", tags={
+        "mlflow.parentRunId": p2, "metaocl.role": "configuration", "metaocl.trial_id": "s1", "metaocl.grid": "{}"})
+    client.log_metric(agg.info.run_id, "acc/qd1consis", 0.0, step=2)
+    client.set_terminated(agg.info.run_id)
 
     out = tmp_path / "report"
     assert main(["report", "quickstart", "--smoke", "--tracking-uri", store, "--out", str(out), "--no-log"]) == 0
@@ -134,6 +140,7 @@ def test_runs_whose_configs_differ_beyond_the_seed_are_refused(store, tmp_path, 
     tracker.end(True)
     with pytest.raises(ConfigError, match=r"differ in train\.lr: '0\.002' vs '0\.5'"):
         load_invocation(store, a.experiment_name)
+    assert summarize_invocation(store, tracker.parent_id).startswith("no summary: runs s0 (")
     out = tmp_path / "report"
     capsys.readouterr()  # MLflow's store-creation log lines
     assert main(["report", "quickstart", "--smoke", "--tracking-uri", store, "--out", str(out)]) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from metaocl.config import ConfigError
 from metaocl.configs.lm_data import ALL_SUBSETS
 from metaocl.report.effects import analyse, verdict_lines
 from metaocl.report.runs import SweepRuns, TrialRun, group_trials, load_invocation
@@ -55,8 +56,12 @@ def summary_text(runs: SweepRuns) -> str:
 
 def summarize_invocation(tracking_uri: str, parent_run_id: str, experiment: str | None = None) -> str:
     """The summary of one sweep invocation (parent run) as MLflow holds it (only the left-out runs,
-    or "", when no trial finished)."""
-    runs = load_invocation(tracking_uri, experiment, parent_run_id, allow_empty=True)
+    or "", when no trial finished). A store the report would refuse gives that one line instead of
+    failing the sweep that just ended."""
+    try:
+        runs = load_invocation(tracking_uri, experiment, parent_run_id, allow_empty=True)
+    except ConfigError as e:
+        return f"no summary: {e}"
     if not runs.configurations:
         return runs.left_out_text()
     return summary_text(runs)
