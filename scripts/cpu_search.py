@@ -42,9 +42,15 @@ def write_candidate(name: str, base: str, seeds: list[int], overrides: list[str]
     data.pop("smoke", None)
     data.pop("grid", None)
     data.pop("points", None)
-    data.update(name=name, description=f"cpu search candidate {name}: {base} with {' '.join(overrides) or 'no change'}",
-                base=sweep.base, first_seed=min(seeds), seeds=max(seeds) - min(seeds) + 1)
     out = workdir / "sweeps" / f"{name}.yaml"
+    lo, hi = min(seeds), max(seeds)
+    if out.exists():  # another invocation of the same candidate (more seeds): keep its seeds valid too
+        old = read_yaml(out)
+        if old.get("base") != sweep.base:
+            raise ConfigError(f"{out}: candidate {name} exists with another configuration; choose a new name")
+        lo, hi = min(lo, old["first_seed"]), max(hi, old["first_seed"] + old["seeds"] - 1)
+    data.update(name=name, description=f"cpu search candidate {name}: {base} with {' '.join(overrides) or 'no change'}",
+                base=sweep.base, first_seed=lo, seeds=hi - lo + 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     load_sweep(str(out))  # the written file itself validates

@@ -16,10 +16,13 @@ import argparse
 import math
 import sys
 from collections import defaultdict
+from pathlib import Path
+
+import yaml
 
 from mlflow.tracking import MlflowClient
 
-from metaocl.report.stats import paired_effect, verdict_line
+from metaocl.report.stats import format_p, paired_effect
 
 SUBSETS = ("qd1consis", "qd2incons", "d1consis", "d2consis")
 GAPS = {"OCL": ("qd1consis", "qd2incons"), "meta-OCL": ("d1consis", "d2consis")}
@@ -50,6 +53,19 @@ def effects(trials: dict[int, dict]) -> dict[str, object]:
                                 measure="acc", stage=1, seeds=seeds) for name, (a, b) in GAPS.items()}
 
 
+def cell(e) -> str:
+    """``reproduced +0.031 [0.012, 0.050] p=0.003`` (the verdict word and numbers of :func:`verdict_line`)."""
+    if e.n < 2:
+        return f"{e.mean:+.3f} (1 seed)"
+    return f"{e.outcome} {e.mean:+.3f} [{e.lo:.3f}, {e.hi:.3f}] {format_p(e.p)}"
+
+
+def describe(db: str, name: str) -> str:
+    """The candidate's overrides: the description cpu_search.py wrote into ``sweeps/NAME.yaml`` beside the store."""
+    path = Path(db).parent / "sweeps" / f"{name}.yaml"
+    return str(yaml.safe_load(path.read_text()).get("description", "")) if path.exists() else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="candidates (default: every metaocl/* experiment in the store)")
@@ -77,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = sum(trials[s]["cpu_s"] for s in seeds) / len(seeds)
         ex = sum(trials[s]["examples"] for s in seeds) / len(seeds)
         span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
-        print(f"| {name} | {span} | {cpu:.0f} | {ex:,.0f} | {accs} | "
-              + " | ".join(verdict_line(e, with_context=False).replace(f", {e.n} seeds", "") for e in eff.values()) + " |")
+        print(f"| {name} | {span} | {cpu:.0f} | {ex:,.0f} | {accs} | " + " | ".join(cell(e) for e in eff.values()) + " |")
+        details[name].append(f"  {name}: {describe(args.db, name)}")
         for s in seeds:
             t = trials[s]
             f = t["final"]
