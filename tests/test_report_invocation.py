@@ -127,6 +127,14 @@ def test_running_runs_of_a_killed_driver_are_left_out_and_named(store, tmp_path,
     text = summarize_invocation(store, parent)
     assert f"left out: 1 running run ({name})" in text and "(2 seeds; acc, mean [95% CI])" in text
 
+    # `--resume` reattaches to the same parent and finishes s2: still one invocation, now complete.
+    tracker = SweepTracker.reattach(store, parent)
+    assert tracker.trial_status["s2"] == "RUNNING"
+    tracker.end_trial(tracker.trial_runs["s2"], ok=True)
+    tracker.end(True)
+    runs = load_invocation(store, sweep.experiment_name)
+    assert runs.parent_run_id == parent and runs.n_trials == 3 and not runs.left_out
+
 
 def test_runs_whose_configs_differ_beyond_the_seed_are_refused(store, tmp_path, capsys):
     a = load_sweep("quickstart", smoke=True, seeds=2)
