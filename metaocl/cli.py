@@ -18,8 +18,6 @@ import argparse
 import importlib
 import importlib.util
 import os
-import shutil
-import subprocess
 import sys
 from typing import Sequence
 
@@ -75,12 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
-    p = sub.add_parser("ui", help="open the MLflow UI on the sweep store")
-    p.add_argument("--tracking-uri", help="store to show (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-
-    for module in ("metaocl.data.cli", "metaocl.report.cli"):  # sub-commands that live beside their area
+    for module in ("metaocl.data.cli", "metaocl.report.cli", "metaocl.ui"):  # sub-commands that live beside their area
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module).register(sub)  # sets `handler` with set_defaults
     return parser
@@ -171,27 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    from metaocl.tracking import tracking_uri
-
-    uri = tracking_uri(args.tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        print(f"{uri} is an MLflow server: open it in a browser (it is its own UI)")
-        return 0
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep here first, or pass --tracking-uri")
-    mlflow = shutil.which("mlflow")
-    if mlflow is None:
-        raise ConfigError("the mlflow command is not installed (pip install -r requirements.txt)")
-    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)")
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
-
-
-COMMANDS = {"list": cmd_list, "sweep": cmd_sweep, "run": cmd_run, "ui": cmd_ui}
+COMMANDS = {"list": cmd_list, "sweep": cmd_sweep, "run": cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

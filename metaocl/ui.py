@@ -1,0 +1,316 @@
+"""``metaocl ui``: the MLflow UI on a sweep store, with a link to the newest sweep's charts.
+
+    metaocl ui                          # ./mlflow.db (or $MLFLOW_TRACKING_URI) on http://127.0.0.1:5000
+    metaocl ui --port 5001 --tracking-uri sqlite:////runs/mlflow.db
+    metaocl ui --tracking-uri http://mlflow:5000    # a server is its own UI: just print the link
+
+**The link.** MLflow 3.17's UI keeps a page's state in the URL and can load a *shared view*: an
+experiment tag ``mlflow.sharedViewState.<key>`` holding JSON of the search facets and UI state, opened
+by ``#/experiments/<id>/runs?viewStateShareKey=<key>&compareRunsMode=CHART``. ``metaocl ui`` writes
+one such view per sweep invocation: its runs only (the search filter on ``metaocl.sweep_run_id``, see
+:mod:`metaocl.tracking`), sorted by role so that the flat list reads configurations, the sweep's
+parent run, then its trials (a search filter with a sort other than "created" shows child runs as
+rows of their own instead of folded under the parent), and table columns for the params people
+compare (grid keys, seed, model) and the verdicts. The chart view then shows the parent's per-epoch
+means and CI bounds beside every trial's curves, one chart per metric.
+
+**The server.** ``mlflow ui`` starts uvicorn, which starts workers, and a job runner (huey
+consumers); a signal to ``mlflow ui`` alone does not reliably take them down (issue 18 saw the port
+still served after ``kill`` and after a SIGTERM to the process group). So the server runs in a
+session of its own, and on SIGTERM or SIGINT (Ctrl-C, ``docker stop``) ``metaocl ui`` terminates every
+process of that session and every descendant, waits, kills what is left, and only then exits. If
+``metaocl ui`` itself is killed with SIGKILL, the kernel sends the server SIGTERM (``PR_SET_PDEATHSIG``
+on Linux), which MLflow forwards to uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from metaocl.config import ConfigError
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI: experiment tag of a shared view
+STOP_GRACE_S = 5.0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ui", help="serve the MLflow UI on the sweep store; prints the link to the newest sweep's charts",
+                       description="Serve the MLflow UI on the sweep store (loopback by default) and print the "
+                       "link to the newest sweep's runs in chart view. Ctrl-C or SIGTERM stops the server and "
+                       "every process it started.")
+    p.add_argument("--tracking-uri", help="store to show (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: 1; MLflow's own default is 4)")
+    p.set_defaults(handler=cmd_ui)
+
+
+# --------------------------------------------------------------------------------------------
+# The newest sweep and the link to its charts
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SweepView:
+    experiment_id: str
+    experiment_name: str
+    parent_run_id: str
+    run_name: str
+    n_trials: int
+    key: str  # viewStateShareKey
+
+    def link(self, base_url: str) -> str:
+        query = urllib.parse.urlencode({"viewStateShareKey": self.key, "compareRunsMode": "CHART",
+                                        "workflowType": "machine_learning"})
+        return f"{base_url.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{query}"
+
+
+def newest_sweep_run(client, experiment):
+    """The newest parent run of a ``metaocl sweep`` (not ``metaocl run``) in ``experiment``, or ``None``."""
+    runs = client.search_runs([experiment.experiment_id], "tags.`metaocl.role` = 'sweep'",
+                              max_results=100, order_by=["attributes.start_time DESC"])
+    return next((r for r in runs if r.data.tags.get("metaocl.invocation", "sweep") == "sweep"), None)
+
+
+def view_state(parent, trials, aggregated: set[str]) -> dict:
+    """The shared view of one invocation: its runs, flat; columns people compare; charts of the aggregates.
+
+    ``aggregated``: the metrics the parent or configuration runs hold with CI bounds (``gap/meta_ocl``
+    when ``gap/meta_ocl_lo`` is there). Each gets one chart of the mean and its bounds: the gaps in a
+    first section, the headline measure per subset in a second. The bounds get no chart of their own
+    (a chart marked deleted, which MLflow's UI then does not generate).
+    """
+    from metaocl.tracking import SWEEP_RUN_TAG
+
+    pid = parent.info.run_id
+    if parent.data.tags.get(SWEEP_RUN_TAG) == pid:
+        search = f"tags.`{SWEEP_RUN_TAG}` = '{pid}'"
+    else:  # a store written before the tag existed: the sweep's runs, every invocation
+        search = f"tags.`metaocl.sweep` = '{parent.data.tags.get('metaocl.sweep', '')}'"
+    grid_keys: list[str] = []
+    params: set[str] = set()
+    for t in trials:
+        try:
+            grid_keys += [k for k in json.loads(t.data.tags.get("metaocl.grid") or "{}") if k not in grid_keys]
+        except json.JSONDecodeError:
+            pass
+        params |= set(t.data.params)
+    columns = [f"params.`{k}`" for k in grid_keys + ["seed", "model.name"] if k in params]
+    columns += ["metrics.`gap/meta_ocl`", "metrics.`gap/ocl`", "tags.`metaocl.verdict.meta_ocl`"]
+    pid8 = pid[:8]
+    gaps = [m for m in ("gap/meta_ocl", "gap/ocl") if m in aggregated]
+    gaps += sorted(m for m in aggregated if m.startswith("gap/") and m not in gaps)
+    subsets = sorted(m for m in aggregated if not m.startswith("gap/"))
+    sections, charts = [], []
+    for name, metrics in (("OCL and meta-OCL gaps: mean and 95% CI over seeds", gaps),
+                          (f"{subsets[0].split('/')[0] if subsets else ''} per subset: mean and 95% CI over seeds", subsets)):
+        if not metrics:
+            continue
+        uuid = f"metaocl-{len(sections)}-{pid8}"
+        sections.append({"uuid": uuid, "name": name, "display": True, "isReordered": False, "deleted": False,
+                         "isGenerated": False})
+        for m in metrics:
+            charts.append(_line_chart(f"metaocl-{m}-{pid8}", uuid, m, [m, f"{m}_lo", f"{m}_hi"]))
+            for bound in (f"{m}_lo", f"{m}_hi"):
+                charts.append(_line_chart(f"metaocl-{bound}-{pid8}", uuid, bound, [bound], deleted=True))
+    return {"searchFilter": search, "orderByKey": "tags.`metaocl.role`", "orderByAsc": True,
+            "selectedColumns": columns, "compareRunSections": sections, "compareRunCharts": charts,
+            "isAccordionReordered": True}
+
+
+def _line_chart(uuid: str, section: str, name: str, keys: list[str], deleted: bool = False) -> dict:
+    """A line chart of MLflow's chart view (fields as its ``RunsChartsLineCardConfig``)."""
+    return {"type": "LINE", "uuid": uuid, "metricSectionId": section, "isGenerated": False, "deleted": deleted,
+            "metricKey": name, "selectedMetricKeys": keys, "displayName": name,
+            "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear", "range": {},
+            "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [],
+            "ignoreOutliers": False, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True}
+
+
+def sweep_views(client) -> list[SweepView]:
+    """The view of the newest sweep of every ``metaocl/`` experiment, the newest sweep first."""
+    views = []
+    for exp in client.search_experiments():
+        if exp.name.startswith("metaocl/"):
+            parent = newest_sweep_run(client, exp)
+            if parent is not None:
+                views.append((parent.info.start_time or 0, sweep_view(client, exp, parent)))
+    return [v for _, v in sorted(views, key=lambda x: -x[0])]
+
+
+def sweep_view(client, exp, parent) -> SweepView:
+    """Write (or refresh) the shared view of one sweep invocation into its experiment."""
+    pid = parent.info.run_id
+    trials = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = 'trial'",
+                                max_results=1000)
+    from metaocl.tracking import CONFIGURATION_ROLE
+
+    configurations = client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = '{CONFIGURATION_ROLE}'",
+        max_results=1000)
+    aggregated = {k[: -len("_lo")] for r in [parent, *configurations] for k in r.data.metrics if k.endswith("_lo")}
+    key = f"metaocl-{pid}"
+    value = json.dumps(view_state(parent, trials, aggregated), separators=(",", ":"))
+    if exp.tags.get(VIEW_TAG_PREFIX + key) != value:
+        client.set_experiment_tag(exp.experiment_id, VIEW_TAG_PREFIX + key, value)
+    return SweepView(exp.experiment_id, exp.name, pid, parent.info.run_name, len(trials), key)
+
+
+def describe(views: list[SweepView], base_url: str) -> str:
+    """What ``metaocl ui`` prints: the newest sweep and the link to its charts, then the other experiments."""
+    if not views:
+        return f"no sweep in this store yet (run `metaocl sweep NAME`); experiments: {base_url}"
+    first = views[0]
+    lines = [f"newest sweep: run {first.run_name} in experiment {first.experiment_name} ({first.n_trials} trial runs)",
+             "its charts (per epoch: mean and 95% CI over seeds on the sweep's run, every trial beside it):",
+             f"  {first.link(base_url)}"]
+    if len(views) > 1:
+        lines.append("the newest sweep of each other experiment:")
+        lines += [f"  {v.experiment_name}: {v.link(base_url)}" for v in views[1:]]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The server and everything it starts
+# --------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def _die_with_parent() -> None:
+    """In the server's child before exec: SIGTERM it when ``metaocl ui`` dies (Linux), even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def server_processes(pid: int) -> list:
+    """The server (``pid``, leader of its own session) and every process it started: its descendants
+    and whatever else runs in its session (a child whose parent already exited)."""
+    import psutil
+
+    found = {}
+    try:
+        root = psutil.Process(pid)
+        found[root.pid] = root
+        for child in root.children(recursive=True):
+            found[child.pid] = child
+    except psutil.NoSuchProcess:
+        pass
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid not in found and os.getsid(proc.pid) == pid:
+                found[proc.pid] = proc
+        except (OSError, psutil.Error):
+            continue
+    return list(found.values())
+
+
+def _alive(proc) -> bool:
+    """Running and not a zombie (a zombie holds no port; its parent, if any, reaps it)."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def stop_server(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to the server's session and every process it started; SIGKILL what is left after ``grace``."""
+    import psutil
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        procs = server_processes(proc.pid)
+        if not procs:
+            break
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the server itself
+            if not [p for p in procs if _alive(p)]:
+                break
+            time.sleep(0.1)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _health_url(host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def serve(cmd: list[str], base_url: str) -> int:
+    """Run the server until it exits or this process gets SIGTERM/SIGINT; always leave nothing behind."""
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+        ready = False
+        while proc.poll() is None:
+            if not ready:
+                try:
+                    with urllib.request.urlopen(f"{base_url}/health", timeout=2):
+                        ready = True
+                        print(f"MLflow UI is up at {base_url} (Ctrl-C stops it)", flush=True)
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        return proc.returncode or 0
+    except _Stop:
+        return 0
+    finally:
+        for s in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
+        if proc is not None:
+            stop_server(proc)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from metaocl.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):  # a server is its own UI
+        views = sweep_views(MlflowClient(tracking_uri=uri))
+        print(f"{uri} is an MLflow server: it is its own UI")
+        print(describe(views, uri))
+        return 0
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep here first, or pass --tracking-uri")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be at least 1")
+    base_url = _health_url(args.host, args.port)
+    views = sweep_views(MlflowClient(tracking_uri=uri))
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", str(args.workers)]
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (starting; Ctrl-C stops it and every process it started)")
+    print(describe(views, base_url), flush=True)
+    return serve(cmd, base_url)
