@@ -91,8 +91,8 @@ def test_stage2_starts_from_the_weights_at_the_end_of_stage1(monkeypatch):
 
 def test_gradient_alignment_is_logged_when_enabled(monkeypatch):
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
-    config = load_sweep("single_stage", smoke=True,
-                        overrides=FAST + ["train.epochs=[2]", "train.grad_alignment_every=1"]).trials()[0].config
+    config = load_sweep("grad_alignment", smoke=True, overrides=FAST).trials()[0].config  # the sweep turns it on
+    assert config.train.grad_alignment_every == 1 and config.epochs == [2]
     reporter = PrintReporter()
     final = lm_runner.run(config, reporter)
     for key in ("grad/cos_def1_qa", "grad/cos_def2_qa"):
