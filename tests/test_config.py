@@ -202,3 +202,13 @@ def test_lm_model_name_checks(tmp_path, monkeypatch):
     [line] = problems(name="EleutherAI/pythia-70m", from_scratch="true")
     assert line.startswith("model.name: tokenizer 'EleutherAI/pythia-70m' is not in the local Hugging Face cache")
     assert problems(name="EleutherAI/pythia-70m", from_scratch="true", tokenizer=str(tmp_path)) == []
+
+
+def test_ray_workers_import_no_mlflow_and_no_driver():
+    import subprocess
+    import sys
+
+    code = ("import sys, metaocl.sweep.worker\n"
+            "print(sorted(m for m in ('mlflow', 'metaocl.sweep.driver', 'metaocl.tracking') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
