@@ -11,7 +11,11 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
     assert main(["sweep", "quickstart", "--smoke"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # progress (no terminal here): lines per trial, and the final counts of the sweep
+    assert "[s0] epoch 1, eval 1/3, stage 1: acc qd1consis" in captured.err
+    assert captured.err.rstrip().endswith("quickstart: 2 done, 0 running, 0 failed; 6/6 evals")
     assert "after stage 1" in out and "after stage 2" in out
     assert "OCL" in out and "meta-OCL" in out
     assert "trials: 2 done, 0 failed" in out
@@ -25,6 +29,7 @@ def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
     parents = [r for r in runs if r.data.tags.get("metaocl.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("metaocl.role") == "trial"]
     assert len(parents) == 1 and len(children) == 2
+    assert parents[0].data.tags["metaocl.invocation"] == "sweep" and len(parents[0].data.tags["metaocl.fingerprint"]) == 16
     assert {r.data.tags["seed"] for r in children} == {"0", "1"}
     for r in children:
         assert r.info.status == "FINISHED"
