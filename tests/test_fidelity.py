@@ -196,10 +196,9 @@ def test_sweep_resolves_to_the_fidelity_table(name):
 
 def test_quickstart_pins_what_it_uses_so_changed_defaults_cannot_change_it():
     """The CPU demo (a documented deviation) names its optimizer, lr and schedule itself."""
-    got = summarize(load_sweep("quickstart"))
-    assert got["optimizer"] == (("adamw", 0.002, "constant", 0, 0.1, 1.0),)
     raw = load_sweep("quickstart").base["train"]
     assert {"optimizer", "lr", "schedule"} <= set(raw)
+    assert load_sweep("quickstart", smoke=True).trials()[0].config.train.schedule == raw["schedule"]
 
 
 def test_set_inclusion_default_optimizer_is_hf_trainer_adafactor_with_linear_decay():
