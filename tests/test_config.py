@@ -212,3 +212,23 @@ def test_ray_workers_import_no_mlflow_and_no_driver():
             "print(sorted(m for m in ('mlflow', 'metaocl.sweep.driver', 'metaocl.tracking') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_lm_architecture_pre_check_from_a_local_config(tmp_path):
+    """A model folder whose config says decoder-only (or encoder-decoder) must match data.seq2seq."""
+    from transformers import GPTNeoXConfig, T5Config
+
+    from metaocl.config import kind
+
+    causal, seq2seq = tmp_path / "causal", tmp_path / "seq2seq"
+    GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(causal)
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2).save_pretrained(seq2seq)
+
+    def problems(*sets):
+        return kind("lm").required_inputs(load_sweep("two_stage", smoke=True, overrides=list(sets)).trials()[0].config)
+
+    assert problems(f"model.name={causal}") == []
+    assert problems(f"model.name={causal}", "data.seq2seq=true") == [
+        f"data.seq2seq: must be false for '{causal}' (a decoder-only model)"]
+    assert problems(f"model.name={seq2seq}") == [f"data.seq2seq: must be true for '{seq2seq}' (an encoder-decoder)"]
+    assert problems(f"model.name={seq2seq}", "data.seq2seq=true") == []

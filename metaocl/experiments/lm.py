@@ -86,7 +86,32 @@ def required_inputs(config: LMConfig) -> list[str]:
             out += _name_problems("model.tokenizer", m.tokenizer)
         elif m.from_scratch and pythia_key(m.name):
             out += _name_problems("model.name", m.name, what="tokenizer")
+        if not out:
+            out += _architecture_problems(config)
     return out
+
+
+def _architecture_problems(config: LMConfig) -> list[str]:
+    """Decoder-only or encoder-decoder, from the model's config when it is here (a local folder, the
+    local Hugging Face cache, an embedded Pythia architecture), against ``model.kind`` and ``data.seq2seq``."""
+    from metaocl.engine.lm_models import pythia_key
+
+    m = config.model
+    if m.from_scratch and pythia_key(m.name):
+        is_seq2seq = False
+    else:
+        try:
+            from transformers import AutoConfig
+
+            is_seq2seq = bool(getattr(AutoConfig.from_pretrained(m.name, local_files_only=True), "is_encoder_decoder", False))
+        except Exception:  # not here (the hub is asked by the trial), or not a model config: the trial says
+            return []
+    what = "an encoder-decoder" if is_seq2seq else "a decoder-only model"
+    if m.kind != "auto" and (m.kind == "seq2seq") != is_seq2seq:
+        return [f"model.kind: {m.kind!r} does not match {m.name!r}, which is {what}"]
+    if config.data.seq2seq != is_seq2seq:
+        return [f"data.seq2seq: must be {str(is_seq2seq).lower()} for {m.name!r} ({what})"]
+    return []
 
 
 def _hf_offline() -> bool:
