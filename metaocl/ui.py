@@ -299,6 +299,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):  # a server is its own UI
+        from metaocl.tracking import check_reachable
+
+        check_reachable(uri)  # a server that is down: one line, not MLflow's retries and traceback
         views = sweep_views(MlflowClient(tracking_uri=uri))
         print(f"{uri} is an MLflow server: it is its own UI")
         print(describe(views, uri))

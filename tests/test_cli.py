@@ -108,9 +108,9 @@ def test_sweep_bad_inputs_one_line_exit_2_nothing_written(capsys, in_tmp, tmp_pa
     assert list(in_tmp.iterdir()) == []
 
 
-def test_ui_on_a_server_uri_points_to_it(capsys, in_tmp):
-    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
-    assert "is an MLflow server" in capsys.readouterr().out
+def test_ui_on_a_server_that_is_down_is_one_line(capsys, in_tmp):
+    one_line_error(capsys, ["ui", "--tracking-uri", "http://127.0.0.1:9"], "MLflow tracking URI http://127.0.0.1:9 is unreachable")
+    assert list(in_tmp.iterdir()) == []
 
 
 def test_run_tracks_into_its_own_experiment_with_the_pinned_seed(capsys, in_tmp):
