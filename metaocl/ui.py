@@ -295,10 +295,11 @@ def serve(cmd: list[str], base_url: str) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from metaocl.tracking import tracking_uri
+    from metaocl.tracking import check_reachable, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):  # a server is its own UI
+        check_reachable(uri)
         from metaocl.tracking import check_reachable
 
         check_reachable(uri)  # a server that is down: one line, not MLflow's retries and traceback
