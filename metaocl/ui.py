@@ -37,6 +37,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from metaocl.config import ConfigError
+from metaocl.tracking import CONFIGURATION_ROLE, SWEEP_RUN_TAG, check_reachable, tracking_uri
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI: experiment tag of a shared view
 STOP_GRACE_S = 5.0
@@ -87,8 +88,6 @@ def view_state(parent, trials, aggregated: set[str]) -> dict:
     first section, the headline measure per subset in a second. The bounds get no chart of their own
     (a chart marked deleted, which MLflow's UI then does not generate).
     """
-    from metaocl.tracking import SWEEP_RUN_TAG
-
     pid = parent.info.run_id
     if parent.data.tags.get(SWEEP_RUN_TAG) == pid:
         search = f"tags.`{SWEEP_RUN_TAG}` = '{pid}'"
@@ -150,8 +149,6 @@ def sweep_view(client, exp, parent) -> SweepView:
     pid = parent.info.run_id
     trials = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = 'trial'",
                                 max_results=1000)
-    from metaocl.tracking import CONFIGURATION_ROLE
-
     configurations = client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = '{CONFIGURATION_ROLE}'",
         max_results=1000)
@@ -295,13 +292,8 @@ def serve(cmd: list[str], base_url: str) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from metaocl.tracking import check_reachable, tracking_uri
-
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):  # a server is its own UI
-        check_reachable(uri)
-        from metaocl.tracking import check_reachable
-
         check_reachable(uri)  # a server that is down: one line, not MLflow's retries and traceback
         views = sweep_views(MlflowClient(tracking_uri=uri))
         print(f"{uri} is an MLflow server: it is its own UI")
