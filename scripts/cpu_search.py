@@ -10,7 +10,7 @@ overrides applied and validated by :func:`metaocl.config.load_sweep` (a bad key 
 line and exit status 2, nothing run), written as ``WORKDIR/sweeps/NAME.yaml`` with ``first_seed``
 set so its trial ids are ``s{seed}``. Each seed is one ``metaocl run WORKDIR/sweeps/NAME.yaml
 --trial s{seed}`` subprocess (the real runner, no Ray) tracked into the MLflow store
-``WORKDIR/mlflow.db`` as experiment ``metaocl/NAME``, with one torch thread
+``WORKDIR/mlflow.db`` (experiment ``metaocl/NAME-run``, where ``metaocl run`` logs), with one torch thread
 (``METAOCL_TRIAL_CPUS=1``) under ``nice``, ``--jobs`` of them at a time. When one ends, this script
 adds its cost to the same MLflow run: ``cost/cpu_s`` (the child's own user + system CPU seconds,
 from ``os.wait4``: training, evaluation, data generation, start-up), ``cost/wall_s``,
@@ -74,7 +74,8 @@ def record_cost(uri: str, name: str, seed: int, cpu_s: float, wall_s: float, exa
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(f"metaocl/{name}")
+    # `metaocl run` tracks into metaocl/NAME-run (older versions: metaocl/NAME, as a sweep)
+    exp = client.get_experiment_by_name(f"metaocl/{name}-run") or client.get_experiment_by_name(f"metaocl/{name}")
     runs = client.search_runs([exp.experiment_id], f"tags.`metaocl.trial_id` = 's{seed}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
@@ -88,7 +89,7 @@ def record_cost(uri: str, name: str, seed: int, cpu_s: float, wall_s: float, exa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("name", help="candidate name (the MLflow experiment is metaocl/NAME)")
+    ap.add_argument("name", help="candidate name (its MLflow experiment: metaocl/NAME-run)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--base", default="quickstart", help="sweep (name or YAML path) whose base config to start from")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curves", action="store_true", help="meta-OCL per seed at every evaluation")
     args = ap.parse_args(argv)
     client = MlflowClient(f"sqlite:///{args.db}")
-    exps = {e.name.removeprefix("metaocl/"): e for e in client.search_experiments() if e.name.startswith("metaocl/")}
+    exps = {e.name.removeprefix("metaocl/").removesuffix("-run"): e  # `metaocl run` logs into metaocl/NAME-run
+            for e in client.search_experiments() if e.name.startswith("metaocl/")}
     names = args.names or sorted(exps)
     missing = [n for n in names if n not in exps]
     if missing:
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         accs = " / ".join(f"{sum(trials[s]['final'][k] for s in seeds) / len(seeds):.3f}" for k in SUBSETS)
         cpu = sum(trials[s]["cpu_s"] for s in seeds) / len(seeds)
         ex = sum(trials[s]["examples"] for s in seeds) / len(seeds)
-        span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+        span = ",".join(map(str, seeds))
+        if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+            span = f"{seeds[0]}-{seeds[-1]}"
         print(f"| {name} | {span} | {cpu:.0f} | {ex:,.0f} | {accs} | " + " | ".join(cell(e) for e in eff.values()) + " |")
         details[name].append(f"  {name}: {describe(args.db, name)}")
         for s in seeds:
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{e}:{c['qd1consis'].get(e, math.nan) - c['qd2incons'].get(e, math.nan):+.3f}" for e in steps))
     if args.per_seed or args.curves:
         for name in names:
-            print("\n".join(details[name]))
+            if details[name]:
+                print("\n".join(details[name]))
     return 0
 
 
