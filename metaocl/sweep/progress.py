@@ -53,7 +53,7 @@ class SweepProgress:
         if enabled and self.tty:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.n_done, desc=f"{name}: {len(expected)} trials",
+            self.bar = tqdm(total=self.total, initial=self.n_done, desc=f"{name}: {len(expected)} trial{'s' if len(expected) != 1 else ''}",
                             unit="eval", file=self.stream, dynamic_ncols=True)
             self._refresh()
 
@@ -100,8 +100,8 @@ class SweepProgress:
             self.bar.update(self.n_done - before)
             tbar = self.trial_bars.get(tid)
             if tbar is not None:
+                tbar.set_postfix_str(self.describe(tid, row, with_id=False, compact=True), refresh=False)
                 tbar.update(n_reports - tbar.n)
-                tbar.set_postfix_str(self.describe(tid, row, with_id=False), refresh=True)
             self._refresh()
         elif self.enabled:
             now = time.monotonic()
@@ -134,19 +134,22 @@ class SweepProgress:
             self._print(f"{self.name}: {self.counts()}")
 
     # ---- text ----------------------------------------------------------------------------------
-    def describe(self, tid: str, row: Mapping[str, float], with_id: bool = True) -> str:
-        """``[s0] epoch 3/24 stage 1: acc qd1consis 0.912 ... (OCL +0.079, meta-OCL +0.012)``."""
+    def describe(self, tid: str, row: Mapping[str, float], with_id: bool = True, compact: bool = False) -> str:
+        """``[s0] epoch 3, eval 3/24, stage 1: acc qd1consis 0.912 ... (OCL +0.079, meta-OCL +0.012)``;
+        ``compact`` (beside a trial's bar): ``epoch 3, stage 1: acc OCL +0.079, meta-OCL +0.012``."""
         unit = self.kind.progress_unit
         n = self.reports.get(tid, 0)
-        where = f"{unit} {int(row.get('epoch', 0))}, eval {n}/{self.expected.get(tid, '?')}"
+        where = f"{unit} {int(row.get('epoch', 0))}" + ("" if compact else f", eval {n}/{self.expected.get(tid, '?')}")
         if "stage" in row:
             where += f", stage {int(row['stage'])}"
         pairs = [p for p in self.kind.effect_pairs if p.template is None]
+        gaps = self.kind.gaps(row)
+        effects = ", ".join(f"{p.effect} {gaps[p.metric]:+.3f}" for p in pairs if p.metric in gaps)
+        if compact:
+            return f"{where}: {self.kind.measure} {effects}" if effects else where
         shown = [s for p in pairs for s in (p.a, p.b)]
         values = self.kind.headline(row)
         text = " ".join(f"{s} {values[s]:.3f}" for s in shown if s in values)
-        gaps = self.kind.gaps(row)
-        effects = ", ".join(f"{p.effect} {gaps[p.metric]:+.3f}" for p in pairs if p.metric in gaps)
         out = f"{where}: {self.kind.measure} {text}" if text else where
         if effects:
             out += f" ({effects})"
