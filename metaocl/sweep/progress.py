@@ -6,7 +6,7 @@ latest epoch (or step) and headline effects. Elsewhere (a ``docker run`` log, Ku
 bars: one line per report, at most one per ``interval`` seconds per trial (a trial's last report,
 its end and its failure are always printed), each line self-contained::
 
-    [s0] epoch 3/24 stage 1: acc qd1consis 0.912 qd2incons 0.833 (OCL +0.079, meta-OCL +0.012) | sweep 1 done, 2 running, 0 failed; 30/144 evals; ETA 4m10s
+    [s0] epoch 3, eval 3/24, stage 1: acc qd1consis 0.912 qd2incons 0.833 d1consis 0.571 d2consis 0.559 (OCL +0.079, meta-OCL +0.012) | quickstart: 1 done, 2 running, 0 failed; 30/144 evals; ETA 4m10s
 
 Counts come from the driver's per-trial histories, so an epoch replayed by a retry or a
 ``--resume`` is counted once, and finished trials of an earlier invocation count as done.
