@@ -114,7 +114,8 @@ def test_lm_two_stage_smoke_killed_and_resumed(tmp_path):
 def test_mnist_smoke_killed_and_resumed(tmp_path):
     """3 trials (one grid point pinned, 3 seeds), 2 at a time, 2 evaluations each."""
     args = ["mnist", "--smoke", "--seeds", "3", "--set", "data.n_pairs=20", "--set", "train.steps=60",
-            "--set", "train.eval_every=30", "--set", "train.warmup_steps=5"]
+            "--set", "train.eval_every=30", "--set", "train.warmup_steps=5", "--set", "train.batch_size=16",
+            "--set", "eval.batches=1", "--set", "eval.batch_size=32"]
     done, before, out = run_killed_then_resumed(tmp_path, args)
     ids = ["s0", "s1", "s2"]
     check_resumed(tmp_path, "metaocl/mnist-smoke", ids, "acc/qd1consis", [30, 60], done, before, out, "mnist", evals=2)
