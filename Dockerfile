@@ -86,8 +86,8 @@ RUN python -c 'import sys, torch; \
     sys.exit(0 if ok else f"torch {version} for CUDA {cuda} does not match TORCH_VERSION={sys.argv[1]} CUDA_VERSION={sys.argv[2]}")' \
     "${TORCH_VERSION}" "${CUDA_VERSION}"
 
-# The package, editable from /app so that sweeps/ sits next to it (metaocl.config.sweeps_dir());
-# METAOCL_SWEEPS above says the same explicitly. tests/ and bench/ let a GPU host run
+# The package, editable from /app; its sweeps are /app/sweeps (the metaocl/sweeps link points there,
+# and METAOCL_SWEEPS above names it explicitly). tests/ and bench/ let a GPU host run
 # `pytest -m gpu` (the GPU tests load bench/*.py) and the benchmarks here.
 COPY pyproject.toml README.md ./
 COPY metaocl ./metaocl

@@ -30,7 +30,7 @@ class PaperReference:
     source: str
     # (split, stage) -> value of the headline measure (EM for LMs)
     subsets: Mapping[tuple[str, int], float]
-    # (effect name, stage) -> value; effect names as produced by metaocl.report.build
+    # (effect name, stage) -> value; effect names as EffectPair.name gives them (metaocl.experiments.base)
     effects: Mapping[tuple[str, int], float]
 
 
