@@ -17,12 +17,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from processes import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -54,16 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def store_runs(db: Path, experiment: str | None = EXPERIMENT) -> list[dict]:
@@ -231,7 +221,7 @@ def test_ui_in_the_container_serves_the_host(image, smoke_runs):
             except OSError:
                 return False
 
-        wait_for(health, 180, "the MLflow UI in the container")
+        wait_for(health, "the MLflow UI in the container", 180, every=1)
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=100"
         with urllib.request.urlopen(url, timeout=10) as r:
             names = {e["name"] for e in json.load(r)["experiments"]}
@@ -249,7 +239,7 @@ def test_docker_stop_leaves_killed_runs_and_resume_continues(image, tmp_path):
     sh("docker", "run", "-d", "--name", name, "--shm-size=1g", *mounts, image, *sweep)
     try:
         wait_for(lambda: [r for r in store_runs(runs / "mlflow.db") if r["tags"].get("metaocl.role") == "trial"],
-                 300, "the first trial run in MLflow")
+                 "the first trial run in MLflow", 300, every=1)
         sh("docker", "stop", "-t", "120", name, timeout=200)
         code = int(sh("docker", "inspect", "-f", "{{.State.ExitCode}}", name).stdout)
         logs = sh("docker", "logs", name).stderr
@@ -322,7 +312,7 @@ class Compose:
                 return False
             status = self("exec", "-T", "ray-head", "ray", "status", check=False, timeout=60).stdout
             return status.count("node_") >= 2  # head and worker joined
-        wait_for(ready, 300, "mlflow and a two-node Ray cluster", interval=3)
+        wait_for(ready, "mlflow and a two-node Ray cluster", 300, every=3)
 
 
 def attempts(compose: Compose, sweep_name: str) -> list[dict]:
@@ -367,7 +357,7 @@ def test_compose_worker_killed_mid_sweep_is_retried_and_results_survive_down_up(
     try:
         def both_nodes_busy():
             return {a["node_ip"] for a in attempts(cluster, "quickstart-smoke")} >= {head_ip, worker_ip}
-        wait_for(both_nodes_busy, 600, "trials started on both the head and the worker", interval=5)
+        wait_for(both_nodes_busy, "trials started on both the head and the worker", 600, every=5)
         on_worker = {a["trial_id"] for a in attempts(cluster, "quickstart-smoke") if a["node_ip"] == worker_ip}
         sh("docker", "kill", worker)
         code = int(sh("docker", "wait", driver, timeout=1500).stdout.strip())
