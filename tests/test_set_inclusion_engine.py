@@ -65,6 +65,27 @@ def test_answer_only_loss_targets_the_answer_token():
     assert torch.allclose(eng.lm_loss(model, batch, answer_only=True), expected, atol=1e-5)
 
 
+
+def test_answer_only_loss_equals_the_loss_on_full_rows():
+    """Trimming the answer and <eos> off the input changes nothing (causal attention), on mixed rows.
+
+    Known answer: the mean over rows of the cross-entropy read off the untrimmed forward pass at
+    each row's own '=' / '%' position, rows of different lengths (definitions and questions)."""
+    torch.manual_seed(1)
+    ds, tok = small()
+    model = eng.build_model(TINY, tok.get_vocab_size())
+    rows = [ds.definitions["d1consis"][0], *(q.words for q in ds.train_qa["qd2incons"][:3]),
+            ds.definitions["qd1consis"][1]]
+    batch = eng.encode(tok, rows)
+    logits = model(input_ids=batch).logits
+    expected = torch.stack([
+        torch.nn.functional.cross_entropy(logits[i, len(w) - 2][None], batch[i, len(w) - 1][None])
+        for i, w in enumerate(rows)]).mean()
+    got = eng.lm_loss(model, batch, answer_only=True)
+    assert torch.allclose(got, expected, atol=1e-6)
+    got.backward()  # and the gradients flow as before
+    assert all(p.grad is not None for p in model.parameters())
+
 def always_true_model(tok) -> torch.nn.Module:
     """The real tiny GPT-NeoX, set to answer ``true`` everywhere with logits (true: 1, every other token: 0).
 

@@ -106,10 +106,14 @@ def lm_loss(model: torch.nn.Module, batch: torch.Tensor, answer_only: bool = Fal
     """
     if answer_only:
         # Only one position per row carries the loss, so only there is the (vocabulary-wide, i.e.
-        # every-variable-wide) output layer applied: the same loss at about half the compute.
+        # every-variable-wide) output layer applied: the same loss at about half the compute. And
+        # attention is causal, so the answer and <eos> themselves (the last two real tokens of every
+        # row) never influence the position that predicts the answer: the input stops two tokens
+        # before the longest row ends, which computes the same loss on ~20% fewer positions.
         lengths = (batch != 0).sum(1)  # real tokens incl. <eos>
         rows = torch.arange(len(batch), device=batch.device)
-        hidden = model.get_decoder()(input_ids=batch).last_hidden_state[rows, lengths - 3]
+        inputs = batch[:, : int(lengths.max()) - 2]
+        hidden = model.get_decoder()(input_ids=inputs).last_hidden_state[rows, lengths - 3]
         return F.cross_entropy(model.get_output_embeddings()(hidden), batch[rows, lengths - 2])
     logits = model(input_ids=batch).logits[:, :-1]
     targets = batch[:, 1:].clone()
