@@ -8,7 +8,11 @@ Both configurations are sweeps loaded and validated by :func:`metaocl.config.loa
 one is ``sweeps/quickstart.yaml``; today's is the same file with :data:`TODAY` (the quickstart as
 issue 16 measured it) set over it. Each trial runs in this process through the package's runner
 (:func:`metaocl.experiments.local.run_single`, untracked) with one torch thread, the two configurations
-alternating so that both see the same machine load. The cost is the process's CPU time
+alternating so that both see the same machine load. Today's side also runs today's *code*: the
+set-inclusion loss as it was when issue 16 was filed (:func:`issue16_lm_loss`, the whole padded
+row through the model; the engine now stops the input before the answer, the same loss on fewer
+positions), so the ratio counts what the engine gained too; ``--today-code current`` runs both
+sides on the current engine (the configuration change alone). The cost is the process's CPU time
 (``time.process_time``) per trial - on a shared machine wall time measures the neighbours - and
 per sweep (per trial x the sweep's seeds). Prints ``key: value`` lines, ending with
 ``ratio_cpu_per_sweep`` (new / today; issue 16 asks for <= 0.45).
@@ -17,6 +21,7 @@ per sweep (per trial x the sweep's seeds). Prints ``key: value`` lines, ending w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -41,6 +46,36 @@ TODAY = [
 QUICK = ["data.n_variables=60", "train.stage1_epochs=1", "eval.every=1"]  # seconds, for tests
 
 
+def issue16_lm_loss(model, batch, answer_only: bool = False):
+    """The set-inclusion loss of commit a73716e (issue 16's baseline): every token of the padded rows
+    goes through the model, the answer and ``<eos>`` included, though only the position before the
+    answer carries the loss. Same value as :func:`metaocl.engine.set_inclusion.lm_loss` (tested)."""
+    import torch
+    import torch.nn.functional as F
+
+    from metaocl.engine import set_inclusion as engine
+
+    if not answer_only:
+        return engine.lm_loss(model, batch, answer_only=False)
+    lengths = (batch != 0).sum(1)
+    rows = torch.arange(len(batch), device=batch.device)
+    hidden = model.get_decoder()(input_ids=batch).last_hidden_state[rows, lengths - 3]
+    return F.cross_entropy(model.get_output_embeddings()(hidden), batch[rows, lengths - 2])
+
+
+@contextlib.contextmanager
+def engine_loss(which: str):
+    """Run the set-inclusion engine with issue 16's loss (``issue16``) or the current one."""
+    from metaocl.engine import set_inclusion as engine
+
+    current = engine.lm_loss
+    engine.lm_loss = issue16_lm_loss if which == "issue16" else current
+    try:
+        yield
+    finally:
+        engine.lm_loss = current
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -57,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--sweep", default="quickstart", help="the new configuration (sweep name or YAML path)")
     ap.add_argument("--trials", type=int, default=1, help="trials (seeds 0, 1, ...) per configuration")
     ap.add_argument("--quick", action="store_true", help="both configurations at a tiny size (seconds)")
+    ap.add_argument("--today-code", choices=("issue16", "current"), default="issue16",
+                    help="today's side on issue 16's loss (default) or on the current engine")
     args = ap.parse_args(argv)
     if args.trials < 1:
         ap.error("--trials must be at least 1")
@@ -82,13 +119,14 @@ def main(argv=None) -> dict:
         for side, (sweep, _) in sides.items():
             trial = sweep.trials()[0]
             trial.config.seed = trial.seed = i
-            t0 = time.process_time()
-            result = run_single(trial, sweep, None, echo=False)
-            cpu[side].append(time.process_time() - t0)
+            with engine_loss(args.today_code if side == "today" else "current"):
+                t0 = time.process_time()
+                result = run_single(trial, sweep, None, echo=False)
+                cpu[side].append(time.process_time() - t0)
             final[side].append(result["final"])
     out: dict = {}
     print(f"cpu: {cpu_model()} ({os.cpu_count()} cores); load average at start {load:.2f}")
-    print(f"quick: {args.quick}; trials per configuration: {args.trials}")
+    print(f"quick: {args.quick}; trials per configuration: {args.trials}; today's code: {args.today_code}")
     for side, (sweep, n_seeds) in sides.items():
         per_trial = sum(cpu[side]) / len(cpu[side])
         out[f"{side}_cpu_s_per_trial"] = per_trial

@@ -32,3 +32,24 @@ def test_bad_arguments_exit_2():
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--trials", "0"])
     assert e.value.code == 2
+
+
+def test_issue16_loss_is_the_engine_loss_on_the_whole_row_and_is_swapped_back():
+    import torch
+
+    from metaocl.data.set_inclusion import generate
+    from metaocl.configs.set_inclusion import GPTNeoXArch, SetInclusionData
+    from metaocl.engine import set_inclusion as eng
+
+    ds = generate(SetInclusionData(n_variables=40), seed=3)
+    tok = eng.build_tokenizer(ds.vocab)
+    torch.manual_seed(0)
+    model = eng.build_model(GPTNeoXArch(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64), tok.get_vocab_size())
+    batch = eng.encode(tok, ds.stage_examples(1, joint=True)[:16])
+    assert torch.allclose(bench.issue16_lm_loss(model, batch, answer_only=True),
+                          eng.lm_loss(model, batch, answer_only=True), atol=1e-6)
+    current = eng.lm_loss
+    with bench.engine_loss("issue16"):
+        assert eng.lm_loss is bench.issue16_lm_loss
+    assert eng.lm_loss is current
