@@ -3,6 +3,7 @@
     python scripts/search_table.py                          # search-runs/mlflow.db, every metaocl/* experiment
     python scripts/search_table.py --db X.db R1 R7          # some candidates
     python scripts/search_table.py --per-seed --curves R7   # one row per seed; meta-OCL at every evaluation
+    python scripts/search_table.py --seed-sets COS3         # one row per seed set (seeds 1000+, 2000+, ...)
 
 Per candidate: seeds, mean CPU seconds and training examples per trial, final accuracies (mean),
 and the OCL and meta-OCL verdicts over its seeds, computed by the report's own statistics
@@ -60,6 +61,19 @@ def cell(e) -> str:
     return f"{e.outcome} {e.mean:+.3f} [{e.lo:.3f}, {e.hi:.3f}] {format_p(e.p)}"
 
 
+def row(name: str, trials: dict[int, dict]) -> str:
+    """One markdown row: seeds, mean cost, mean final accuracies, OCL and meta-OCL verdicts."""
+    seeds = sorted(trials)
+    eff = effects(trials)
+    accs = " / ".join(f"{sum(trials[s]['final'][k] for s in seeds) / len(seeds):.3f}" for k in SUBSETS)
+    cpu = sum(trials[s]["cpu_s"] for s in seeds) / len(seeds)
+    ex = sum(trials[s]["examples"] for s in seeds) / len(seeds)
+    span = ",".join(map(str, seeds))
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        span = f"{seeds[0]}-{seeds[-1]}"
+    return f"| {name} | {span} | {cpu:.0f} | {ex:,.0f} | {accs} | " + " | ".join(cell(e) for e in eff.values()) + " |"
+
+
 def describe(db: str, name: str) -> str:
     """The candidate's overrides: the description cpu_search.py wrote into ``sweeps/NAME.yaml`` beside the store."""
     path = Path(db).parent / "sweeps" / f"{name}.yaml"
@@ -72,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", default="search-runs/mlflow.db")
     ap.add_argument("--per-seed", action="store_true", help="one row per seed too")
     ap.add_argument("--curves", action="store_true", help="meta-OCL per seed at every evaluation")
+    ap.add_argument("--seed-sets", action="store_true",
+                    help="one row per seed set (seeds grouped by seed // 1000, issue 16's fresh sets), "
+                         "and on how many sets each effect was reproduced")
     args = ap.parse_args(argv)
     client = MlflowClient(f"sqlite:///{args.db}")
     exps = {e.name.removeprefix("metaocl/").removesuffix("-run"): e  # `metaocl run` logs into metaocl/NAME-run
@@ -84,19 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     print("| candidate | seeds | CPU s/trial | examples/trial | qd1consis / qd2incons / d1consis / d2consis | OCL | meta-OCL |")
     print("|---|---|---|---|---|---|---|")
     details = defaultdict(list)
+    summary: dict[str, str] = {}
     for name in names:
         trials = candidate_trials(client, exps[name])
         if not trials:
             continue
+        if args.seed_sets:
+            groups = defaultdict(dict)
+            for seed, t in trials.items():
+                groups[seed // 1000][seed] = t
+            reproduced = defaultdict(int)
+            for _, group in sorted(groups.items()):
+                print(row(name, group))
+                for gap, e in effects(group).items():
+                    reproduced[gap] += e.outcome == "reproduced"
+            summary[name] = ", ".join(f"{gap} reproduced on {k} of {len(groups)} seed sets" for gap, k in reproduced.items())
+        else:
+            print(row(name, trials))
         seeds = sorted(trials)
-        eff = effects(trials)
-        accs = " / ".join(f"{sum(trials[s]['final'][k] for s in seeds) / len(seeds):.3f}" for k in SUBSETS)
-        cpu = sum(trials[s]["cpu_s"] for s in seeds) / len(seeds)
-        ex = sum(trials[s]["examples"] for s in seeds) / len(seeds)
-        span = ",".join(map(str, seeds))
-        if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
-            span = f"{seeds[0]}-{seeds[-1]}"
-        print(f"| {name} | {span} | {cpu:.0f} | {ex:,.0f} | {accs} | " + " | ".join(cell(e) for e in eff.values()) + " |")
         details[name].append(f"  {name}: {describe(args.db, name)}")
         for s in seeds:
             t = trials[s]
@@ -112,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{e}:{c['d1consis'][e] - c['d2consis'].get(e, math.nan):+.3f}" for e in steps)
                     + "\n    OCL by epoch:  " + "  ".join(
                     f"{e}:{c['qd1consis'].get(e, math.nan) - c['qd2incons'].get(e, math.nan):+.3f}" for e in steps))
+    for name, line in summary.items():
+        print(f"{name}: {line}")
     if args.per_seed or args.curves:
         for name in names:
             if details[name]:
