@@ -184,3 +184,28 @@ def test_joint_run_reports_one_stage_with_both_gaps():
     final = run(cfg, reporter)
     assert [r["stage"] for r in reporter.history] == [1, 1]
     assert final["gap/meta_ocl"] == final["acc/d1consis"] - final["acc/d2consis"]
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_linearly_to_zero():
+    """Known answers: 100 steps, 10 warm-up, the last 25% linear to 0."""
+    model = torch.nn.Linear(2, 2)
+    cfg = SetInclusionTrain(optimizer="adamw", lr=1.0, schedule="wsd", warmup_steps=10, decay_fraction=0.25)
+    opt, sched = eng.make_optimizer(model, cfg, 1.0, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.5)
+    assert lrs[10] == lrs[50] == lrs[75] == pytest.approx(1.0)
+    assert lrs[76] == pytest.approx(24 / 25) and lrs[99] == pytest.approx(1 / 25)
+    assert all(a >= b for a, b in zip(lrs[75:], lrs[76:]))
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_wsd_decay_fraction_must_be_a_fraction(bad):
+    from metaocl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="decay_fraction must be in"):
+        from_dict(SetInclusionConfig, {"train": {"schedule": "wsd", "optimizer": "adamw", "lr": 1e-3,
+                                                 "decay_fraction": bad}}).train.validate()

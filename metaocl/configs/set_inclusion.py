@@ -76,8 +76,12 @@ class SetInclusionTrain:
     lr: float | None = 5e-5
     stage2_lr: float | None = None  # default: lr
     weight_decay: float = 0.0
-    schedule: Literal["constant", "linear", "cosine"] = "linear"  # per stage, as a fresh Trainer run
+    # per stage, as a fresh Trainer run. wsd = warm-up, stable, decay: constant after the warm-up,
+    # then linear to 0 over the last ``decay_fraction`` of the stage's steps (a settled model at
+    # the stage's end without slowing the first phase; the quickstart's, docs/cpu-meta-ocl.md)
+    schedule: Literal["constant", "linear", "cosine", "wsd"] = "linear"
     warmup_steps: int = 0
+    decay_fraction: float = 0.25  # wsd only
     grad_clip: float = 1.0
     # which tokens carry the loss: every token (plain causal LM, the paper) or only the answer token
     loss_on: Literal["all", "answer"] = "all"
@@ -92,6 +96,8 @@ class SetInclusionTrain:
             raise ConfigError("batch_size must be >= 1")
         if self.optimizer == "adamw" and self.lr is None:
             raise ConfigError("optimizer adamw needs an explicit lr")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
 
 
 @dataclass

@@ -93,6 +93,9 @@ def make_optimizer(model: torch.nn.Module, cfg: SetInclusionTrain, lr: float | N
             return max(0.0, 1.0 - progress)
         if cfg.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule == "wsd":  # stable, then linear to 0 over the last decay_fraction of all steps
+            decay_steps = max(1, round(cfg.decay_fraction * total_steps))
+            return min(1.0, max(0.0, (total_steps - step) / decay_steps))
         return 1.0
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
