@@ -198,6 +198,8 @@ def test_quickstart_pins_what_it_uses_so_changed_defaults_cannot_change_it():
     """The CPU demo (a documented deviation) names its optimizer, lr and schedule itself."""
     raw = load_sweep("quickstart").base["train"]
     assert {"optimizer", "lr", "schedule"} <= set(raw)
+    if raw["schedule"] == "wsd":  # its decay share too
+        assert "decay_fraction" in raw
     assert load_sweep("quickstart", smoke=True).trials()[0].config.train.schedule == raw["schedule"]
 
 
