@@ -153,7 +153,7 @@ def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
 
 
 def _ensure_disjoint(train_qa: dict[str, list[Question]], test_qa: dict[str, list[Question]]) -> None:
-    """Drop the (astronomically rare) test question whose exact text is also a training question.
+    """Drop any test question whose exact text is also a training question.
 
     At the paper's size (lists of 8 from 0..98) two random lists coincide with probability ~1e-11, so
     this practically never fires there; at the quickstart's lists of 4 from 0..19 it drops a few test
