@@ -6,7 +6,7 @@
 For every trial of the sweep that has a checkpoint under RESULTS (Ray Tune's folder of one sweep
 invocation), the trial's last checkpoint is loaded into the model, the trial's dataset regenerated
 from its seed, and every test question of the four subsets answered again (the engine's argmax at
-'='). Per trial it prints the accuracies, the meta-OCL gap (d1consis - d2consis) and the gap's
+'=', or true vs false if the trial was scored so). Per trial it prints the accuracies, the meta-OCL gap (d1consis - d2consis) and the gap's
 *within-seed* standard error: the sampling error from the finite set of definition-only variables
 and their test questions (variance of per-variable accuracy / number of variables, per subset),
 and of that the part from the finite number of questions per variable (binomial). At the end it sets the
@@ -31,8 +31,9 @@ from metaocl.config import ConfigError, load_sweep
 SUBSETS = ("qd1consis", "qd2incons", "d1consis", "d2consis")
 
 
-def per_variable_accuracy(model, tok, questions, batch_size: int = 1024) -> np.ndarray:
-    """Accuracy of each variable over its test questions (the engine's argmax scoring)."""
+def per_variable_accuracy(model, tok, questions, scoring: str = "argmax",
+                          batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy, number of test questions) per variable, scored as the trial's ``eval.scoring``."""
     import torch
 
     from metaocl.engine import set_inclusion as engine
@@ -42,7 +43,12 @@ def per_variable_accuracy(model, tok, questions, batch_size: int = 1024) -> np.n
         logits = torch.cat([model(input_ids=es.prompts[i:i + batch_size], logits_to_keep=1).logits[:, -1]
                             for i in range(0, len(questions), batch_size)])
     target = torch.where(es.labels, tok.token_to_id("true"), tok.token_to_id("false"))
-    correct = (logits.argmax(-1) == target).numpy()
+    if scoring == "argmax":
+        pred = logits.argmax(-1)
+    else:  # true_false: only those two logits compete, as in the engine's evaluate()
+        t, f = tok.token_to_id("true"), tok.token_to_id("false")
+        pred = torch.where(logits[:, t] >= logits[:, f], t, f)
+    correct = (pred == target).numpy()
     by_var: dict[str, list[bool]] = defaultdict(list)
     for q, c in zip(questions, correct):
         by_var[q.words[0]].append(bool(c))
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         model = engine.build_model(cfg.model, tok.get_vocab_size())
         model.load_state_dict(state["model"])
         model.eval()
-        acc = {s: per_variable_accuracy(model, tok, ds.test_qa[s]) for s in SUBSETS}
+        acc = {s: per_variable_accuracy(model, tok, ds.test_qa[s], cfg.eval.scoring) for s in SUBSETS}
         gap, se, binom = gap_with_se(*acc["d1consis"], *acc["d2consis"])
         gaps.append(gap), ses.append(se), binoms.append(binom)
         print(f"{tid} (seed {cfg.seed}, epoch {state.get('epoch_global', state.get('epoch'))}): acc "
