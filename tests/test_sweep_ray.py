@@ -1,6 +1,7 @@
 """A smoke sweep through a real local Ray instance into a real MLflow store."""
 
 import json
+import shutil
 
 import pytest
 
@@ -41,3 +42,19 @@ def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
             assert [m.step for m in history] == [1, 2, 3]
         assert [m.value for m in client.get_metric_history(r.info.run_id, "stage")] == [1, 1, 2]
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["config.yaml"]
+
+    # Checkpoints: each trial keeps only the one its experiment state restores (its last), and a
+    # pruning pass never deletes that one or anything newer (a driver killed mid-step must resume).
+    from metaocl.sweep.prune import CheckpointPruner, checkpoint_index
+
+    (exp_dir,) = (in_tmp / "metaocl-results").iterdir()
+    trial_dirs = sorted(p for p in exp_dir.iterdir() if p.name.startswith("trainable_"))
+    assert len(trial_dirs) == 2
+    for trial_dir in trial_dirs:
+        (kept,) = trial_dir.glob("checkpoint_*")
+        assert checkpoint_index(str(kept)) == 2  # one per evaluation, numbered from 0
+    last = trial_dirs[0] / "checkpoint_000002"
+    for index in (0, 1, 3):  # left over from before the state was written (0, 1), or saved after it (3)
+        shutil.copytree(last, trial_dirs[0] / f"checkpoint_{index:06d}")
+    assert CheckpointPruner(str(exp_dir)).prune() == 2
+    assert sorted(p.name for p in trial_dirs[0].glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000003"]

@@ -41,6 +41,7 @@ from metaocl.sweep import preflight
 from metaocl.sweep.ledger import Ledger, default_storage, experiment_prefix, find_resumable, fingerprint, is_uri, join
 from metaocl.sweep.ledger import resume_command as make_resume_command
 from metaocl.sweep.progress import SweepProgress
+from metaocl.sweep.prune import CheckpointPruner
 from metaocl.sweep.worker import CHECKPOINT_KEY, CONFIG_ERROR_KEY, TRACEBACK_KEY, trainable
 from metaocl.tables import text_table
 from metaocl.tracking import SweepTracker, metric_items
@@ -93,6 +94,7 @@ class _Driver:
     progress: SweepProgress
     finished_before: set[str] = field(default_factory=set)
     last_step: dict[str, int] = field(default_factory=dict)
+    pruner: CheckpointPruner | None = None
 
 
 # The hand-off to the callbacks. Ray pickles callbacks into its experiment state and restores them on
@@ -120,7 +122,8 @@ def _history_put(history: list[dict[str, float]], row: dict[str, float]) -> None
 
 
 class MlflowDriverCallback(tune.Callback):
-    """Runs in the driver: the only MLflow writer of the sweep (see :func:`_driving`)."""
+    """Runs in the driver: the only MLflow writer of the sweep (see :func:`_driving`); also has old
+    trial checkpoints deleted once no resume can need them (:mod:`metaocl.sweep.prune`)."""
 
     @staticmethod
     def _driver() -> _Driver | None:
@@ -138,6 +141,11 @@ class MlflowDriverCallback(tune.Callback):
             d.tracker.trial_status[tid] = "RUNNING"
             d.last_step[tid] = 0
         return d.tracker.trial_runs[tid]
+
+    def on_step_end(self, iteration, trials, **info):
+        d = self._driver()
+        if d is not None and d.pruner is not None:
+            d.pruner.maybe_prune()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         d, tid = self._driver(), self._tid(trial)
@@ -270,7 +278,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         grid_values={tid: t.grid_values for tid, t in trials.items()},
         resume_command=make_resume_command(sweep, storage if storage != default_storage() else None, address,
                                            tracking if tracking_explicit else None))
-    tracker = shown = None
+    tracker = shown = pruner = None
     started = False
     local = not (address or os.environ.get("RAY_ADDRESS"))
     if local:
@@ -316,7 +324,8 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         shown = SweepProgress(sweep.name, kind, {tid: kind.n_reports(t.config) for tid, t in trials.items()},
                               done={tid: len(h) for tid, h in outcome.histories.items()},
                               finished=set(finished_before), enabled=progress)
-        driver = _Driver(tracker, sweep, kind, trials, outcome, ledger, shown, finished_before, last_step)
+        pruner = CheckpointPruner(exp_dir)
+        driver = _Driver(tracker, sweep, kind, trials, outcome, ledger, shown, finished_before, last_step, pruner)
 
         trainable_ = tune.with_resources(trainable, resources)
         if resume:
@@ -334,7 +343,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                     callbacks=[MlflowDriverCallback()],
                     failure_config=tune.FailureConfig(
                         max_failures=sweep.max_failures if max_failures is None else max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pruned by CheckpointPruner
                     verbose=0,
                 ),
             )
@@ -349,6 +358,8 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
     finally:
         if shown is not None:
             shown.close()
+        if pruner is not None and started:  # Ray has saved its final state: each trial keeps its last
+            pruner.prune()
         if tracker is not None:
             if outcome.unfinished() and started:
                 outcome.interrupted = True
