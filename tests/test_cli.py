@@ -177,3 +177,53 @@ def test_progress_lines_off_a_terminal_are_rate_limited():
     assert lines[1].startswith("[s0] epoch 3, eval 3/3, stage 2: ") and "; 6/6 evals; ETA 0s" in lines[1]
     assert lines[2:] == ["[s0] done | demo: 2 done, 0 running, 0 failed; 6/6 evals",
                          "demo: 2 done, 0 running, 0 failed; 6/6 evals"]
+
+
+def test_progress_eta_counts_trials_running_at_once():
+    """4 trials of 3 evaluations, 2 at a time, 100 s per evaluation: the ETA is evaluations left x
+    100 s / 2 (the sweep-wide rate, 1 evaluation in 100 s, said 1100 s at the first report)."""
+    import io
+
+    from metaocl.config import kind
+    from metaocl.sweep.progress import SweepProgress
+
+    now = [0.0]
+    stream = io.StringIO()
+    p = SweepProgress("demo", kind("set_inclusion"), {f"s{i}": 3 for i in range(4)}, stream=stream, tty=False,
+                      interval=0, clock=lambda: now[0])
+    row = {"acc/qd1consis": 0.9, "acc/qd2incons": 0.6, "acc/d1consis": 0.5, "acc/d2consis": 0.25, "epoch": 1}
+    assert p.eta() == "?"
+    p.trial_started("s0"), p.trial_started("s1")
+    now[0] = 100.0
+    p.report("s0", 1, row)
+    assert p.eta() == "9m10s"  # 11 left x 100 s / 2
+    p.report("s1", 1, row)
+    assert p.eta() == "8m20s"  # 10 left: 2 + 2 now, 3 + 3 next
+    now[0] = 300.0
+    p.report("s0", 3, dict(row, epoch=3))  # two at once: 100 s each
+    p.trial_ended("s0", ok=True)
+    p.trial_started("s2")
+    assert p.eta() == "6m40s"  # 8 left (s1 2, s2 3, s3 3) x 100 s / 2
+    now[0] = 350.0
+    p.report("s2", 1, row)  # a faster evaluation (50 s) pulls the mean of the latest 4 down: 87.5 s
+    assert p.eta() == "5m06s"  # 7 left x 87.5 s / 2
+    assert "; 5/12 evals; ETA 5m06s" in stream.getvalue().splitlines()[-1]
+
+
+def test_progress_bar_on_a_terminal_shows_our_eta():
+    """The sweep's bar carries the ETA of SweepProgress.eta (tqdm's own, from the sweep-wide rate, is off)."""
+    import io
+
+    from metaocl.config import kind
+    from metaocl.sweep.progress import SweepProgress
+
+    now = [0.0]
+    stream = io.StringIO()
+    p = SweepProgress("demo", kind("set_inclusion"), {"s0": 3, "s1": 3}, stream=stream, tty=True, clock=lambda: now[0])
+    p.trial_started("s0")
+    now[0] = 60.0
+    p.report("s0", 1, {"acc/qd1consis": 0.9, "acc/qd2incons": 0.6, "acc/d1consis": 0.5, "acc/d2consis": 0.25, "epoch": 1})
+    p.close()
+    text = stream.getvalue()
+    assert "1/6 [" in text and "ETA 5m00s; 0 done, 1 running, 0 failed" in text  # 5 left x 60 s, one at a time
+    assert "<" not in text.split("1/6 [", 1)[1].split("]", 1)[0]  # no tqdm remaining time

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, Mapping
+from typing import IO, Callable, Mapping
 
 from metaocl.experiments.base import ExperimentKind
 
@@ -36,7 +36,7 @@ class SweepProgress:
 
     def __init__(self, name: str, kind: ExperimentKind, expected: Mapping[str, int], *, done: Mapping[str, int] = {},
                  finished: set[str] = frozenset(), stream: IO[str] | None = None, tty: bool | None = None,
-                 interval: float | None = None, enabled: bool = True):
+                 interval: float | None = None, enabled: bool = True, clock: Callable[[], float] = time.monotonic):
         self.name, self.kind, self.expected = name, kind, dict(expected)
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -45,8 +45,10 @@ class SweepProgress:
         self.enabled = enabled
         self.reports = dict(done)  # trial -> evaluations logged so far (distinct epochs)
         self.finished, self.failed, self.running = set(finished), set(), set()
-        self.start_reports = sum(self.reports.values())
-        self.start_time = time.monotonic()
+        self.clock = clock
+        self.marks: dict[str, float] = {}  # trial -> when it started or last reported a new evaluation
+        self.eval_seconds: list[float] = []  # seconds per evaluation, one entry per report of a trial
+        self.slots = 0  # most trials seen running at once
         self.last_line: dict[str, float] = {}
         self.bar = None
         self.trial_bars: dict[str, object] = {}
@@ -54,7 +56,8 @@ class SweepProgress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, initial=self.n_done, desc=f"{name}: {len(expected)} trial{'s' if len(expected) != 1 else ''}",
-                            unit="eval", file=self.stream, dynamic_ncols=True)
+                            unit="eval", file=self.stream, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")  # our ETA, not tqdm's
             self._refresh()
 
     # ---- counts -------------------------------------------------------------------------------
@@ -67,13 +70,18 @@ class SweepProgress:
         return sum(min(n, self.expected.get(t, n)) for t, n in self.reports.items())
 
     def eta(self) -> str:
-        made = self.n_done - self.start_reports
+        """Evaluations left x seconds per evaluation (mean of the latest, each timed within its own
+        trial) / trials run at once; at least what the slowest running trial has left. Trials start
+        in waves, so the sweep-wide rate (evaluations so far / time so far) is far off at first."""
         left = self.total - self.n_done
         if left <= 0:
             return "0s"
-        if made <= 0:
+        if not self.eval_seconds:
             return "?"
-        return _duration((time.monotonic() - self.start_time) / made * left)
+        recent = self.eval_seconds[-max(4, 2 * self.slots):]
+        per_eval = sum(recent) / len(recent)
+        longest = max((self.expected.get(t, 0) - self.reports.get(t, 0) for t in self.running), default=0)
+        return _duration(max(left * per_eval / max(1, self.slots), longest * per_eval))
 
     def counts(self) -> str:
         return (f"{len(self.finished)} done, {len(self.running)} running, {len(self.failed)} failed; "
@@ -83,6 +91,8 @@ class SweepProgress:
     def trial_started(self, tid: str) -> None:
         self.running.add(tid)
         self.failed.discard(tid)
+        self.marks[tid] = self.clock()
+        self.slots = max(self.slots, len(self.running))
         if self.bar is not None and tid not in self.trial_bars:
             from tqdm.auto import tqdm
 
@@ -94,8 +104,15 @@ class SweepProgress:
     def report(self, tid: str, n_reports: int, row: Mapping[str, float]) -> None:
         """Trial ``tid`` has now logged ``n_reports`` distinct evaluations, the latest being ``row``."""
         before = self.n_done
+        now = self.clock()
+        new = n_reports - self.reports.get(tid, 0)
+        if new > 0 and tid in self.marks:
+            self.eval_seconds.append((now - self.marks[tid]) / new)
+        if new > 0 or tid not in self.marks:
+            self.marks[tid] = now
         self.reports[tid] = n_reports
         self.running.add(tid)
+        self.slots = max(self.slots, len(self.running))
         if self.bar is not None:
             self.bar.update(self.n_done - before)
             tbar = self.trial_bars.get(tid)
@@ -104,7 +121,6 @@ class SweepProgress:
                 tbar.update(n_reports - tbar.n)
             self._refresh()
         elif self.enabled:
-            now = time.monotonic()
             last = n_reports >= self.expected.get(tid, n_reports + 1)
             if last or now - self.last_line.get(tid, -1e9) >= self.interval:
                 self.last_line[tid] = now
@@ -157,7 +173,7 @@ class SweepProgress:
 
     def _refresh(self) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{len(self.finished)} done, {len(self.running)} running, "
+            self.bar.set_postfix_str(f"ETA {self.eta()}; {len(self.finished)} done, {len(self.running)} running, "
                                      f"{len(self.failed)} failed", refresh=True)
 
     def _print(self, line: str) -> None:
