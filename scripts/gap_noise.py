@@ -33,24 +33,13 @@ SUBSETS = ("qd1consis", "qd2incons", "d1consis", "d2consis")
 
 def per_variable_accuracy(model, tok, questions, scoring: str = "argmax",
                           batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy, number of test questions) per variable, scored as the trial's ``eval.scoring``."""
-    import torch
-
+    """(accuracy, number of test questions) per variable, scored by the engine as the trial's ``eval.scoring``."""
     from metaocl.engine import set_inclusion as engine
 
     es = engine.EvalSet.from_questions(tok, questions)
-    with torch.no_grad():
-        logits = torch.cat([model(input_ids=es.prompts[i:i + batch_size], logits_to_keep=1).logits[:, -1]
-                            for i in range(0, len(questions), batch_size)])
-    target = torch.where(es.labels, tok.token_to_id("true"), tok.token_to_id("false"))
-    if scoring == "argmax":
-        pred = logits.argmax(-1)
-    else:  # true_false: only those two logits compete, as in the engine's evaluate()
-        t, f = tok.token_to_id("true"), tok.token_to_id("false")
-        pred = torch.where(logits[:, t] >= logits[:, f], t, f)
-    correct = (pred == target).numpy()
+    correct, _ = engine.score(model, es, tok, scoring, batch_size, "cpu")
     by_var: dict[str, list[bool]] = defaultdict(list)
-    for q, c in zip(questions, correct):
+    for q, c in zip(questions, correct.tolist()):
         by_var[q.words[0]].append(bool(c))
     return np.array([np.mean(v) for v in by_var.values()]), np.array([len(v) for v in by_var.values()])
 

@@ -62,3 +62,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "checkpoints of fewer than 2 trials" in capsys.readouterr().err
     assert gap_noise.main(["mnist", str(tmp_path)]) == 2
     assert gap_noise.main(["no_such_sweep", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("scoring", ["argmax", "true_false"])
+def test_per_variable_accuracy_averages_to_the_engines_subset_accuracy(scoring):
+    """Both score through engine.score: weighted by questions, the per-variable accuracies are acc/{subset}."""
+    import dataclasses
+
+    import torch
+
+    from metaocl.config import load_sweep
+    from metaocl.data.set_inclusion import generate
+    from metaocl.engine import set_inclusion as engine
+
+    cfg = load_sweep("quickstart", overrides=TINY).trials()[0].config
+    ds = generate(cfg.data, 0)
+    tok = engine.build_tokenizer(ds.vocab)
+    torch.manual_seed(0)
+    model = engine.build_model(cfg.model, tok.get_vocab_size())
+    sets = {s: engine.EvalSet.from_questions(tok, ds.test_qa[s]) for s in ("d1consis", "d2consis")}
+    overall = engine.evaluate(model, sets, tok, dataclasses.replace(cfg.eval, scoring=scoring), "cpu")
+    for s in sets:
+        acc, n = gap_noise.per_variable_accuracy(model, tok, ds.test_qa[s], scoring, batch_size=7)
+        assert n.sum() == len(ds.test_qa[s])
+        assert float((acc * n).sum() / n.sum()) == pytest.approx(overall[f"acc/{s}"], abs=1e-12)

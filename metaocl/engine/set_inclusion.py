@@ -172,28 +172,39 @@ class EvalSet:
 
 
 @torch.no_grad()
+def score(model: torch.nn.Module, es: EvalSet, tok: Tokenizer, scoring: str, batch_size: int,
+          device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per test question of ``es``: answered right (bool) and the answer token's loss (float), on the CPU.
+
+    ``scoring`` as ``eval.scoring``: ``argmax`` over the whole vocabulary at ``=``, or ``true_false``
+    (only the two answer logits compete). The one place test answers are scored: :func:`evaluate`
+    averages it per subset, ``scripts/gap_noise.py`` per variable."""
+    model.eval()
+    true_id, false_id = tok.token_to_id("true"), tok.token_to_id("false")
+    correct, losses = [torch.zeros(0, dtype=torch.bool)], [torch.zeros(0)]
+    for start in range(0, len(es.labels), batch_size):
+        prompts = es.prompts[start : start + batch_size].to(device)
+        labels = es.labels[start : start + batch_size].to(device)
+        logits = model(input_ids=prompts, logits_to_keep=1).logits[:, -1].float()
+        target = torch.where(labels, true_id, false_id)
+        if scoring == "argmax":
+            pred = logits.argmax(-1)
+        else:
+            pred = torch.where(logits[:, true_id] >= logits[:, false_id], true_id, false_id)
+        correct.append((pred == target).cpu())
+        losses.append(F.cross_entropy(logits, target, reduction="none").cpu())
+    return torch.cat(correct), torch.cat(losses)
+
+
 def evaluate(model: torch.nn.Module, sets: dict[str, EvalSet], tok: Tokenizer, cfg: SetInclusionEval,
              device: str) -> dict[str, float]:
     """Accuracy and answer-token loss per subset (``acc/{subset}``, ``loss/{subset}``)."""
-    model.eval()
-    true_id, false_id = tok.token_to_id("true"), tok.token_to_id("false")
     out: dict[str, float] = {}
     for name, es in sets.items():
-        correct, loss_sum = 0, 0.0
-        for start in range(0, len(es.labels), cfg.batch_size):
-            prompts = es.prompts[start : start + cfg.batch_size].to(device)
-            labels = es.labels[start : start + cfg.batch_size].to(device)
-            logits = model(input_ids=prompts, logits_to_keep=1).logits[:, -1].float()
-            target = torch.where(labels, true_id, false_id)
-            loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-            if cfg.scoring == "argmax":
-                pred = logits.argmax(-1)
-            else:
-                pred = torch.where(logits[:, true_id] >= logits[:, false_id], true_id, false_id)
-            correct += (pred == target).sum().item()
+        correct, losses = score(model, es, tok, cfg.scoring, cfg.batch_size, device)
         n = max(1, len(es.labels))
-        out[f"acc/{name}"] = correct / n
-        out[f"loss/{name}"] = loss_sum / n
+        out[f"acc/{name}"] = correct.sum().item() / n
+        out[f"loss/{name}"] = losses.double().sum().item() / n
     return out
 
 
