@@ -206,7 +206,7 @@ def aggregate_metrics(configuration, kind) -> list[tuple[str, int, float]]:
     bounds (``name_lo``, ``name_hi``) of each in-distribution subset's headline measure and of each
     gap of ``kind.effect_pairs``. Bounds need 2 units; a step where no unit has a value is skipped."""
     from metaocl.report.runs import split_family
-    from metaocl.report.stats import mean_ci
+    from metaocl.report.stats import DIFFERENCE, PROPORTION, mean_ci
 
     names = configuration.metric_names()
     prefix = kind.measure + "/"
@@ -218,7 +218,7 @@ def aggregate_metrics(configuration, kind) -> list[tuple[str, int, float]]:
     for name in subsets + [g for g in gaps if g not in subsets]:
         matrix = configuration.unit_matrix(name, steps)
         for j, step in enumerate(steps):
-            mean, lo, hi = mean_ci(matrix[:, j])
+            mean, lo, hi = mean_ci(matrix[:, j], bounds=DIFFERENCE if name in gaps else PROPORTION)
             if math.isfinite(mean):
                 out.append((name, step, mean))
             if math.isfinite(lo) and math.isfinite(hi):

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from metaocl.report.stats import (
+    DIFFERENCE,
+    PROPORTION,
     bootstrap_band,
     classify,
     markdown_effects_table,
@@ -47,8 +49,12 @@ def test_mean_ci_is_the_one_sample_t_interval():
     # [0.2, 0.4, 0.6]: mean 0.4, sd 0.2, se 0.2/sqrt(3) = 0.11547; t(2) = 4.3027 -> 0.4 -+ 0.49683
     mean, lo, hi = mean_ci([0.2, 0.4, 0.6, math.nan])
     assert mean == pytest.approx(0.4) and (lo, hi) == pytest.approx((0.4 - 0.496837, 0.4 + 0.496837), abs=1e-5)
-    assert mean_ci_text([0.2, 0.4, 0.6]) == "0.400 [-0.097, 0.897]"
+    assert mean_ci_text([0.2, 0.4, 0.6], bounds=None) == "0.400 [-0.097, 0.897]"
+    assert mean_ci_text([0.2, 0.4, 0.6]) == "0.400 [0.000, 0.897]"  # an accuracy: clipped to [0, 1]
     assert mean_ci_text([0.25]) == "0.250" and mean_ci_text([]) == "n/a"
+    # accuracies near 1: 0.95 +- 4.3027 * 0.05/sqrt(3) reaches 1.074 unclipped
+    assert mean_ci([0.9, 0.95, 1.0], bounds=PROPORTION) == pytest.approx((0.95, 0.95 - 0.124208, 1.0), abs=1e-5)
+    assert mean_ci([-0.9, -0.95, -1.0], bounds=DIFFERENCE)[1:] == pytest.approx((-1.0, -0.95 + 0.124208), abs=1e-5)
 
 
 def test_paired_t_pvalue_is_the_textbook_value():

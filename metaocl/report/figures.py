@@ -332,7 +332,7 @@ def plot_gaps_vs_key(key: str, points: Sequence[GapPoint], measure: str, base: P
 def plot_stage_end_bars(values: Mapping[int, Mapping[str, Sequence[float]]], measure: str, title: str,
                         base: Path, paper: Mapping[tuple[str, int], float] | None = None) -> list[Path]:
     """``values[stage][subset]`` = per-seed values at the end of ``stage``; bars with t-based 95% CIs."""
-    from metaocl.report.stats import mean_ci
+    from metaocl.report.stats import PROPORTION, mean_ci
 
     stages = sorted(values)
     fig, axes = plt.subplots(1, len(stages), figsize=(4.8 * len(stages), 3.9), squeeze=False, sharey=True)
@@ -343,7 +343,7 @@ def plot_stage_end_bars(values: Mapping[int, Mapping[str, Sequence[float]]], mea
             if not v.size:
                 continue
             colour, ls, _ = subset_style(subset)
-            m, lo, hi = mean_ci(v)
+            m, lo, hi = mean_ci(v, bounds=PROPORTION)
             err = [[m - lo], [hi - m]] if math.isfinite(lo) else None
             ax.bar(i, m, color=colour, alpha=0.85, hatch="//" if ls == "--" else None, edgecolor="white")
             if err is not None:
@@ -381,7 +381,7 @@ class GradSeries:
 
 def plot_grad_alignment(series: Sequence[GradSeries], key: str | None, base: Path) -> list[Path]:
     """Cosines over training (left) and, with a grid key, their mean over training vs the key (right)."""
-    from metaocl.report.stats import mean_ci
+    from metaocl.report.stats import DIFFERENCE, mean_ci
 
     with_summary = key is not None and len(series) > 1
     fig, axes = plt.subplots(1, 2 if with_summary else 1, figsize=(11.5 if with_summary else 6.4, 3.9), squeeze=False)
@@ -429,7 +429,7 @@ def plot_grad_alignment(series: Sequence[GradSeries], key: str | None, base: Pat
                 per_seed = per_seed[np.isfinite(per_seed)]
                 if not per_seed.size:
                     continue
-                m, lo, hi = mean_ci(per_seed)
+                m, lo, hi = mean_ci(per_seed, bounds=DIFFERENCE)  # cosines
                 px.append(float(s.x) if numeric else order.index(s.x) + (j - 0.5) * 0.12)
                 py.append(m)
                 plo.append(m - lo if math.isfinite(lo) else 0.0)

@@ -75,14 +75,24 @@ def paired_t_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
     return paired_t(a, b)[0]
 
 
-def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """``(mean, lo, hi)``: the mean of the finite ``values`` and its t-based CI (NaN CI below 2 values)."""
+PROPORTION = (0.0, 1.0)  # accuracies and exact-match rates: every kind's measure
+DIFFERENCE = (-1.0, 1.0)  # a difference of two proportions; a cosine
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL,
+            bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the mean of the finite ``values`` and its t-based CI (NaN CI below 2 values).
+
+    ``bounds``: the range the quantity lives in (:data:`PROPORTION`, :data:`DIFFERENCE`); the CI is
+    clipped to it (a t interval of accuracies near 1 would otherwise reach past 1)."""
     x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
     if x.size == 0:
         return math.nan, math.nan, math.nan
     if x.size < 2:
         return float(x[0]), math.nan, math.nan
     _, lo, hi = paired_t(x, np.zeros_like(x), level)
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return float(x.mean()), lo, hi
 
 
@@ -305,9 +315,9 @@ def markdown_effects_table(effects: Sequence[Effect], paper: dict[tuple[str, int
     return "\n".join(rows)
 
 
-def mean_ci_text(values: Sequence[float]) -> str:
-    """``0.512 [0.498, 0.526]`` (mean and t-based 95% CI), or just the mean for one value."""
-    mean, lo, hi = mean_ci(values)
+def mean_ci_text(values: Sequence[float], bounds: tuple[float, float] | None = PROPORTION) -> str:
+    """``0.512 [0.498, 0.526]`` (mean and t-based 95% CI, clipped to ``bounds``), or just the mean for one value."""
+    mean, lo, hi = mean_ci(values, bounds=bounds)
     if not math.isfinite(mean):
         return "n/a"
     if not math.isfinite(lo):
@@ -322,7 +332,7 @@ METHOD_NOTE = (
     "as independent evidence. Mean with the 95% CI of the paired t-test over seeds and its two-sided p "
     "(one `scipy.stats.ttest_rel`, so the CI excludes 0 exactly when p < 0.05), with a two-sided "
     "sign-flip permutation test (exact up to 16 seeds) as a distribution-free check. Per-split values: "
-    "mean and t-based 95% CI; learning-curve bands: percentile bootstrap over seeds. Verdicts: *reproduced* = mean > 0, CI above 0 and p < 0.05; "
+    "mean and t-based 95% CI, clipped to [0, 1]; learning-curve bands: percentile bootstrap over seeds. Verdicts: *reproduced* = mean > 0, CI above 0 and p < 0.05; "
     "*reversed* = significantly below 0; *not shown* = mean <= 0 without significance; "
     "*inconclusive* = positive but the CI covers 0, p >= 0.05, or fewer than 2 seeds."
 )
