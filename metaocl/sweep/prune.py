@@ -94,7 +94,7 @@ class CheckpointPruner:
             return 0
         try:
             deleted = self._delete_older(keep)
-        except OSError as e:  # housekeeping only: the sweep goes on
+        except Exception as e:  # housekeeping only (pyarrow raises OSError or ArrowInvalid): the sweep goes on
             self._warn(f"{type(e).__name__}: {e}")
             return 0
         self.deleted += deleted
