@@ -248,6 +248,35 @@ def _log_batch(client, run_id: str, metrics=(), params=()) -> None:
         client.log_batch(run_id, params=plist[i : i + 100])
 
 
+def _verdicts(analysed, kind) -> dict[str, list[str]]:
+    """Verdict tag -> its lines (one per configuration), from :func:`metaocl.report.effects.analyse`."""
+    from metaocl.report.stats import verdict_line
+
+    metric_of = {pair.name: pair.metric for pair in kind.effect_pairs}
+    verdicts: dict[str, list[str]] = {}
+    for r in analysed:
+        for e in r.headline:
+            verdicts.setdefault(verdict_tag(metric_of.get(e.name, "gap/" + e.name)), []).append(verdict_line(e))
+    return verdicts
+
+
+def log_interim_verdicts(uri: str, parent_run_id: str, finished: int, total: int) -> None:
+    """While a sweep runs: the verdicts over its trials finished so far, in the parent's verdict tags,
+    each line ending ``(so far: 2 of 6 trials)``, so the MLflow UI's runs table shows the result
+    building up during an hours-long sweep. :func:`log_sweep_aggregates` overwrites them at the end;
+    after Ctrl-C they stay, saying how many trials they count."""
+    from metaocl.report.effects import analyse
+    from metaocl.report.runs import load_invocation
+
+    runs = load_invocation(uri, None, parent_run_id, allow_empty=True)
+    if not runs.configurations:
+        return
+    client = _client(uri)
+    note = f" (so far: {finished} of {total} trials)"
+    for key, lines in _verdicts(analyse(runs), runs.kind_spec).items():
+        client.set_tag(parent_run_id, key, "\n".join(line + note for line in lines)[:MAX_TAG_LENGTH])
+
+
 def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
     """Write the invocation's result where the MLflow UI shows it first; returns the verdict lines.
 
@@ -265,7 +294,6 @@ def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
     """
     from metaocl.report.effects import analyse
     from metaocl.report.runs import SEED_PARAM, load_invocation
-    from metaocl.report.stats import verdict_line
 
     runs = load_invocation(uri, None, parent_run_id, allow_empty=True)
     if not runs.configurations:
@@ -273,7 +301,6 @@ def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
     client = _client(uri)
     parent = client.get_run(parent_run_id)
     kind = runs.kind_spec
-    metric_of = {pair.name: pair.metric for pair in kind.effect_pairs}
     analysed = analyse(runs)
     grid = len(runs.configurations) > 1 or bool(runs.configurations[0].grid)
     replicate = set(runs.replicate_keys)
@@ -282,10 +309,7 @@ def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
     # The parent: what every trial shares, and the verdicts.
     parent_params = _common_params(all_trials, {SEED_PARAM, *replicate, *runs.grid_keys})
     parent_params = {k: v for k, v in parent_params.items() if parent.data.params.get(k, v) == v}
-    verdicts: dict[str, list[str]] = {}
-    for r in analysed:
-        for e in r.headline:
-            verdicts.setdefault(verdict_tag(metric_of.get(e.name, "gap/" + e.name)), []).append(verdict_line(e))
+    verdicts = _verdicts(analysed, kind)
     already = bool(parent.data.metrics) and any(k.endswith("_lo") for k in parent.data.metrics)
     metrics = [] if grid or already else aggregate_metrics(runs.configurations[0], kind)
     _log_batch(client, parent_run_id, metrics, [(k, v) for k, v in parent_params.items()
@@ -309,8 +333,7 @@ def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
                     "metaocl.grid": json.dumps(c.grid, sort_keys=True),
                     "metaocl.seeds": ",".join(str(t.seed) for t in c.trials),
                     "metaocl.trials": ",".join(t.trial_id for t in c.trials)}
-            for e in r.headline:
-                tags[verdict_tag(metric_of.get(e.name, "gap/" + e.name))] = verdict_line(e)[:MAX_TAG_LENGTH]
+            tags.update({key: "\n".join(lines)[:MAX_TAG_LENGTH] for key, lines in _verdicts([r], kind).items()})
             run = client.create_run(parent.info.experiment_id, run_name=c.label, tags=tags)
             params = _common_params(c.trials, {SEED_PARAM, *replicate})
             _log_batch(client, run.info.run_id, aggregate_metrics(c, kind), params.items())

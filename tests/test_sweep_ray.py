@@ -30,6 +30,9 @@ def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
     parents = [r for r in runs if r.data.tags.get("metaocl.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("metaocl.role") == "trial"]
     assert len(parents) == 1 and len(children) == 2
+    # the interim verdicts (written when the first trial finished) are replaced by the final ones
+    assert "could not log" not in captured.err
+    assert "so far" not in parents[0].data.tags["metaocl.verdict.meta_ocl"]
     assert parents[0].data.tags["metaocl.invocation"] == "sweep" and len(parents[0].data.tags["metaocl.fingerprint"]) == 16
     assert {r.data.tags["seed"] for r in children} == {"0", "1"}
     for r in children:

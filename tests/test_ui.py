@@ -273,3 +273,25 @@ def test_ui_serves_the_store_and_sigterm_stops_every_process(tmp_path):
                     p.kill()
             except psutil.Error:
                 pass
+
+
+def test_interim_verdicts_count_the_finished_trials_then_the_final_ones_replace_them(tmp_path):
+    """While the sweep runs, the parent's verdict tags hold the verdicts over the trials finished so
+    far (a RUNNING trial is not counted) and say so; the end of the sweep writes the final ones."""
+    from mlflow.tracking import MlflowClient
+
+    from metaocl.tracking import log_interim_verdicts
+
+    uri, tracker = _write_sweep(tmp_path, "{}")
+    client = MlflowClient(uri)
+    running = tracker.trial_runs["s2"]
+    client.update_run(running, status="RUNNING")
+    log_interim_verdicts(uri, tracker.parent_id, 2, 3)
+    tag = client.get_run(tracker.parent_id).data.tags["metaocl.verdict.meta_ocl"]
+    # seeds 0 and 1 at epoch 2: gaps 0.05 and 0.07
+    assert tag.startswith("meta-OCL inconclusive: d1consis - d2consis = +0.060 ") and ", 2 seeds " in tag
+    assert tag.endswith(" (so far: 2 of 3 trials)")
+    client.set_terminated(running, "FINISHED")
+    log_sweep_aggregates(uri, tracker.parent_id)
+    tag = client.get_run(tracker.parent_id).data.tags["metaocl.verdict.meta_ocl"]
+    assert tag.startswith("meta-OCL reproduced: d1consis - d2consis = +0.070") and "so far" not in tag

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,8 @@ class _Driver:
     finished_before: set[str] = field(default_factory=set)
     last_step: dict[str, int] = field(default_factory=dict)
     pruner: CheckpointPruner | None = None
+    verdicts_at: float = -1e9  # when the interim verdicts were last written (time.monotonic)
+    verdicts_warned: bool = False
 
 
 # The hand-off to the callbacks. Ray pickles callbacks into its experiment state and restores them on
@@ -204,6 +207,7 @@ class MlflowDriverCallback(tune.Callback):
             d.tracker.trial_status[tid] = "FINISHED"
         d.outcome.finished.add(tid)
         d.progress.trial_ended(tid, ok=True)
+        _interim_verdicts(d)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         d, tid = self._driver(), self._tid(trial)
@@ -214,6 +218,27 @@ class MlflowDriverCallback(tune.Callback):
         d.tracker.end_trial(self._run(d, tid), ok=False, error=error)
         d.tracker.trial_status[tid] = "FAILED"
         d.progress.trial_ended(tid, ok=False, error=d.outcome.failed[tid])
+
+
+INTERIM_VERDICTS_S = 30.0  # at most this often: each reads every finished trial back from MLflow
+
+
+def _interim_verdicts(d: _Driver) -> None:
+    """The verdicts over the trials finished so far onto the parent run (the UI's runs table shows
+    them while the sweep runs); the end of the sweep overwrites them with the final ones."""
+    from metaocl.tracking import log_interim_verdicts
+
+    now = time.monotonic()
+    if now - d.verdicts_at < INTERIM_VERDICTS_S or d.tracker.parent_id is None:
+        return
+    d.verdicts_at = now
+    try:
+        log_interim_verdicts(d.tracker.uri, d.tracker.parent_id, len(d.outcome.finished), len(d.trials))
+    except Exception as e:  # the UI's interim view only: the sweep goes on
+        if not d.verdicts_warned:
+            d.verdicts_warned = True
+            print(f"metaocl: warning: could not log the verdicts so far to MLflow ({type(e).__name__}: {e})",
+                  file=sys.stderr)
 
 
 def _completed(trial) -> bool:
@@ -386,16 +411,16 @@ def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -
     if text:
         print()
         print(text)
-    if not outcome.interrupted:  # the sweep's result onto its parent run, for the MLflow UI
-        from metaocl.tracking import log_sweep_aggregates
+    from metaocl.tracking import log_interim_verdicts, log_sweep_aggregates
 
-        try:
+    try:
+        if not outcome.interrupted:  # the sweep's result onto its parent run, for the MLflow UI
             log_sweep_aggregates(tracking_uri, parent_run_id)
-        except Exception as e:  # the summary is printed and the trials are in MLflow: say it, go on
-            import sys
-
-            print(f"metaocl: warning: could not log the sweep's aggregates to MLflow ({type(e).__name__}: {e})",
-                  file=sys.stderr)
+        else:  # what the finished trials say, counted, until --resume ends the sweep
+            log_interim_verdicts(tracking_uri, parent_run_id, len(outcome.finished), len(outcome.grid_values))
+    except Exception as e:  # the summary is printed and the trials are in MLflow: say it, go on
+        print(f"metaocl: warning: could not log the sweep's aggregates to MLflow ({type(e).__name__}: {e})",
+              file=sys.stderr)
 
 
 def _reconcile(driver: _Driver, results: tune.ResultGrid) -> None:
