@@ -11,7 +11,9 @@ on storage: whenever the driver dies, what a resume restores is still there. It 
 seconds from the driver's callback and once after the sweep (which leaves each trial its last one).
 
 Reading the state uses Ray's own decoder of a trial's run metadata (``_TrainingRunMetadata``, Ray
-pinned in requirements.lock). Should that ever fail, nothing is deleted and one warning says so.
+pinned in requirements.lock); it unpickles the state's trial metadata, as ``Tuner.restore`` does with
+the same file, so it trusts the storage no more than a resume does. Should decoding ever fail,
+nothing is deleted and one warning says so.
 
     python -c "from metaocl.sweep.prune import CheckpointPruner; print(CheckpointPruner('metaocl-results/metaocl-quickstart-1a2b3c4d').prune())"
 """
