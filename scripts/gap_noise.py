@@ -6,10 +6,11 @@
 For every trial of the sweep that has a checkpoint under RESULTS (Ray Tune's folder of one sweep
 invocation), the trial's last checkpoint is loaded into the model, the trial's dataset regenerated
 from its seed, and every test question of the four subsets answered again (the engine's argmax at
-'=', or true vs false if the trial was scored so). Per trial it prints the accuracies, the meta-OCL gap (d1consis - d2consis) and the gap's
-*within-seed* standard error: the sampling error from the finite set of definition-only variables
-and their test questions (variance of per-variable accuracy / number of variables, per subset),
-and of that the part from the finite number of questions per variable (binomial). At the end it sets the
+'=', or true vs false if the trial was scored so). Per trial it prints the accuracies, the meta-OCL
+gap (d1consis - d2consis) and the gap's *within-seed* standard error: the sampling error from the
+finite set of definition-only variables and their test questions (variance of per-variable accuracy
+/ number of variables, per subset), and of that the part from the finite number of questions per
+variable (binomial). At the end it sets the
 root-mean-square within-seed SE against the between-seed SD of the gap: their squared ratio is the
 share of the spread over seeds that more test questions or more definition-only variables would
 remove; the rest is the training itself (docs/cpu-meta-ocl.md, issue 16).
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         tok = engine.build_tokenizer(ds.vocab)
         model = engine.build_model(cfg.model, tok.get_vocab_size())
         model.load_state_dict(state["model"])
-        model.eval()
         acc = {s: per_variable_accuracy(model, tok, ds.test_qa[s], cfg.eval.scoring) for s in SUBSETS}
         gap, se, binom = gap_with_se(*acc["d1consis"], *acc["d2consis"])
         gaps.append(gap), ses.append(se), binoms.append(binom)

@@ -1,6 +1,7 @@
 """A smoke sweep through a real local Ray instance into a real MLflow store."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -59,5 +60,13 @@ def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
     last = trial_dirs[0] / "checkpoint_000002"
     for index in (0, 1, 3):  # left over from before the state was written (0, 1), or saved after it (3)
         shutil.copytree(last, trial_dirs[0] / f"checkpoint_{index:06d}")
-    assert CheckpointPruner(str(exp_dir)).prune() == 2
+    pruner = CheckpointPruner(str(exp_dir))
+    assert pruner.prune() == 2
     assert sorted(p.name for p in trial_dirs[0].glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000003"]
+    # an unchanged state is not read again; a rewritten one is
+    shutil.copytree(last, trial_dirs[0] / "checkpoint_000001")
+    assert pruner.prune() == 0 and (trial_dirs[0] / "checkpoint_000001").is_dir()
+    (state,) = exp_dir.glob("experiment_state-*.json")
+    state.write_text(state.read_text())
+    os.utime(state, ns=(state.stat().st_mtime_ns + 10**9,) * 2)
+    assert pruner.prune() == 1 and not (trial_dirs[0] / "checkpoint_000001").exists()

@@ -44,14 +44,19 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
+def filesystem(path: str):
+    """``(pyarrow FileSystem, path in it)`` of a local path (made absolute) or a storage URI."""
+    from pyarrow import fs as pafs
+
+    return pafs.FileSystem.from_uri(path if is_uri(path) else str(Path(path).resolve()))
+
+
 class Ledger:
     """Finished-trial markers and per-attempt records under ``EXPERIMENT/metaocl/`` (local path or URI)."""
 
     def __init__(self, exp_dir: str):
-        from pyarrow import fs as pafs
-
         self.exp_dir = exp_dir
-        self.fs, self.root = pafs.FileSystem.from_uri(exp_dir if is_uri(exp_dir) else str(Path(exp_dir).resolve()))
+        self.fs, self.root = filesystem(exp_dir)
         self.root = join(self.root, STATE_DIR)
 
     def _write(self, rel: str, text: str) -> None:
@@ -110,8 +115,8 @@ def find_resumable(sweep: Sweep, storage: str) -> tuple[str, dict]:
     from pyarrow import fs as pafs
     from ray import tune
 
-    filesystem, root = pafs.FileSystem.from_uri(storage if is_uri(storage) else str(Path(storage).resolve()))
-    infos = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    fs, root = filesystem(storage)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     found = []
     for info in infos:
         if info.type == pafs.FileType.Directory and info.base_name.startswith(experiment_prefix(sweep)):

@@ -25,9 +25,8 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 
-from metaocl.sweep.ledger import is_uri, join
+from metaocl.sweep.ledger import filesystem
 
 STATE_PATTERN = "experiment_state-*.json"  # Ray's TuneController.CKPT_FILE_TMPL
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # Ray's trial checkpoint folders
@@ -57,12 +56,10 @@ class CheckpointPruner:
     """Prunes the trial checkpoints of one Ray experiment folder (a local path or a storage URI)."""
 
     def __init__(self, exp_dir: str, every_s: float = 5.0):
-        from pyarrow import fs as pafs
-
-        self.fs, self.root = pafs.FileSystem.from_uri(exp_dir if is_uri(exp_dir) else str(Path(exp_dir).resolve()))
+        self.fs, self.root = filesystem(exp_dir)
         self.every_s = every_s
-        self.deleted = 0
         self._last = 0.0
+        self._done_for = None  # (name, mtime, size) of the state file last pruned after
         self._warned = False
 
     def maybe_prune(self) -> None:
@@ -70,25 +67,30 @@ class CheckpointPruner:
         if time.monotonic() - self._last >= self.every_s:
             self.prune()
 
-    def _state_text(self) -> str | None:
+    def _newest_state(self):
+        """The newest ``experiment_state-*.json`` (as ``Tuner.restore`` picks it), or None."""
         from pyarrow import fs as pafs
 
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-        names = fnmatch.filter([i.base_name for i in infos if i.type == pafs.FileType.File], STATE_PATTERN)
-        if not names:
-            return None
-        with self.fs.open_input_stream(join(self.root, max(names))) as f:  # the newest, as Tuner.restore picks
-            return f.read().decode()
+        states = [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, STATE_PATTERN)]
+        return max(states, key=lambda i: i.base_name, default=None)
 
     def prune(self) -> int:
         """Delete, per trial, the checkpoints older than the one the stored experiment state restores.
 
-        Returns how many folders were deleted now. A state still being copied (not yet valid JSON) is
-        skipped until the next call; a state Ray's decoder rejects deletes nothing and warns once."""
+        Returns how many folders were deleted now. A state unchanged since the last pass is not read
+        again; one still being copied (not yet valid JSON) is skipped until the next call; one Ray's
+        decoder rejects deletes nothing and warns once."""
         self._last = time.monotonic()
         try:
-            text = self._state_text()
-            keep = restorable_checkpoints(text) if text is not None else []
+            state = self._newest_state()
+            if state is None:
+                return 0
+            seen = (state.base_name, state.mtime_ns, state.size)
+            if state.mtime_ns is not None and seen == self._done_for:  # newer checkpoints are all kept anyway
+                return 0
+            with self.fs.open_input_stream(state.path) as f:
+                keep = restorable_checkpoints(f.read().decode())
         except json.JSONDecodeError:  # caught mid-copy: next time
             return 0
         except Exception as e:  # a Ray whose state this code cannot read: keep everything
@@ -99,7 +101,7 @@ class CheckpointPruner:
         except Exception as e:  # housekeeping only (pyarrow raises OSError or ArrowInvalid): the sweep goes on
             self._warn(f"{type(e).__name__}: {e}")
             return 0
-        self.deleted += deleted
+        self._done_for = seen
         return deleted
 
     def _warn(self, why: str) -> None:
