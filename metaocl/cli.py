@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (and exit 2), like every other user mistake."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+        where = f"{self.prog}: " if " " in self.prog else ""  # a subcommand's name; "metaocl" is said once
+        raise ConfigError(f"{where}{message} (see {self.prog} --help)")
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -184,5 +185,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``metaocl`` command: :func:`main`, then an exit that Ray's leftover native threads cannot
+    crash (:mod:`metaocl.sweep.shutdown`)."""
+    from metaocl.sweep.shutdown import exit_process
+
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's --help and usage errors
+        code = e.code
+    except Exception:  # a bug: the traceback Python would print, and its exit status
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    exit_process(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -1,6 +1,7 @@
 """Shared test settings: one torch thread (the suite runs on 2 cores), no network, temp stores."""
 
 import os
+import sys
 
 import pytest
 
@@ -11,6 +12,27 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("METAOCL_TRIAL_CPUS", "1")  # runners called in-process use one thread, like a 1-CPU trial
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """The last thing pytest does: once the report is out, a process that hosted Ray drivers (the
+    in-process sweeps) ends without the C++ teardown that Ray's leftover threads can crash
+    (metaocl/sweep/shutdown.py); CI once saw every test pass and then exit 139."""
+    if "ray" in sys.modules and _EXIT_STATUS in config.stash:
+        from metaocl.sweep.shutdown import exit_process
+
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:  # what pytest's own clean-up would do next: give back stdout/stderr
+            capture.stop_global_capturing()
+        exit_process(config.stash[_EXIT_STATUS])
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,7 +6,8 @@
 - :mod:`metaocl.sweep.preflight`: checks of the cluster and of every trial's inputs before anything
   is written;
 - :mod:`metaocl.sweep.ledger`: the resume ledger, the trial-set fingerprint, ``--resume``;
-- :mod:`metaocl.sweep.progress`: the progress bar / lines of a running sweep.
+- :mod:`metaocl.sweep.progress`: the progress bar / lines of a running sweep;
+- :mod:`metaocl.sweep.shutdown`: how a process that hosted a Ray driver ends (no crash at exit).
 
 ``metaocl run`` (one trial, no Ray) lives in :mod:`metaocl.experiments.local`. Nothing is imported
 here eagerly, so a Ray worker importing :mod:`metaocl.sweep.worker` never loads the driver.
