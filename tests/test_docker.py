@@ -281,7 +281,7 @@ def test_image_installs_requirements_then_the_package(dockerfile):
 def test_entrypoint_is_the_console_script(dockerfile):
     assert dockerfile.entrypoint == ["metaocl"]
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'^metaocl\s*=\s*"metaocl\.cli:main"', pyproject, re.M)
+    assert re.search(r'^metaocl\s*=\s*"metaocl\.cli:console"', pyproject, re.M)
 
 
 def test_runs_as_a_numeric_non_root_user(dockerfile):
