@@ -1,7 +1,6 @@
 """Shared test settings: one torch thread (the suite runs on 2 cores), no network, temp stores."""
 
 import os
-import sys
 
 import pytest
 
@@ -26,9 +25,9 @@ def pytest_unconfigure(config):
     """The last thing pytest does: once the report is out, a process that hosted Ray drivers (the
     in-process sweeps) ends without the C++ teardown that Ray's leftover threads can crash
     (metaocl/sweep/shutdown.py); CI once saw every test pass and then exit 139."""
-    if "ray" in sys.modules and _EXIT_STATUS in config.stash:
-        from metaocl.sweep.shutdown import exit_process
+    from metaocl.sweep.shutdown import exit_process, hosts_ray
 
+    if hosts_ray() and _EXIT_STATUS in config.stash:  # else pytest's own exit (exit_process would sys.exit here)
         capture = config.pluginmanager.getplugin("capturemanager")
         if capture is not None:  # what pytest's own clean-up would do next: give back stdout/stderr
             capture.stop_global_capturing()

@@ -419,7 +419,8 @@ def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -
         else:  # what the finished trials say, counted, until --resume ends the sweep
             log_interim_verdicts(tracking_uri, parent_run_id, len(outcome.finished), len(outcome.grid_values))
     except Exception as e:  # the summary is printed and the trials are in MLflow: say it, go on
-        print(f"metaocl: warning: could not log the sweep's aggregates to MLflow ({type(e).__name__}: {e})",
+        what = "the verdicts so far" if outcome.interrupted else "the sweep's aggregates"
+        print(f"metaocl: warning: could not log {what} to MLflow ({type(e).__name__}: {e})",
               file=sys.stderr)
 
 

@@ -37,10 +37,15 @@ def exit_code(code: object) -> int:
     return 1
 
 
+def hosts_ray() -> bool:
+    """Whether this process loaded Ray (and so may hold its native threads): exit through :func:`exit_process`."""
+    return "ray" in sys.modules
+
+
 def exit_process(code: object = 0) -> NoReturn:
     """End this process with ``code`` (as ``sys.exit`` reads it); see the module docstring."""
     status = exit_code(code)
-    if "ray" not in sys.modules:  # no Ray, no leftover native threads: the normal exit
+    if not hosts_ray():  # no Ray, no leftover native threads: the normal exit
         sys.exit(status)
     shutdown = getattr(threading, "_shutdown", None)
     if shutdown is not None:  # CPython joins non-daemon threads first at exit (3.8 to 3.14)
