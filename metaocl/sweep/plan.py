@@ -26,6 +26,7 @@ head-room when GPUs are shared. docs/planning.md explains each figure and what i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -330,6 +331,22 @@ def _lm_tokens(config) -> float:
     return float(config.train.block_size) if config.train.faithful_padding else DYNAMIC_TOKENS
 
 
+@contextlib.contextmanager
+def _scratch_data_home():
+    import tempfile
+
+    before = os.environ.get("METAOCL_DATA")
+    with tempfile.TemporaryDirectory(prefix="metaocl-plan-") as d:
+        os.environ["METAOCL_DATA"] = d
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("METAOCL_DATA", None)
+            else:
+                os.environ["METAOCL_DATA"] = before
+
+
 @functools.lru_cache(maxsize=32)
 def lm_data_sizes(data_repr: str) -> tuple[tuple[int, ...], int]:
     """(training datapoints per stage, evaluation rows per evaluation) of an LM data config, built on
@@ -343,7 +360,8 @@ def lm_data_sizes(data_repr: str) -> tuple[tuple[int, ...], int]:
     data = from_dict(LMDataConfig, yaml.safe_load(data_repr), "data")
     if data.source in ("cvdb", "trex"):
         data = dataclasses.replace(data, source=f"{data.source}_sample", path="")
-    ds = build_lm_dataset(data, 0)
+    with _scratch_data_home():  # a plan writes nothing: the stand-in's files go to a temporary folder
+        ds = build_lm_dataset(data, 0)
     train = tuple(len(ds[f"train_{s}"]) for s in range(1, data.n_stages + 1))
     rows = sum(len(ds[n]) for n in ds if not n.startswith("train_"))
     return train, rows
