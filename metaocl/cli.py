@@ -107,6 +107,20 @@ def _trial_table(sweep) -> str:
     return text_table(["trial", "seed"] + keys, rows)
 
 
+def _cluster_of(sweep, address: str | None, gpu_type: str | None):
+    """The GPUs of the Ray cluster at ``address``, probed as a sweep would (a GPU that CUDA cannot use
+    is the same one-line error); runs no trial, writes nothing."""
+    import ray
+
+    from metaocl.sweep import preflight
+
+    try:
+        return preflight.probe_gpus(sweep, preflight.init_ray(address), gpu_type)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from metaocl.tracking import check_reachable, describe_store, tracking_uri
 
@@ -122,7 +136,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         print(_trial_table(sweep))
         print()
-        print(render(plan_for([sweep], local_cluster(args.gpu_type))))
+        print(render(plan_for([sweep], _cluster_of(sweep, args.address, args.gpu_type)
+                              if args.address or os.environ.get("RAY_ADDRESS") else local_cluster(args.gpu_type))))
         return 0
     uri = tracking_uri(args.tracking_uri)
     check_reachable(uri)

@@ -140,6 +140,19 @@ def test_logical_gpus_with_the_override_run_on_the_cpu_and_share_a_gpu(gpu_clust
     assert len(attempts) == 2
 
 
+@pytest.mark.slow
+@no_cuda
+def test_dry_run_on_a_cluster_plans_on_its_gpus(gpu_cluster, tmp_path):
+    path = _sweep_file(tmp_path, "planned")
+    code, out, err = _driver([str(path), "--dry-run", "--address", gpu_cluster["address"], "--gpu-type", "H100"],
+                             tmp_path, METAOCL_SIMULATE_GPUS="1")
+    assert code == 0, (out, err)
+    assert "plan on 2 x H100, 80 GB each (the Ray cluster at" in out and "simulated GPUs, stated: H100" in out, out
+    assert list(tmp_path.iterdir()) == [path]  # a dry run writes nothing
+    code, out, err = _driver([str(path), "--dry-run", "--address", gpu_cluster["address"]], tmp_path)
+    assert code == 2 and "Ray gave this trial 1 GPU but PyTorch sees 0" in err  # the probe's line, as a sweep
+
+
 RUNNER = """
 import json, sys
 import ray
