@@ -172,7 +172,10 @@ class ModelShape:
 
 def _shape_of(name: str, family: str, model, hub: bool) -> ModelShape:
     cfg = getattr(model, "config", None)
-    get = lambda *keys, default=0: next((int(getattr(cfg, k)) for k in keys if getattr(cfg, k, None)), default)  # noqa: E731
+
+    def get(*keys: str) -> int:  # the first of these config attributes that is set (names differ by family)
+        return next((int(getattr(cfg, k)) for k in keys if getattr(cfg, k, None)), 0)
+
     layers = get("num_hidden_layers", "num_layers") + get("num_decoder_layers")
     params = list(model.parameters())
     factored = sum(math.prod(p.shape[:-1]) + math.prod(p.shape[:-2] + p.shape[-1:]) if p.dim() >= 2 else p.numel()
