@@ -7,17 +7,25 @@ each experiment, printed beside the paper's figure and our goal on one H100:
 
 - ``lm``: Pythia-2.8B (architecture from :data:`metaocl.engine.lm_models.PYTHIA_ARCHITECTURES`,
   random weights: nothing can be downloaded on the GPU machine) finetuned by
-  :mod:`metaocl.engine.lm` for one epoch on CVDB-sized data (the LM dataset builder on the
-  generated ``cvdb_sample`` source at the paper's 4000 entities: 16,000 stage-1 datapoints), fp32
-  weights + bf16 autocast as the paper's ``bf16=True``; then :mod:`metaocl.engine.lm_evaluate` on
-  every eval split (capped per split, extrapolated to all rows), as the LM runner calls it. The
-  tokenizer is a byte-level BPE
-  trained on the data (Pythia's is not downloadable); its datapoints are shorter than with Pythia's
-  tokenizer (~20 tokens), so projected training time is scaled by 20 / measured tokens.
+  :mod:`metaocl.engine.lm` for one epoch on the ``two_stage`` sweep's data (its subsets, built on
+  the generated ``cvdb_sample`` source at the paper's 4000 entities: 16,000 stage-1 and 960 stage-2
+  datapoints), each datapoint EOS-padded to the sweep's 48 tokens with loss on the padding
+  (``train.faithful_padding``, as the sweeps run), fp32 weights + bf16 autocast as the paper's
+  ``bf16=True``, no TF32 (the LM engine does not enable it); then :mod:`metaocl.engine.lm_evaluate`
+  on every eval split (capped per split, extrapolated to all rows), as the LM runner calls it. Also
+  timed: loading the model from a saved folder (what a trial does from the hub cache) and writing /
+  reading one resumable checkpoint (model + optimizer state, ``torch.save``). The projection per
+  seed is the sweep's own: 20 + 10 epochs of training and evaluation, one model load, and the
+  checkpoints the sweep's cadence writes (:func:`metaocl.sweep.plan.checkpoint_writes`).
 - ``set_inclusion``: :mod:`metaocl.engine.set_inclusion`, the paper's data (8000 variables) and
   Pythia-70M architecture; one stage-1 and one stage-2 epoch plus evaluation.
 - ``mnist``: ConvNeXt V2 Tiny training steps through :class:`metaocl.engine.vision.VisionTrainer`
-  on random images of the task's shape (the batch generator has its own bench, bench/mnist.py).
+  on random images of the task's shape (the batch generator has its own bench, bench/mnist.py),
+  with TF32 on as the MNIST runner sets it.
+
+FLOP arithmetic and peak FLOP/s come from :mod:`metaocl.sweep.plan` (one home); the LM's MFU is the
+plan's FLOPs (padded tokens included) over the time, so the ``record:`` line it prints is what
+:data:`metaocl.sweep.plan.MEASURED_MFU` takes for this GPU.
 
 No Ray, no MLflow. Evaluation of a random-weight LM is the fast evaluator's worst case (greedy
 output never follows the data, so every example is generated); the figure is an upper bound.
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -67,49 +76,14 @@ PAPER = {
     "set_inclusion": PaperFigure("set-inclusion seed (100 + 40 epochs)", 3.0, "GPU (appendix D)", 10.0),
     "mnist": PaperFigure("MNIST ConvNeXt V2 Tiny run", 2.0, "RTX 4090 (appendix E)", 15.0),
 }
-PAPER_TOKENS_PER_DATAPOINT = 20.0  # CVDB datapoints with Pythia's tokenizer (issue 9: "about 20 tokens")
 LM_EPOCHS = (20, 10)  # two-stage: stage 1, stage 2 (paper appendix B)
 SET_INCLUSION_EPOCHS = (100, 40)
-
-# Dense bf16 tensor-core peak in FLOP/s by device-name substring, first match wins (vendor specs).
-PEAK_BF16_FLOPS = (
-    ("H100 NVL", 835e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-)
-
+LM_SWEEP = "two_stage"  # the LM data, padding and checkpoint cadence measured are this sweep's
 
 # ------------------------------------------------------------------------------------------------
 # Arithmetic (pure, tested on CPU)
 # ------------------------------------------------------------------------------------------------
-def peak_flops(device_name: str, override_tflops: float | None = None) -> float | None:
-    """Peak dense bf16 FLOP/s of a device by name; ``override_tflops`` wins; None when unknown."""
-    if override_tflops:
-        return override_tflops * 1e12
-    for key, flops in PEAK_BF16_FLOPS:
-        if key.lower() in device_name.lower():
-            return flops
-    return None
-
-
-def matmul_params(model) -> int:
-    """Parameters of every ``nn.Linear`` (weights and biases), the output projection included and
-    the input embedding (a lookup, no FLOPs) excluded: the N of "6N FLOPs per token"."""
-    import torch.nn as nn
-
-    return sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False))
-
-
-def train_flops_per_token(n_matmul: int, n_layers: int, hidden: int, seq_len: float) -> float:
-    """Forward + backward FLOPs per token: 6N plus attention scores and weighted values,
-    12 * layers * hidden * sequence length (PaLM, appendix B)."""
-    return 6.0 * n_matmul + 12.0 * n_layers * hidden * seq_len
+from metaocl.sweep.plan import matmul_params, peak_flops, train_flops_per_token  # noqa: E402 (one home)
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
@@ -120,15 +94,17 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> floa
 
 
 def project_lm(train_s_stage1: float, n_stage1: int, n_stage2: int, eval_s_per_epoch: float,
-               epochs: tuple[int, int] = LM_EPOCHS, token_scale: float = 1.0) -> float:
-    """Seconds per two-stage seed: every epoch trains its stage's data and evaluates every split.
+               epochs: tuple[int, int] = LM_EPOCHS, load_s: float = 0.0, checkpoint_s: float = 0.0,
+               checkpoints: int = 0) -> float:
+    """Seconds per two-stage seed: every epoch trains its stage's data and evaluates every split;
+    plus loading the model once and writing ``checkpoints`` checkpoints of ``checkpoint_s`` each.
 
     ``train_s_stage1``: one measured stage-1 epoch; stage 2 trains ``n_stage2`` datapoints at the same
-    datapoints/s. ``token_scale`` scales training time for longer datapoints (compute-bound)."""
-    per_datapoint = train_s_stage1 / max(1, n_stage1) * token_scale
+    datapoints/s (every datapoint is padded to the same block size)."""
+    per_datapoint = train_s_stage1 / max(1, n_stage1)
     stage1 = epochs[0] * (n_stage1 * per_datapoint + eval_s_per_epoch)
     stage2 = epochs[1] * (n_stage2 * per_datapoint + eval_s_per_epoch)
-    return stage1 + stage2
+    return stage1 + stage2 + load_s + checkpoints * checkpoint_s
 
 
 def project_set_inclusion(train_s_stage1: float, train_s_stage2: float, eval_s: float,
@@ -245,17 +221,29 @@ def _sizes(args) -> Sizes:
 # ------------------------------------------------------------------------------------------------
 # LM: one epoch of Pythia on CVDB-sized data, then evaluation
 # ------------------------------------------------------------------------------------------------
+def lm_sweep_config(sizes: Sizes):
+    """The ``two_stage`` sweep's trial config with its source swapped for the generated ``cvdb_sample``
+    (same subsets, layout and padding) at ``sizes.lm_entities`` entities."""
+    import dataclasses
+
+    from metaocl.config import load_sweep
+
+    config = load_sweep(LM_SWEEP, seeds=1, overrides=["train.stage1_seed=0"]).trials()[0].config
+    data = dataclasses.replace(config.data, source="cvdb_sample", n_entities=sizes.lm_entities, path="")
+    return dataclasses.replace(config, data=data)
+
+
 def lm_data(sizes: Sizes, seed: int):
-    """(dataset with every eval split at full size, eval names, tokenizer)."""
-    from metaocl.configs.lm_data import LMDataConfig
+    """(dataset with every eval split at full size, eval names, tokenizer, the sweep's trial config)."""
     from metaocl.data.qa import build_lm_dataset
     from metaocl.engine.lm_models import train_builtin_tokenizer
 
-    dataset = build_lm_dataset(LMDataConfig(source="cvdb_sample", n_entities=sizes.lm_entities), seed)
+    config = lm_sweep_config(sizes)
+    dataset = build_lm_dataset(config.data, seed)
     texts = [t for name in dataset for t in dataset[name]["text"]]
     tokenizer = train_builtin_tokenizer("causal", texts, sizes.lm_vocab)
     eval_names = [n for n in dataset if not n.startswith("train_") and len(dataset[n])]
-    return dataset, eval_names, tokenizer
+    return dataset, eval_names, tokenizer, config
 
 
 def pythia_model(sizes: Sizes, vocab: int, device: str):
@@ -276,38 +264,76 @@ def pythia_model(sizes: Sizes, vocab: int, device: str):
     return model
 
 
+def _timed_load(model, device: str) -> tuple[float, object]:
+    """Save ``model`` to a temporary folder and time loading it back onto ``device`` as a trial loads
+    its model (``from_pretrained``, fp32 weights), moved to the device."""
+    import tempfile
+
+    from transformers import GPTNeoXForCausalLM
+
+    with tempfile.TemporaryDirectory(prefix="metaocl-bench-model-") as d:
+        model.save_pretrained(d)
+        _sync(device)
+        t0 = time.perf_counter()
+        loaded = GPTNeoXForCausalLM.from_pretrained(d).to(device)
+        _sync(device)
+        return time.perf_counter() - t0, loaded
+
+
+def _timed_checkpoint(model, optimizer, device: str) -> tuple[float, float, int]:
+    """(seconds to write, seconds to read back, bytes) of one resumable checkpoint, ``torch.save`` of
+    the model and optimizer state as the trial's reporter writes it."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="metaocl-bench-ckpt-") as d:
+        path = Path(d) / "state.pt"
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+        save_s = time.perf_counter() - t0
+        size = path.stat().st_size
+        t0 = time.perf_counter()
+        torch.load(path, map_location="cpu", weights_only=False)
+        return save_s, time.perf_counter() - t0, size
+
+
 def bench_lm(args, out: dict) -> None:
     import torch
 
-    from metaocl.configs.lm import TrainConfig
     from metaocl.engine import lm_evaluate as ev
     from metaocl.engine import lm as engine
+    from metaocl.sweep.plan import checkpoint_writes
 
     sizes, device = args.sizes, args.device
     cuda = device.startswith("cuda")
     t0 = time.perf_counter()
-    dataset, eval_names, tok = lm_data(sizes, args.seed)
+    dataset, eval_names, tok, config = lm_data(sizes, args.seed)
     train_set = engine.encode(dataset["train_1"], tok, is_seq2seq=False)
     n_stage1, n_stage2 = len(dataset["train_1"]), len(dataset["train_2"])
-    mean_tokens = sum(len(x) for x in train_set.ids) / len(train_set)
+    block = config.train.block_size
     out["lm/data_s"] = time.perf_counter() - t0
     out.update({"lm/model": sizes.lm_model, "lm/stage1_datapoints": n_stage1, "lm/stage2_datapoints": n_stage2,
-                "lm/tokens_per_datapoint": mean_tokens})
+                "lm/tokens_per_datapoint": block, "lm/faithful_padding": config.train.faithful_padding,
+                "lm/real_tokens_per_datapoint": sum(len(x) for x in train_set.ids) / len(train_set)})
 
     torch.manual_seed(args.seed)
-    model = pythia_model(sizes, len(tok), device)
+    model = pythia_model(sizes, len(tok), "cpu")
+    load_s, model = _timed_load(model, device)
     n_matmul = matmul_params(model)
     cfg = model.config
-    flops_tok = train_flops_per_token(n_matmul, cfg.num_hidden_layers, cfg.hidden_size, mean_tokens)
-    out.update({"lm/matmul_params": n_matmul, "lm/train_flops_per_token": flops_tok})
+    flops_tok = train_flops_per_token(n_matmul, cfg.num_hidden_layers, cfg.hidden_size, block)
+    out.update({"lm/model_load_s": load_s, "lm/matmul_params": n_matmul, "lm/train_flops_per_token": flops_tok})
 
-    cfg_t = TrainConfig(batch_size=sizes.lm_batch_size)
+    cfg_t = dataclasses.replace(config.train, batch_size=sizes.lm_batch_size)
     steps = engine.steps_per_epoch(n_stage1, cfg_t.batch_size)
     optimizer, scheduler = engine.make_optimizer(model, cfg_t, steps + sizes.warmup_steps)
     ctx = engine.StepContext(
         model=model, optimizer=optimizer, scheduler=scheduler, device=device, pad_id=tok.pad_token_id,
         decoder_start_id=None, batch_size=cfg_t.batch_size, micro_batch_size=cfg_t.batch_size, auto_micro=cuda,
-        max_grad_norm=cfg_t.max_grad_norm, faithful_padding=False, block_size=cfg_t.block_size, use_autocast=cuda,
+        max_grad_norm=cfg_t.max_grad_norm, faithful_padding=cfg_t.faithful_padding, block_size=block,
+        use_autocast=cuda,
     )
     model.train()
     for i in range(sizes.warmup_steps):  # CUDA context, cuBLAS heuristics, allocator: not the epoch's cost
@@ -316,9 +342,16 @@ def bench_lm(args, out: dict) -> None:
     stats = engine.train_one_epoch(ctx, train_set, torch.Generator().manual_seed(args.seed))
     train_s = n_stage1 / stats.examples_per_s
     peak = peak_flops(_device_name(device), args.peak_tflops)
+    computed_tokens_per_s = stats.examples_per_s * block  # what the GPU computes: padding included
     out.update({"lm/micro_batch_size": ctx.micro_batch_size, "lm/train_epoch_s": train_s,
-                "lm/train_tokens_per_s": stats.tokens_per_s, "lm/train_examples_per_s": stats.examples_per_s,
-                "lm/mfu": mfu(stats.tokens_per_s, flops_tok, peak)})
+                "lm/train_tokens_per_s": computed_tokens_per_s, "lm/train_examples_per_s": stats.examples_per_s,
+                "lm/mfu": mfu(computed_tokens_per_s, flops_tok, peak)})
+    save_s, read_s, size = _timed_checkpoint(model, optimizer, device)
+    n_checkpoints = sum(checkpoint_writes("lm", config))
+    out.update({"lm/checkpoint_save_s": save_s, "lm/checkpoint_load_s": read_s, "lm/checkpoint_bytes": size,
+                "lm/checkpoints_per_seed": n_checkpoints})
+    if cuda:
+        out["lm/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     optimizer.zero_grad(set_to_none=True)
     del optimizer, scheduler, ctx
     if cuda:
@@ -327,7 +360,8 @@ def bench_lm(args, out: dict) -> None:
     eval_total = sum(len(dataset[n]) for n in eval_names)
     encs = {name: engine.encode(dataset[name].select(range(min(len(dataset[name]), sizes.lm_eval_cap))), tok,
                                 is_seq2seq=False, with_prompts=True) for name in eval_names}
-    kwargs = dict(max_new_tokens=8, device=device, is_seq2seq=False, batch_size=128, use_autocast=cuda)
+    kwargs = dict(max_new_tokens=config.eval.resolved_max_new_tokens(config.data.source), device=device,
+                  is_seq2seq=False, batch_size=config.eval.batch_size, use_autocast=cuda)
     t1 = time.perf_counter()
     results = ev.evaluate_splits(model, tok, encs, **kwargs)  # what the LM runner does each epoch
     _sync(device)
@@ -339,12 +373,11 @@ def bench_lm(args, out: dict) -> None:
                 "lm/eval_engine_examples_per_s": n_eval / max(dt, 1e-9),
                 "lm/eval_engine_epoch_s_extrapolated": eval_s_per_epoch})
     out["lm/eval_examples_per_epoch"] = eval_total
-    token_scale = max(1.0, PAPER_TOKENS_PER_DATAPOINT / mean_tokens)
-    out["lm/token_scale"] = token_scale
     out["lm/projection"] = projection_line("lm", project_lm(train_s, n_stage1, n_stage2, eval_s_per_epoch,
-                                                           token_scale=token_scale))
-    if cuda:
-        out["lm/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                                                           load_s=load_s, checkpoint_s=save_s,
+                                                           checkpoints=n_checkpoints))
+    if out["lm/mfu"]:
+        out["lm/record"] = f"MEASURED_MFU[{_device_name(device)!r}] = {out['lm/mfu']:.3f}"
     del model
     if cuda:
         torch.cuda.empty_cache()
@@ -411,6 +444,9 @@ def bench_mnist(args, out: dict) -> None:
     from metaocl.engine.vision import VisionTrainer, build_model
 
     sizes, device = args.sizes, args.device
+    if device.startswith("cuda"):  # the MNIST runner enables TF32 (metaocl/experiments/mnist.py); the LM engine does not
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     cfg = MnistConfig()
     d = cfg.data
     layout = GridLayout(d.grid_size, sizes.mnist_digit_size, d.border, d.tag_square)
@@ -465,24 +501,28 @@ def dry_run(args, out: dict) -> None:
     peak = peak_flops(_device_name(args.device), args.peak_tflops) or peak_flops("H100")
     out["dry/peak_tflops"] = peak / 1e12
     if "lm" in args.experiments:
-        dataset, eval_names, tok = lm_data(sizes, args.seed)
+        from metaocl.sweep import plan
+
+        dataset, eval_names, tok, config = lm_data(sizes, args.seed)
         lengths = [len(x) + 1 for x in tok(list(dataset["train_1"]["text"]))["input_ids"]]
-        mean_tokens = sum(lengths) / len(lengths)
         with torch.device("meta"):
             model = GPTNeoXForCausalLM(pythia_config(sizes.lm_model))
         n = matmul_params(model)
         c = model.config
-        tokens = PAPER_TOKENS_PER_DATAPOINT * (LM_EPOCHS[0] * len(dataset["train_1"]) + LM_EPOCHS[1] * len(dataset["train_2"]))
-        flops = train_flops_per_token(n, c.num_hidden_layers, c.hidden_size, PAPER_TOKENS_PER_DATAPOINT) * tokens
+        block = config.train.block_size
+        n1, n2 = len(dataset["train_1"]), len(dataset["train_2"])
+        flops = plan.lm_train_flops(n, c.num_hidden_layers, c.hidden_size, block, [n1, n2], LM_EPOCHS)
         n_eval = sum(len(dataset[x]) for x in eval_names)
         # every epoch: a teacher-forced pass over each eval datapoint, plus at most 8 generated tokens
-        eval_flops = sum(LM_EPOCHS) * n_eval * 2.0 * n * (PAPER_TOKENS_PER_DATAPOINT + 8)
+        eval_flops = plan.eval_flops(n, n_eval, plan.DYNAMIC_TOKENS, config.eval.resolved_max_new_tokens("cvdb"),
+                                     sum(LM_EPOCHS))
         out.update({
             "dry/lm_model": sizes.lm_model, "dry/lm_matmul_params": n,
-            "dry/lm_stage1_datapoints": len(dataset["train_1"]), "dry/lm_stage2_datapoints": len(dataset["train_2"]),
+            "dry/lm_stage1_datapoints": n1, "dry/lm_stage2_datapoints": n2,
+            "dry/lm_tokens_per_datapoint": block,
             "dry/lm_eval_splits": len(eval_names),
             "dry/lm_eval_examples_per_epoch": n_eval,
-            "dry/lm_bpe_tokens_per_datapoint": mean_tokens,
+            "dry/lm_bpe_tokens_per_datapoint": sum(lengths) / len(lengths),
             "dry/lm_training_flops_per_seed": flops,
             "dry/lm_training_limit": fmt_duration(flops / (args.assumed_mfu * peak)),
             "dry/lm_eval_flops_per_seed_max": eval_flops,
@@ -536,9 +576,6 @@ def main(argv=None) -> dict:
         import datasets
 
         datasets.disable_progress_bars()
-    if args.device.startswith("cuda") and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     out: dict = {"device": _device_name(args.device), "torch": torch.__version__, "tiny": args.tiny,
                  "peak_tflops": (peak_flops(_device_name(args.device), args.peak_tflops) or 0) / 1e12 or None}
     print("[setup]")
@@ -561,6 +598,8 @@ def main(argv=None) -> dict:
         line = out[f"{prefixes[name]}projection"]
         print(f"  {name}: projected {line['projected']} | paper {line['paper']} | "
               f"{line['speedup_vs_paper']:.3g}x the paper | goal {line['goal_h100']} | meets goal: {line['meets_goal']}")
+    if out.get("lm/record"):
+        print(f"record: {out['lm/record']}  (metaocl/sweep/plan.py: the plan's GPU-hours on this GPU)")
     return out
 
 

@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep: grid x seeds as Ray Tune trials, tracked in MLflow")
     _sweep_args(p)
     p.add_argument("--seeds", type=int, help="number of seeds (overrides the sweep file)")
-    p.add_argument("--dry-run", action="store_true", help="print the trial table and run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the trial table and the plan (GPU-hours, "
+                   "memory, checkpoints, downloads) and run nothing")
+    p.add_argument("--gpu-type", metavar="[Nx]TYPE", help="plan for these GPUs, e.g. 8xH100 or H200 (default: the "
+                   "GPUs found; needed for the memory of logical GPUs; also $METAOCL_GPU_TYPE)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--storage", help="where Ray keeps trial state: a local folder (on a cluster: one every node "
@@ -104,6 +107,20 @@ def _trial_table(sweep) -> str:
     return text_table(["trial", "seed"] + keys, rows)
 
 
+def _cluster_of(sweep, address: str | None, gpu_type: str | None):
+    """The GPUs of the Ray cluster at ``address``, probed as a sweep would (a GPU that CUDA cannot use
+    is the same one-line error); runs no trial, writes nothing."""
+    import ray
+
+    from metaocl.sweep import preflight
+
+    try:
+        return preflight.probe_gpus(sweep, preflight.init_ray(address), gpu_type)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from metaocl.tracking import check_reachable, describe_store, tracking_uri
 
@@ -115,7 +132,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.description}")
     print(f"{n} trial{'s' if n != 1 else ''} ({sweep.kind}); each gets cpu={res.cpu:g}, gpu={res.gpu}")
     if args.dry_run:
+        from metaocl.sweep.plan import local_cluster, plan_for, render
+
         print(_trial_table(sweep))
+        print()
+        print(render(plan_for([sweep], _cluster_of(sweep, args.address, args.gpu_type)
+                              if args.address or os.environ.get("RAY_ADDRESS") else local_cluster(args.gpu_type))))
         return 0
     uri = tracking_uri(args.tracking_uri)
     check_reachable(uri)
@@ -123,7 +145,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = run_sweep(sweep, uri, address=args.address, storage=args.storage, resume=args.resume,
                         tracking_explicit=bool(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
-                        max_failures=args.max_failures)  # prints the end-of-sweep summary
+                        max_failures=args.max_failures, show_plan=True,
+                        gpu_type=args.gpu_type)  # prints the plan first and the end-of-sweep summary
     print()
     print(outcome.table())
     print(f"MLflow store: {describe_store(uri)}")

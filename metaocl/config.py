@@ -260,7 +260,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Resources:
-    """What one trial gets from Ray. ``gpu: auto`` means 1 GPU when CUDA is visible, else 0."""
+    """What one trial gets from Ray. ``gpu: auto``: no GPU on a cluster without GPUs, else the share
+    of one GPU that the trial's estimated peak memory needs (several small trials share a GPU; a
+    trial that needs more than half a GPU gets a whole one)."""
 
     cpu: float = 1.0
     gpu: float | Literal["auto"] = "auto"
@@ -371,10 +373,12 @@ class Sweep:
                 out.append(Trial(trial_id=tid, grid_values=params, seed=seed, config=config))
         return out
 
-    def trial_resources(self, cuda_available: bool) -> dict[str, float]:
+    def trial_resources(self, cuda_available: bool, auto_gpu: float | None = None) -> dict[str, float]:
+        """What Ray gives each trial. ``gpu: auto`` is 0 without GPUs, else ``auto_gpu``: the share of
+        one GPU the trial's estimated peak memory needs (:mod:`metaocl.sweep.plan`), 1 when unknown."""
         gpu = self.resources.gpu
         if gpu == "auto":
-            gpu = 1.0 if cuda_available else 0.0
+            gpu = (auto_gpu or 1.0) if cuda_available else 0.0
         return {"cpu": float(self.resources.cpu), "gpu": float(gpu)}
 
 

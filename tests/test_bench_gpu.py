@@ -1,5 +1,6 @@
-"""bench/gpu.py: the CPU-side parts (FLOP and MFU arithmetic, projections, sizes, arguments) and the
-whole path on CPU with tiny sizes. The CUDA run itself is a GPU test, skipped without CUDA.
+"""bench/gpu.py: the CPU-side parts (FLOP and MFU arithmetic from metaocl.sweep.plan, projections,
+sizes, arguments) and the whole path on CPU with tiny sizes, as the sweeps run it (padding to 48
+tokens, model load and checkpoint I/O timed). The CUDA run itself is a GPU test, skipped without CUDA.
 
 No timing is asserted anywhere: figures are checked to exist and to follow from their inputs.
 """
@@ -72,8 +73,9 @@ def test_lm_projection_adds_every_epoch_of_both_stages():
     # 100 s per stage-1 epoch of 1000 datapoints; stage 2 has 50 datapoints; 10 s of eval per epoch.
     seconds = gpu.project_lm(100.0, 1000, 50, 10.0, epochs=(20, 10))
     assert seconds == pytest.approx(20 * (100 + 10) + 10 * (5 + 10))
-    assert gpu.project_lm(100.0, 1000, 50, 10.0, epochs=(20, 10), token_scale=2.0) == pytest.approx(
-        20 * (200 + 10) + 10 * (10 + 10))
+    # plus one model load and the checkpoints the sweep's cadence writes
+    assert gpu.project_lm(100.0, 1000, 50, 10.0, epochs=(20, 10), load_s=7.0, checkpoint_s=2.0,
+                          checkpoints=30) == pytest.approx(seconds + 7 + 30 * 2)
 
 
 def test_set_inclusion_and_mnist_projections():
@@ -135,10 +137,13 @@ def test_dry_run_sizes_the_data_and_the_physical_limit(data_home, capsys):
     out = gpu.main(["--dry-run", "--device", "cpu", "--tiny", "--only", "lm", "--assumed-mfu", "0.5"])
     printed = capsys.readouterr().out
     assert "[dry-run]" in printed and "dry/lm_training_limit" in printed
-    assert out["dry/lm_stage1_datapoints"] == 80 and out["dry/lm_stage2_datapoints"] == 4  # 20 entities
-    tokens = 20 * (20 * 80 + 10 * 4)
+    # the two_stage sweep's subsets at 20 entities (X1: 80 datapoints; X2: d1/d2/d3consis .08 + no_qd .06)
+    n1, n2 = out["dry/lm_stage1_datapoints"], out["dry/lm_stage2_datapoints"]
+    assert (n1, n2) == (80, 5)
+    assert out["dry/lm_tokens_per_datapoint"] == 48  # the sweeps' faithful padding, not the tokenizer's length
+    tokens = 48 * (20 * n1 + 10 * n2)
     n = out["dry/lm_matmul_params"]
-    assert out["dry/lm_training_flops_per_seed"] == pytest.approx((6 * n + 12 * 6 * 128 * 20) * tokens)
+    assert out["dry/lm_training_flops_per_seed"] == pytest.approx((6 * n + 12 * 6 * 128 * 48) * tokens)
     assert out["dry/lm_eval_flops_per_seed_max"] == pytest.approx(30 * out["dry/lm_eval_examples_per_epoch"] * 2 * n * 28)
     assert out["dry/peak_tflops"] == pytest.approx(989)  # no GPU: the H100's, for the estimate
 
@@ -155,11 +160,17 @@ def test_tiny_cpu_run_prints_throughput_mfu_and_projections(data_home, capsys):
     assert out["lm/eval_engine_examples"] == out["lm/eval_engine_generated"] > 0  # random weights: all generate
     for name in gpu.EXPERIMENTS:
         assert f"  {name}: projected " in printed
+    assert out["lm/tokens_per_datapoint"] == 48 and out["lm/faithful_padding"] is True  # as the sweeps run
+    assert out["lm/real_tokens_per_datapoint"] < 48
+    assert out["lm/model_load_s"] > 0 and out["lm/checkpoint_save_s"] > 0 and out["lm/checkpoint_load_s"] > 0
+    assert out["lm/checkpoint_bytes"] > 4 * out["lm/matmul_params"]  # fp32 weights (+ optimizer state)
+    assert out["lm/checkpoints_per_seed"] == 30  # two_stage: every epoch of 20 + 10
     line = out["lm/projection"]
     seconds = gpu.project_lm(out["lm/train_epoch_s"], out["lm/stage1_datapoints"], out["lm/stage2_datapoints"],
-                             out["lm/eval_engine_epoch_s_extrapolated"],
-                             token_scale=out["lm/token_scale"])
+                             out["lm/eval_engine_epoch_s_extrapolated"], load_s=out["lm/model_load_s"],
+                             checkpoint_s=out["lm/checkpoint_save_s"], checkpoints=out["lm/checkpoints_per_seed"])
     assert math.isclose(line["projected_s"], seconds)
+    assert out["lm/record"] == f"MEASURED_MFU['cpu'] = {out['lm/mfu']:.3f}" and "record: MEASURED_MFU" in printed
     assert out["mnist/image_shape"] == "1x32x32"
 
 
@@ -167,6 +178,7 @@ def test_tiny_cpu_run_prints_throughput_mfu_and_projections(data_home, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tiny_cuda_run(data_home, capsys):
     out = gpu.main(["--device", "cuda", "--tiny"])
-    assert out["lm/mfu"] is not None or out["peak_tflops"] is None
+    assert out["peak_tflops"] is not None, out["device"]  # a GPU whose peak the plan does not know: add it
+    assert out["lm/mfu"] > 0 and out["lm/max_memory_gib"] > 0
     assert out["lm/eval_engine_examples"] > 0
     assert "[projection per seed]" in capsys.readouterr().out

@@ -38,6 +38,7 @@ from ray import tune
 
 from metaocl.config import ConfigError, Sweep, Trial, kind as kind_of
 from metaocl.experiments.base import ExperimentKind
+from metaocl.runtime import simulating_gpus
 from metaocl.sweep import preflight
 from metaocl.sweep.ledger import Ledger, default_storage, experiment_prefix, find_resumable, fingerprint, is_uri, join
 from metaocl.sweep.ledger import resume_command as make_resume_command
@@ -270,13 +271,15 @@ def _trial_error_text(trial) -> str:
 # --------------------------------------------------------------------------------------------
 def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: str | Path | None = None,
               progress: bool = True, resume: bool = False, tracking_explicit: bool = False,
-              max_failures: int | None = None) -> SweepOutcome:
+              max_failures: int | None = None, show_plan: bool = False, gpu_type: str | None = None) -> SweepOutcome:
     """Run every trial of ``sweep`` on Ray Tune and track it into MLflow at ``tracking``.
 
     Every user mistake (unreachable cluster, resources no node has, node-local storage on a cluster,
     missing inputs, a config error every trial would hit, nothing to resume) raises ``ConfigError``
-    before MLflow or the storage is written. When the sweep has ended, :func:`_after_sweep` prints
-    the summary.
+    before MLflow or the storage is written; so does a GPU node whose GPUs CUDA cannot use (the GPU
+    probe). ``show_plan``: print the plan (:mod:`metaocl.sweep.plan`) on the cluster found, first.
+    ``gpu_type``: the GPUs' type when the probe cannot tell (logical GPUs). When the sweep has
+    ended, :func:`_after_sweep` prints the summary.
     """
     import ray
 
@@ -310,7 +313,8 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         preflight.check_inputs(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
     try:
         where = preflight.init_ray(address)
-        resources = preflight.check_resources(sweep, where)
+        cluster = preflight.probe_gpus(sweep, where, gpu_type)  # a GPU that CUDA cannot use: exit 2 here
+        resources = preflight.check_resources(sweep, where, _plan(sweep, cluster, show_plan))
         preflight.check_devices(sweep, trials, resources)
         preflight.check_shared_storage(storage, where)
         if not local:
@@ -356,8 +360,9 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         if resume:
             tuner = tune.Tuner.restore(exp_dir, trainable_, resume_unfinished=True, resume_errored=True)
         else:
+            simulate = simulating_gpus()
             space = [{"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
-                      "config": t.config_dict()} for tid, t in trials.items()]
+                      "simulate_gpus": simulate, "config": t.config_dict()} for tid, t in trials.items()]
             tuner = tune.Tuner(
                 trainable_,
                 param_space={"trial": tune.grid_search(space)},
@@ -400,6 +405,25 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
     if tracker is not None:
         _after_sweep(tracking, tracker.parent_id, outcome)
     return outcome
+
+
+def _plan(sweep: Sweep, cluster, show: bool):
+    """The sweep's plan on ``cluster`` (printed when ``show``), when packing, refusal or the user need
+    it; None otherwise (a CPU sweep does not pay for the estimates)."""
+    if not (show or cluster.gpus):
+        return None
+    from metaocl.sweep import plan as planning
+
+    try:
+        the_plan = planning.plan_for([sweep], cluster)
+    except ConfigError:
+        raise
+    except Exception as e:  # an estimate is advice: the sweep runs (a whole GPU per trial) without it
+        print(f"metaocl: warning: no plan ({type(e).__name__}: {e}); each trial gets a whole GPU", file=sys.stderr)
+        return None
+    if show:
+        print(planning.render(the_plan), flush=True)
+    return the_plan
 
 
 def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -> None:

@@ -5,7 +5,13 @@ MLflow parent run or the Ray experiment folder exists:
 
 - :func:`init_ray`: the Ray address answers (a TCP probe first, so a typo costs seconds, not Ray's
   minute of retries), else a local instance bound to loopback;
-- :func:`check_resources`: one trial's ``resources`` fit on some node;
+- :func:`probe_gpus`: every GPU node runs one task that asks for a GPU and checks that CUDA can use
+  it (:func:`metaocl.runtime.gpu_problem`); a node where it cannot is one line naming the node, the
+  NVIDIA driver and the image's CUDA (``METAOCL_SIMULATE_GPUS=1``: logical GPUs, on purpose). It
+  answers the cluster's GPUs and their memory (:class:`metaocl.sweep.plan.Cluster`);
+- :func:`check_resources`: one trial's ``resources`` fit on some node; ``gpu: auto`` is the share
+  of a GPU the trial's estimated peak memory needs (:mod:`metaocl.sweep.plan`), and a trial no GPU
+  of the cluster can hold is refused, naming what would fit;
 - :func:`check_devices`: a trial that asks for ``device: cuda`` gets a GPU;
 - :func:`check_shared_storage`: on a multi-node cluster, ``--storage`` is seen by every node;
 - :func:`check_inputs`: what each trial needs from outside (data files, model names), through its
@@ -81,15 +87,78 @@ def _alive_nodes() -> list[dict]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
-def check_resources(sweep: Sweep, where: str) -> dict[str, float]:
-    """The resources of one trial, or a one-line error when no node of the cluster can run one."""
+def _gpu_probe(simulate: bool) -> dict:
+    """Runs in a Ray task given one GPU: can this process use it, and what is it."""
+    import ray
+
+    from metaocl import runtime
+
+    devices = runtime.gpu_inventory()
+    return {"node": runtime.node_name(), "problem": runtime.gpu_problem(len(ray.get_gpu_ids()), simulate),
+            "devices": devices, "simulated": not devices}
+
+
+def probe_gpus(sweep: Sweep, where: str, gpu_type: str | None = None):
+    """Ask each GPU node of the cluster, once, whether CUDA can use its GPUs (a task pinned to the
+    node that asks for one GPU); the first that cannot is a one-line ``ConfigError``. Returns the
+    :class:`~metaocl.sweep.plan.Cluster` (GPU count and memory; for logical GPUs, ``gpu_type`` or
+    ``$METAOCL_GPU_MEMORY_GB`` states their memory). Nothing is asked when the sweep wants no GPU."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from metaocl.runtime import simulating_gpus
+    from metaocl.sweep.plan import Cluster, stated_cluster
+
+    nodes = [n for n in _alive_nodes() if n["Resources"].get("GPU", 0) > 0]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in _alive_nodes())
+    if not nodes or sweep.resources.gpu == 0:
+        return Cluster(cpus=cpus, source=f"{where}: no GPU" if not nodes else f"{where}; this sweep uses no GPU")
+    simulate = simulating_gpus()
+    task = ray.remote(num_gpus=1, num_cpus=0)(_gpu_probe)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(simulate)
+            for n in nodes]
+    try:
+        answers = ray.get(refs, timeout=RAY_WAIT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise ConfigError(f"GPU check: the GPU nodes of {where} did not run a one-GPU task within {RAY_WAIT_S} s "
+                          "(all their GPUs busy?)") from None
+    broken = [a["problem"] for a in answers if a["problem"]]
+    if broken:
+        more = f" (and {len(broken) - 1} more node{'s' if len(broken) > 2 else ''})" if len(broken) > 1 else ""
+        raise ConfigError(broken[0] + more)
+    gpus = int(sum(n["Resources"]["GPU"] for n in nodes))
+    devices = [d for a in answers for d in a["devices"]]
+    if devices and not gpu_type:
+        return Cluster(gpus=gpus, gpu_name=devices[0][0], gpu_bytes=min(b for _, b in devices),
+                       largest_bytes=max(b for _, b in devices), cpus=cpus, source=f"{where}, probed")
+    stated = stated_cluster(gpu_type, gpus)
+    if stated is not None:
+        stated.cpus = cpus
+        stated.source = f"{where}, {'simulated GPUs, ' if not devices else ''}{stated.source}"
+        return stated
+    return Cluster(gpus=gpus, cpus=cpus, source=f"{where}, simulated GPUs: memory unknown (--gpu-type TYPE "
+                   "or METAOCL_GPU_MEMORY_GB states it)")
+
+
+def check_resources(sweep: Sweep, where: str, plan=None) -> dict[str, float]:
+    """The resources of one trial, or a one-line error when no node of the cluster can run one.
+
+    With ``plan`` (:func:`metaocl.sweep.plan.plan_for` on the probed cluster), ``gpu: auto`` is the
+    largest GPU share a trial of the sweep needs, and a trial no GPU can hold is refused."""
     import ray
 
     total = ray.cluster_resources()
-    resources = sweep.trial_resources(total.get("GPU", 0) > 0)  # gpu: auto is decided by the cluster
+    auto = plan.gpu_share(0) if plan is not None and plan.cluster.gpus else None
+    resources = sweep.trial_resources(total.get("GPU", 0) > 0, auto)  # gpu: auto is decided by the cluster
     if resources["gpu"] > 0 and total.get("GPU", 0) == 0:
         raise ConfigError(f"sweep {sweep.name} asks for {resources['gpu']:g} GPU per trial but {where} has no GPU "
                           f"(set resources.gpu: auto or 0 in {sweep.path}, or add GPU nodes)")
+    if resources["gpu"] > 0 and plan is not None:
+        from metaocl.sweep.plan import refusal
+
+        line = refusal(plan)
+        if line:
+            raise ConfigError(line)
     nodes = _alive_nodes()
     if not any(n["Resources"].get("CPU", 0) >= resources["cpu"] and n["Resources"].get("GPU", 0) >= resources["gpu"]
                for n in nodes):

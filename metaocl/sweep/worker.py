@@ -6,7 +6,7 @@ nor the driver. A trial rebuilds its config from the plain dict in ``param["tria
 callback (:mod:`metaocl.sweep.driver`) turns those into MLflow runs.
 
 A :class:`~metaocl.config.ConfigError` raised inside a trial is a user mistake that a retry cannot
-fix: the trial returns at once with one final report carrying the error line under
+fix (so is a GPU the trial was given but cannot use, :func:`metaocl.runtime.check_given_gpus`): the trial returns at once with one final report carrying the error line under
 :data:`CONFIG_ERROR_KEY` (so Ray does not retry it), and the driver marks it FAILED with that line.
 """
 
@@ -21,6 +21,7 @@ from typing import Mapping
 from ray import tune
 
 from metaocl.config import ConfigError, from_dict, kind as kind_of
+from metaocl.runtime import check_given_gpus
 from metaocl.sweep.ledger import Ledger
 
 CHECKPOINT_KEY = "metaocl_checkpoint"  # marks a report that only carries a checkpoint (not logged)
@@ -74,6 +75,7 @@ def trainable(param: dict) -> None:
     os.environ["METAOCL_TRIAL_CPUS"] = str(spec["cpus"])
     kind = kind_of(spec["kind"])
     try:
+        check_given_gpus(len(ray.get_gpu_ids()), spec.get("simulate_gpus"))  # GPUs it cannot use: fail now, never train on the CPU instead
         config = from_dict(kind.config_cls, spec["config"], f"trial {tid}")
         kind.run(config, TuneReporter())
     except ConfigError as e:  # deterministic: a retry would fail the same way
