@@ -304,6 +304,23 @@ def main(argv: list[str] | None = None) -> int:
                  if len(d.looks) > 1 else "")
         print(f"  {d.name}: P(OCL reproduced) {rep_o.mean():.3f}, P(both reproduced) {np.mean(rep_o & rep_m):.3f}{extra}")
 
+    # Other splits of alpha between the two looks: look 1 at a1, look 2 calibrated so the overall level is 0.05
+    from metaocl.report.stats import _null_t_pvalues
+
+    p0 = _null_t_pvalues((6, 12), 1_000_000, 1)
+    print("\nOther splits of alpha (6 + 6; look-2 level calibrated to an overall 0.05), P(reproduced) / P(look 2):")
+    for a1 in (0.0283, 0.035, 0.04, 0.045):
+        lo, hi = 0.0, 0.05
+        for _ in range(40):
+            a2 = (lo + hi) / 2
+            lo, hi = (lo, a2) if np.mean((p0[:, 0] < a1) | (p0[:, 1] < a2)) > 0.05 else (a2, hi)
+        d = Design("split", (6, 12), (a1, lo))
+        cells = []
+        for name, pool in (("boot 24", pools()["recorded 24"]), ("boot 42", pools()["all 42"])):
+            rep, _, used = d.run(rng.choice(pool, (args.draws, 12)))
+            cells.append(f"{name} {rep.mean():.3f} / {np.mean(used > 6):.2f}")
+        print(f"  look 1 p < {a1:.4f}, look 2 p < {lo:.4f}: " + "; ".join(cells))
+
     print("\nBetter statistics:")
     for q in (36, 72, 108, 216):
         dq = questions_effect(f["d_hat"], q, f["sd"])

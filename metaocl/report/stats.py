@@ -483,8 +483,9 @@ def markdown_effects_table(effects: Sequence[Effect], paper: dict[tuple[str, int
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in effects:
         ci = f"[{_fmt(e.lo)}, {_fmt(e.hi)}]" if math.isfinite(e.lo) else "n/a"
+        name = e.name + (f" (look {e.look[0]} of {e.look[1]}, p < {e.alpha:.4f})" if e.look else "")
         cells = [
-            e.configuration or "(all)", e.name, f"{e.measure}/{e.a} - {e.measure}/{e.b}", str(e.stage),
+            e.configuration or "(all)", name, f"{e.measure}/{e.a} - {e.measure}/{e.b}", str(e.stage),
             _fmt(e.mean, signed=True), ci, format_p(e.p).removeprefix("p=").removeprefix("p"),
             format_p(e.p_sign_flip).removeprefix("p=").removeprefix("p"), str(e.n),
         ]
