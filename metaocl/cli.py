@@ -131,6 +131,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     res = sweep.resources
     print(f"sweep {sweep.name}{' (smoke)' if sweep.smoke else ''}: {sweep.description}")
     print(f"{n} trial{'s' if n != 1 else ''} ({sweep.kind}); each gets cpu={res.cpu:g}, gpu={res.gpu}")
+    if sweep.looks:
+        print(f"group-sequential: {sweep.looks[0]} seeds first; the next block up to {sweep.looks[-1]} seeds only "
+              f"while a verdict is undecided ({sweep.boundary} boundary, looks at {', '.join(map(str, sweep.looks))})")
     if args.dry_run:
         from metaocl.sweep.plan import local_cluster, plan_for, render
 
@@ -143,10 +146,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_reachable(uri)
     from metaocl.sweep import run_sweep
 
-    outcome = run_sweep(sweep, uri, address=args.address, storage=args.storage, resume=args.resume,
-                        tracking_explicit=bool(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
-                        max_failures=args.max_failures, show_plan=True,
-                        gpu_type=args.gpu_type)  # prints the plan first and the end-of-sweep summary
+    def run(part, resume):
+        return run_sweep(part, uri, address=args.address, storage=args.storage, resume=resume,
+                         tracking_explicit=bool(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
+                         max_failures=args.max_failures, show_plan=True,
+                         gpu_type=args.gpu_type)  # prints the plan first and the end-of-sweep summary
+
+    if sweep.looks:  # group-sequential: one invocation per look, the next only while undecided
+        outcome = _sequential_sweep(sweep, uri, args, run)
+    else:
+        outcome = run(sweep, args.resume)
     print()
     print(outcome.table())
     print(f"MLflow store: {describe_store(uri)}")
@@ -157,6 +166,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"  {outcome.resume_command}", file=sys.stderr)
         return 130
     return 0 if outcome.ok else 1
+
+
+def _sequential_sweep(sweep, uri: str, args: argparse.Namespace, run):
+    """Run the looks of a group-sequential sweep: look 1's seeds, then each next block of seeds only
+    while a headline effect's test is undecided (the verdicts read back from MLflow, as the summary
+    and the report do). ``--resume`` continues the look whose trials the last run had."""
+    from metaocl.report.effects import analyse
+    from metaocl.report.runs import load_invocation
+    from metaocl.report.stats import needs_next_look
+
+    k, previous = 1, None
+    if args.resume:
+        from metaocl.sweep.ledger import default_storage, find_resumable, fingerprint
+
+        _, state = find_resumable(sweep.for_look(1), args.storage or default_storage())
+        k = next((j for j in range(1, len(sweep.looks) + 1) if fingerprint(
+            {t.trial_id: t for t in sweep.for_look(j).trials()}) == state.get("fingerprint")), 1)
+    while True:
+        seeds = sweep.for_look(k).seeds
+        print(f"group-sequential ({sweep.boundary} boundary, looks at {', '.join(map(str, sweep.looks))} seeds): "
+              f"look {k} of {len(sweep.looks)}, seeds {seeds[0]}-{seeds[-1]}")
+        outcome = run(sweep.for_look(k, previous), args.resume and previous is None)
+        if not outcome.ok or k == len(sweep.looks):
+            return outcome
+        analysed = analyse(load_invocation(uri, None, outcome.parent_run_id, allow_empty=True))
+        if not any(needs_next_look([h]) for r in analysed for h in r.headline):
+            return outcome
+        previous, k = outcome.parent_run_id, k + 1
+        print()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -275,6 +275,17 @@ class Resources:
 
 
 @dataclass
+class Sequential:
+    """A group-sequential design over seeds (``sequential:`` in a sweep file): ``metaocl sweep`` runs
+    the first ``looks[0]`` seeds, and the next block only when some headline effect's test has not
+    decided at the look before (:func:`metaocl.report.stats.sequential_effects`); ``seeds`` is
+    ``looks[-1]``. The verdicts then use the boundary's nominal level at each look."""
+
+    looks: list[int]
+    boundary: str = "pocock"
+
+
+@dataclass
 class SmokeVariant:
     """A reduced version of a sweep that runs on a CPU in a few minutes (``--smoke``)."""
 
@@ -302,6 +313,7 @@ class SweepFile:
     resources: Resources = field(default_factory=Resources)
     max_failures: int = 0
     smoke: SmokeVariant | None = None
+    sequential: Sequential | None = None
 
 
 @dataclass
@@ -335,7 +347,31 @@ class Sweep:
     # How it was asked for (``--seeds``, ``--set``), so that a resume command can repeat it exactly.
     seeds_option: int | None = None
     overrides: tuple[str, ...] = ()
+    # A group-sequential design (sweep file ``sequential:``; not with --seeds, --set seed or --smoke):
+    # cumulative seed counts per look and the boundary; ``look`` > 0 marks the part of ``seeds``
+    # one invocation runs (:meth:`for_look`), ``previous_invocation`` the parent run of the look before.
+    looks: tuple[int, ...] = ()
+    boundary: str = ""
+    look: int = 0
+    previous_invocation: str | None = None
     _trials: list[Trial] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def for_look(self, k: int, previous_invocation: str | None = None) -> "Sweep":
+        """The sweep that look ``k`` (1-based) runs: the seeds it adds, tagged as that look."""
+        start = self.looks[k - 2] if k > 1 else 0
+        return dataclasses.replace(self, seeds=self.seeds[start:self.looks[k - 1]], look=k,
+                                   previous_invocation=previous_invocation)
+
+    def sequential_tags(self) -> tuple[tuple[str, str], ...]:
+        """Parent-run tags of one look's invocation (none for an ordinary sweep): read back by the
+        report (:func:`metaocl.report.runs.load_invocation`) to join the looks and test per look."""
+        if not self.look:
+            return ()
+        tags = (("metaocl.sequential", f"{self.boundary}:{','.join(map(str, self.looks))}"),
+                ("metaocl.look", str(self.look)))
+        if self.previous_invocation:
+            tags += (("metaocl.previous_invocation", self.previous_invocation),)
+        return tags
 
     @property
     def experiment_name(self) -> str:
@@ -498,6 +534,19 @@ def load_sweep(
         n_seeds = seeds
     if n_seeds < 1:
         raise ConfigError(f"{path}: seeds must be at least 1")
+    looks: tuple[int, ...] = ()
+    boundary = ""
+    if spec.sequential is not None and not smoke and seeds is None and pinned_seed is None:
+        from metaocl.report.stats import BOUNDARIES
+
+        looks = tuple(spec.sequential.looks)
+        boundary = spec.sequential.boundary
+        if not looks or looks[0] < 2 or any(b <= a for a, b in zip(looks, looks[1:])):
+            raise ConfigError(f"{path}: sequential.looks: expected increasing seed counts, the first at least 2")
+        if boundary not in BOUNDARIES:
+            raise ConfigError(f"{path}: sequential.boundary: {boundary!r} is not one of {', '.join(BOUNDARIES)}")
+        if looks[-1] != n_seeds:
+            raise ConfigError(f"{path}: seeds ({n_seeds}) must be the last look's seed count ({looks[-1]})")
     from_dict(cls, base, f"{path}: base" + (" (with smoke)" if smoke else ""))  # errors name base keys
     sweep = Sweep(
         name=spec.name,
@@ -513,6 +562,8 @@ def load_sweep(
         points=points,
         seeds_option=seeds,
         overrides=tuple(overrides),
+        looks=looks,
+        boundary=boundary,
     )
     sweep.trials()  # validate every trial config now, before anything starts
     return sweep

@@ -124,3 +124,80 @@ def test_bootstrap_band_and_markdown_table():
     table = markdown_effects_table([e], {("meta-OCL", 2): 0.03})
     assert "| (all) | meta-OCL | em/d1consis - em/d2consis | 2 | +0.030 |" in table
     assert table.splitlines()[0].endswith("| paper (approx.) | verdict |") and "| +0.030 | reproduced |" in table
+
+
+# ----------------------------------------------------------------------------------------------
+# Group-sequential tests (the quickstart's 6 + 6 seeds)
+# ----------------------------------------------------------------------------------------------
+from metaocl.report.stats import (  # noqa: E402
+    OBRIEN_FLEMING, POCOCK, _null_t_pvalues, needs_next_look, sequential_effects, sequential_levels, z_boundaries,
+)
+
+LOOK1_P0037 = [0.04, 0.01, 0.06, -0.01, 0.05, 0.03]  # paired t over 6 seeds: p = 0.0372 (fixed test: reproduced)
+LOOK2_MORE = [0.02, 0.04, 0.03, 0.05, 0.01, 0.04]
+STRONG = [0.02, 0.03, 0.04, 0.05, 0.06, 0.07]  # p = 0.0020
+
+
+def test_z_boundaries_are_the_classical_constants():
+    # Jennison & Turnbull (2000), two equally spaced looks, two-sided 0.05
+    assert z_boundaries([6, 12], POCOCK) == pytest.approx((2.178, 2.178), abs=1e-3)
+    assert z_boundaries([6, 12], OBRIEN_FLEMING) == pytest.approx((2.797, 1.977), abs=1e-3)
+    assert z_boundaries([6], POCOCK) == pytest.approx((1.960,), abs=1e-3)
+
+
+def test_sequential_levels_calibrated_for_the_t_test():
+    pocock = sequential_levels([6, 12], POCOCK, draws=400_000)
+    assert pocock[0] == pocock[1] == pytest.approx(0.0283, abs=0.0008)  # below the z-test's 0.0294
+    obf = sequential_levels([6, 12], OBRIEN_FLEMING, draws=400_000)
+    assert obf == pytest.approx((0.0049, 0.0468), abs=0.0008)
+    # many seeds per look: the t-test is the z-test, and the level is Pocock's 2 * (1 - Phi(2.178))
+    assert sequential_levels([300, 600], POCOCK, draws=400_000)[0] == pytest.approx(0.0294, abs=0.001)
+    assert sequential_levels([6]) == (0.05,)
+    # overall level on independent null draws: 0.05
+    p = _null_t_pvalues((6, 12), 400_000, seed=123)
+    assert np.mean((p < np.array(pocock)).any(axis=1)) == pytest.approx(0.05, abs=0.002)
+    with pytest.raises(ValueError):
+        sequential_levels([6, 6])
+    with pytest.raises(ValueError):
+        sequential_levels([6, 12], "haybittle")
+
+
+def _seq(d, looks=(6, 12)):
+    d = list(d)
+    return sequential_effects("meta-OCL", "d1consis", "d2consis", d, [0.0] * len(d), looks=looks,
+                              measure="acc", stage=1, seeds=list(range(len(d))), levels=(0.0283, 0.0283))
+
+
+def test_sequential_stops_at_look_1_when_it_rejects():
+    effs = _seq(STRONG + LOOK2_MORE)
+    assert len(effs) == 1 and effs[0].look == (1, 2) and effs[0].n == 6
+    assert effs[0].outcome == "reproduced" and not needs_next_look(effs)
+    line = verdict_line(effs[0])
+    assert line.startswith("meta-OCL reproduced at look 1 of 2: d1consis - d2consis = +0.045 [")
+    assert line.endswith("p=0.002, 6 seeds (acc, end of stage 1; group-sequential: p < 0.0283 at this look, 97.2% CI)")
+    reversed_ = _seq([-v for v in STRONG])
+    assert reversed_[0].outcome == "reversed" and reversed_[0].decided
+
+
+def test_sequential_continues_where_the_fixed_test_would_stop():
+    fixed = paired_effect("meta-OCL", "d1consis", "d2consis", LOOK1_P0037, [0.0] * 6, measure="acc", stage=1)
+    assert fixed.outcome == "reproduced" and fixed.p == pytest.approx(0.0372, abs=1e-4)
+    look1 = _seq(LOOK1_P0037)  # only look 1 has run
+    assert len(look1) == 1 and look1[0].outcome == "continued" and needs_next_look(look1)
+    assert look1[0].lo < 0 < look1[0].hi  # its 97.2% CI covers 0
+    assert verdict_line(look1[0]).startswith("meta-OCL not decided at look 1 of 2 (the next look adds seeds): ")
+    both = _seq(LOOK1_P0037 + LOOK2_MORE)
+    assert [e.look for e in both] == [(1, 2), (2, 2)] and [e.n for e in both] == [6, 12]
+    assert both[1].outcome == "reproduced" and both[1].decided and not needs_next_look(both)
+    assert both[1].mean == pytest.approx(np.mean(LOOK1_P0037 + LOOK2_MORE))
+    assert both[1].seeds == list(range(12))
+
+
+def test_sequential_last_look_decides_whatever_it_says():
+    flat = [0.01, -0.01, 0.02, -0.02, 0.0, 0.005]
+    effs = _seq(flat + [0.01, -0.01, 0.0, 0.01, -0.02, 0.0])
+    assert effs[-1].look == (2, 2) and effs[-1].decided and effs[-1].outcome in ("inconclusive", "not shown")
+    short = _seq(flat[:4])  # fewer than the first look's seeds: undecided
+    assert len(short) == 1 and short[0].n == 4 and needs_next_look(short)
+    partial = _seq(flat + [0.01, 0.02])  # look 2 not reached yet
+    assert len(partial) == 1 and partial[0].outcome == "continued"

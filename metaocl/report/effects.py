@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from metaocl.report.runs import Configuration, SweepRuns
-from metaocl.report.stats import Effect, paired_effect, verdict_line
+from metaocl.report.stats import Effect, paired_effect, sequential_effects, verdict_line
 
 VERDICT_TEMPLATES = (None, "name")  # in-distribution and "What is the name of xyz?"
 
@@ -63,8 +63,21 @@ def configuration_effects(c: Configuration, runs: SweepRuns) -> tuple[list[Effec
                                 configuration=c.label, n_runs=n_runs)
             if not eff.n:
                 continue
+            is_headline = pair.template in VERDICT_TEMPLATES and wanted.get(pair.effect) == stage
+            if is_headline and runs.sequential and not c.replicate_keys and ma in names and mb in names:
+                # group-sequential: the test at each look so far, seeds in the order they ran
+                boundary, looks = runs.sequential.split(":")
+                ordered = sorted(c.trials, key=lambda t: t.seed)
+                looked = sequential_effects(
+                    pair.name, pair.a, pair.b, [t.at_stage_end(ma, stage) for t in ordered],
+                    [t.at_stage_end(mb, stage) for t in ordered], looks=[int(n) for n in looks.split(",")],
+                    boundary=boundary, measure=measure, stage=stage, seeds=[t.seed for t in ordered],
+                    configuration=c.label)
+                effects += looked
+                headline.append(looked[-1])
+                continue
             effects.append(eff)
-            if pair.template in VERDICT_TEMPLATES and wanted.get(pair.effect) == stage:
+            if is_headline:
                 headline.append(eff)
     headline.sort(key=lambda e: ("(" in e.name, e.name.startswith("meta-OCL"), e.name))
     return effects, headline

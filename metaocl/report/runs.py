@@ -182,6 +182,10 @@ class SweepRuns:
     parent_run_id: str | None
     configurations: list[Configuration]
     left_out: dict[str, list[str]] = field(default_factory=dict)  # status -> ["s3 (run 1a2b...)", ...]
+    # A group-sequential sweep's design, "pocock:6,12" (parent tag metaocl.sequential), and the
+    # parent runs whose trials are joined here (the looks so far, oldest first); "" for an ordinary sweep.
+    sequential: str = ""
+    looks_parents: list[str] = field(default_factory=list)
 
     @property
     def kind_spec(self):
@@ -374,6 +378,17 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
                            f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = 'trial'")
     chosen: dict[str, Any] = {}
     left_out: dict[str, list[str]] = {}
+    # A look of a group-sequential sweep: the trials of the looks before it belong to the same test.
+    looks_parents = [pid]
+    previous = parent.data.tags.get("metaocl.previous_invocation")
+    while previous and previous not in looks_parents:
+        looks_parents.insert(0, previous)
+        children += _search_all(client, exp.experiment_id,
+                                f"tags.mlflow.parentRunId = '{previous}' and tags.`metaocl.role` = 'trial'")
+        try:
+            previous = client.get_run(previous).data.tags.get("metaocl.previous_invocation")
+        except Exception:  # MlflowException: the earlier look's run is gone
+            raise ConfigError(f"parent run {pid}: its earlier look {previous} is not at {tracking_uri}") from None
     for run in children:  # newest first: should a trial id occur twice, the newest run counts
         tid = run.data.tags.get("metaocl.trial_id", run.info.run_id)
         if run.info.status != USED_STATUS:
@@ -390,7 +405,8 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
         sweep=parent.data.tags.get("metaocl.sweep") or name.removeprefix("metaocl/").removesuffix("-smoke"),
         experiment_name=name, tracking_uri=tracking_uri, kind=kind, parent_run_id=pid,
         configurations=group_trials(_trial_from_run(client, chosen[t]) for t in sorted(chosen)),
-        left_out=left_out,
+        left_out=left_out, sequential=parent.data.tags.get("metaocl.sequential", ""),
+        looks_parents=looks_parents if len(looks_parents) > 1 else [],
     )
     if not runs.configurations and not allow_empty:
         extra = f"; {runs.left_out_text()}" if left_out else ""

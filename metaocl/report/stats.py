@@ -30,6 +30,7 @@ Verdict rule (``alpha`` = 0.05):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -186,6 +187,9 @@ class Effect:
     hi: float = math.nan
     p: float = math.nan  # paired t-test
     p_sign_flip: float = math.nan
+    alpha: float = ALPHA  # the test's level; a group-sequential look's nominal level (CI at 1 - alpha)
+    look: tuple[int, int] | None = None  # (k, K): look k of a K-look group-sequential test
+    decided: bool = True  # a look that was not the design's last and did not stop the test: False
 
     @property
     def n(self) -> int:
@@ -197,7 +201,9 @@ class Effect:
 
     @property
     def outcome(self) -> str:
-        return classify(self.mean, self.lo, self.hi, self.p, self.n)
+        if not self.decided:
+            return "continued"
+        return classify(self.mean, self.lo, self.hi, self.p, self.n, self.alpha)
 
 
 def paired_effect(
@@ -213,8 +219,12 @@ def paired_effect(
     configuration: str = "",
     n_runs: int = 0,
     seed: int = 0,
+    alpha: float = ALPHA,
 ) -> Effect:
-    """Mean, paired-t CI and p, and sign-flip p of ``a - b`` over seeds (pairs with a NaN are dropped)."""
+    """Mean, paired-t CI and p, and sign-flip p of ``a - b`` over seeds (pairs with a NaN are dropped).
+
+    ``alpha``: the test's level; the CI is the ``1 - alpha`` interval, so it excludes 0 exactly when
+    p < alpha (0.05 and the 95% CI unless a group-sequential look asks for its nominal level)."""
     x = np.asarray(a_values, dtype=float)
     y = np.asarray(b_values, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
@@ -223,11 +233,11 @@ def paired_effect(
     d = x - y
     eff = Effect(
         name=name, a=a, b=b, measure=measure, stage=stage, a_values=x.tolist(), b_values=y.tolist(),
-        seeds=kept_seeds, configuration=configuration, n_runs=n_runs,
+        seeds=kept_seeds, configuration=configuration, n_runs=n_runs, alpha=alpha,
     )
     if d.size:
         eff.mean = float(d.mean())
-        eff.p, eff.lo, eff.hi = paired_t(x, y)
+        eff.p, eff.lo, eff.hi = paired_t(x, y, 1.0 - alpha)
         eff.p_sign_flip = sign_flip_pvalue(d, seed=seed)
     return eff
 
@@ -275,11 +285,182 @@ def verdict_line(e: Effect, with_context: bool = True) -> str:
     why = ""
     if outcome == "inconclusive" and e.n < 2:
         why = " (need at least 2 seeds for a CI and a test)"
+    if e.look is not None:  # a group-sequential look: which look, and whether it decided
+        k, K = e.look
+        outcome = (f"not decided at look {k} of {K} (the next look adds seeds)" if outcome == "continued"
+                   else f"{outcome} at look {k} of {K}")
     line = f"{e.name} {outcome}: {format_effect(e)}{why}"
     if not with_context:
         return line
     prefix = f"{e.configuration}: " if e.configuration else ""
-    return f"{prefix}{line} ({e.measure}, end of stage {e.stage})"
+    rule = ""
+    if e.look is not None:
+        rule = f"; group-sequential: p < {e.alpha:.4f} at this look, {100 * (1 - e.alpha):.1f}% CI"
+    return f"{prefix}{line} ({e.measure}, end of stage {e.stage}{rule})"
+
+
+# --------------------------------------------------------------------------------------------
+# Group-sequential tests (a second block of seeds only when the first look is not decisive)
+# --------------------------------------------------------------------------------------------
+POCOCK = "pocock"  # the same nominal level at every look
+OBRIEN_FLEMING = "obrien-fleming"  # z boundaries C * sqrt(n_K / n_k): strict early, near alpha at the end
+BOUNDARIES = (POCOCK, OBRIEN_FLEMING)
+SEQUENTIAL_DRAWS = 2_000_000
+
+
+def _check_looks(looks: Sequence[int], boundary: str) -> tuple[int, ...]:
+    looks = tuple(int(n) for n in looks)
+    if not looks or looks[0] < 2 or any(b <= a for a, b in zip(looks, looks[1:])):
+        raise ValueError(f"looks {list(looks)}: expected increasing seed counts, the first at least 2")
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary {boundary!r}: expected one of {', '.join(BOUNDARIES)}")
+    return looks
+
+
+def _boundary_shape(looks: tuple[int, ...], boundary: str) -> np.ndarray:
+    n = np.asarray(looks, dtype=float)
+    return np.ones_like(n) if boundary == POCOCK else np.sqrt(n[-1] / n)
+
+
+def z_boundaries(looks: Sequence[int], boundary: str = POCOCK, alpha: float = ALPHA) -> tuple[float, ...]:
+    """Two-sided critical |z| per look of a group-sequential z-test (known variance) at overall ``alpha``.
+
+    The classical constants (Jennison & Turnbull 2000, tables 2.1 and 2.3): with two equally spaced
+    looks at alpha = 0.05, Pocock 2.178 at both, O'Brien-Fleming 2.797 then 1.977. The z statistics
+    of nested samples are jointly normal with corr(Z_i, Z_j) = sqrt(n_i / n_j).
+    """
+    from scipy import optimize, stats
+
+    looks = _check_looks(looks, boundary)
+    shape = _boundary_shape(looks, boundary)
+    if len(looks) == 1:
+        return (float(stats.norm.isf(alpha / 2)),)
+    n = np.asarray(looks, dtype=float)
+    cov = np.sqrt(np.minimum.outer(n, n) / np.maximum.outer(n, n))
+    mvn = stats.multivariate_normal(mean=np.zeros(len(n)), cov=cov, seed=0)
+
+    def excess(c: float) -> float:
+        b = c * shape
+        return 1.0 - float(mvn.cdf(b, lower_limit=-b)) - alpha
+
+    c = optimize.brentq(excess, 1.0, 6.0, xtol=1e-6)
+    return tuple(float(v) for v in c * shape)
+
+
+def _null_t_pvalues(looks: tuple[int, ...], draws: int, seed: int) -> np.ndarray:
+    """``draws x looks`` two-sided paired-t p-values at each look of nested samples of N(0, 1)
+    differences, from each block's sum and within-block sum of squares (exact, 2 numbers a block)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    total = np.zeros(draws)
+    sumsq = np.zeros(draws)
+    p = np.empty((draws, len(looks)))
+    before = 0
+    for k, n in enumerate(looks):
+        m = n - before
+        block = rng.standard_normal(draws) * math.sqrt(m)  # the block's sum
+        within = rng.chisquare(m - 1, draws) if m > 1 else np.zeros(draws)
+        total += block
+        sumsq += within + block**2 / m  # sum of the squared differences so far
+        ss = np.maximum(sumsq - total**2 / n, 1e-300)
+        t = (total / n) / np.sqrt(ss / ((n - 1) * n))
+        p[:, k] = 2.0 * stats.t.sf(np.abs(t), n - 1)
+        before = n
+    return p
+
+
+@functools.lru_cache(maxsize=32)
+def _sequential_levels(looks: tuple[int, ...], boundary: str, alpha: float, draws: int, seed: int) -> tuple[float, ...]:
+    from scipy import stats
+
+    shape = _boundary_shape(looks, boundary)
+    if len(looks) == 1:
+        return (alpha,)
+    p = _null_t_pvalues(looks, draws, seed)
+    lo, hi = 1.0, 6.0  # the z-scale constant C: more rejections as C falls
+    for _ in range(60):
+        c = (lo + hi) / 2
+        levels = 2.0 * stats.norm.sf(c * shape)
+        if np.mean((p < levels).any(axis=1)) > alpha:
+            lo = c
+        else:
+            hi = c
+    return tuple(float(v) for v in 2.0 * stats.norm.sf(hi * shape))
+
+
+def sequential_levels(looks: Sequence[int], boundary: str = POCOCK, alpha: float = ALPHA,
+                      draws: int = SEQUENTIAL_DRAWS, seed: int = 0) -> tuple[float, ...]:
+    """Nominal two-sided levels, one per look, of the group-sequential paired t-test over ``looks`` seeds.
+
+    Look k rejects when the paired t-test over the first ``looks[k]`` seeds has p below its level;
+    the boundary fixes the levels' shape (Pocock: all equal; O'Brien-Fleming: the z shape
+    ``C * sqrt(n_K / n_k)``) and the constant is chosen so that the chance of any rejection when
+    the differences are normal with mean 0 is ``alpha`` (both directions together; "reproduced"
+    alone: alpha / 2). The t-tests of small nested samples reject a little more often together than
+    z-tests, so the constant is calibrated for them, by simulation with a fixed seed (``draws``
+    null samples: exact sufficient statistics, Monte Carlo error of the overall level ~0.0002).
+    Looks (6, 12), alpha 0.05: Pocock 0.0283 at each look (the z-test's 0.0294 gives 0.052 here),
+    O'Brien-Fleming 0.0049 then 0.0468. A single look is the fixed test: ``(alpha,)``.
+    """
+    looks = _check_looks(looks, boundary)
+    return _sequential_levels(looks, boundary, float(alpha), int(draws), int(seed))
+
+
+def sequential_effects(
+    name: str,
+    a: str,
+    b: str,
+    a_values: Sequence[float],
+    b_values: Sequence[float],
+    *,
+    looks: Sequence[int],
+    boundary: str = POCOCK,
+    measure: str,
+    stage: int,
+    seeds: Sequence[int] = (),
+    configuration: str = "",
+    n_runs: int = 0,
+    levels: Sequence[float] | None = None,
+) -> list[Effect]:
+    """The effect at every look the values reach, in order, up to the look that decides.
+
+    The values are in the order the seeds were run (by seed): look k uses the first ``looks[k]``
+    pairs, its CI and p at the look's nominal level (:func:`sequential_levels`). A look that
+    rejects (``reproduced`` or ``reversed``) stops the test; so does the last look, whatever it
+    says. An earlier look that does not reject is ``decided=False`` (outcome ``continued``): the
+    next look runs; when the values do not reach it, the last effect returned is that undecided one.
+    With fewer values than the first look, the one effect returned (all the values, at the first
+    look's level) is undecided too.
+    """
+    looks = _check_looks(looks, boundary)
+    levels = tuple(levels) if levels is not None else sequential_levels(looks, boundary)
+    if len(levels) != len(looks):
+        raise ValueError(f"{len(levels)} levels for {len(looks)} looks")
+    x = [float(v) for v in a_values]
+    y = [float(v) for v in b_values]
+    seeds = list(seeds)
+    K = len(looks)
+    out: list[Effect] = []
+    for k, (n, level) in enumerate(zip(looks, levels), start=1):
+        if len(x) < n and k > 1:
+            break
+        m = min(n, len(x))
+        eff = paired_effect(name, a, b, x[:m], y[:m], measure=measure, stage=stage,
+                            seeds=seeds[:m] if len(seeds) == len(x) else seeds, configuration=configuration,
+                            n_runs=n_runs, alpha=level)
+        eff.look = (k, K)
+        rejected = classify(eff.mean, eff.lo, eff.hi, eff.p, eff.n, level) in ("reproduced", "reversed")
+        eff.decided = (rejected or k == K) and m == n
+        out.append(eff)
+        if eff.decided or m < n:
+            break
+    return out
+
+
+def needs_next_look(effects: Sequence[Effect]) -> bool:
+    """Whether the last look of :func:`sequential_effects` left the test undecided (run more seeds)."""
+    return bool(effects) and not effects[-1].decided
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,8 +483,9 @@ def markdown_effects_table(effects: Sequence[Effect], paper: dict[tuple[str, int
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in effects:
         ci = f"[{_fmt(e.lo)}, {_fmt(e.hi)}]" if math.isfinite(e.lo) else "n/a"
+        name = e.name + (f" (look {e.look[0]} of {e.look[1]}, p < {e.alpha:.4f})" if e.look else "")
         cells = [
-            e.configuration or "(all)", e.name, f"{e.measure}/{e.a} - {e.measure}/{e.b}", str(e.stage),
+            e.configuration or "(all)", name, f"{e.measure}/{e.a} - {e.measure}/{e.b}", str(e.stage),
             _fmt(e.mean, signed=True), ci, format_p(e.p).removeprefix("p=").removeprefix("p"),
             format_p(e.p_sign_flip).removeprefix("p=").removeprefix("p"), str(e.n),
         ]

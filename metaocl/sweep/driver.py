@@ -331,7 +331,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             exp_dir = join(storage, experiment_prefix(sweep) + tracker.parent_id[:8])
         outcome.parent_run_id = tracker.parent_id
         for key, value in (("metaocl.invocation", "sweep"), ("metaocl.fingerprint", print_fingerprint),
-                           ("metaocl.ray_experiment", exp_dir)):
+                           ("metaocl.ray_experiment", exp_dir)) + sweep.sequential_tags():
             tracker.client.set_tag(tracker.parent_id, key, value)
         ledger = Ledger(exp_dir)
         if not resume:
