@@ -41,14 +41,17 @@ class TuneReporter:
     def __call__(self, metrics: Mapping[str, float]) -> None:
         tune.report(dict(metrics))
 
-    def save_checkpoint(self, state: dict) -> None:
+    def save_checkpoint(self, state: dict) -> int:
+        """Store ``state``; returns the bytes written (``perf/checkpoint_bytes``)."""
         import tempfile
 
         import torch
 
         with tempfile.TemporaryDirectory(prefix="metaocl-ckpt-") as d:
             torch.save(state, Path(d) / "state.pt")
+            size = (Path(d) / "state.pt").stat().st_size
             tune.report({CHECKPOINT_KEY: 1.0}, checkpoint=tune.Checkpoint.from_directory(d))
+        return size
 
     def restore_checkpoint(self) -> dict | None:
         checkpoint = tune.get_checkpoint()
