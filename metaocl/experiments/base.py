@@ -74,7 +74,9 @@ class ExperimentKind:
     - ``n_reports(config)``: how many evaluations (``reporter(...)`` calls) one trial makes;
     - ``required_inputs(config)``: problems with what a trial needs from outside (data files, model
       names), each one line ``field: what is wrong (how to fix it)``; empty when all is there;
-    - ``progress_unit``: what a report's ``epoch`` counts (``epoch`` or ``step``), for progress lines.
+    - ``progress_unit``: what a report's ``epoch`` counts (``epoch`` or ``step``), for progress lines;
+    - ``stages(config)``: the trial's stages (:mod:`metaocl.experiments.staged`), from which
+      ``n_reports`` and the checkpoint projections follow.
     """
 
     name: str
@@ -86,6 +88,7 @@ class ExperimentKind:
     entity_templates: tuple[str, ...] = ()
     required_inputs: Callable[[Any], list[str]] = _no_inputs
     progress_unit: str = "epoch"
+    stages: Callable[[Any], list] | None = None  # the trial's metaocl.experiments.staged.Stage list
 
     def gaps(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """The ``gap/*`` metrics of one report (:func:`metaocl.metrics.gaps` with this kind's pairs)."""

@@ -386,6 +386,6 @@ def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: st
     return _AlignmentProbes(def1, def2, qa, use_autocast, device)
 
 
-KIND = ExperimentKind(name="lm", config_cls=LMConfig, run=run, n_reports=n_reports, measure="em",
+KIND = ExperimentKind(name="lm", config_cls=LMConfig, run=run, n_reports=n_reports, stages=stages, measure="em",
                       effect_pairs=IN_DISTRIBUTION_PAIRS + entity_pairs(ENTITY_TEMPLATES),
                       entity_templates=ENTITY_TEMPLATES, required_inputs=required_inputs)

@@ -160,5 +160,5 @@ class MnistTrial(staged.StagedTrial):
         self.trainer.step = saved["step"]
 
 
-KIND = ExperimentKind(name="mnist", config_cls=MnistConfig, run=run, n_reports=n_reports, measure="acc",
+KIND = ExperimentKind(name="mnist", config_cls=MnistConfig, run=run, n_reports=n_reports, stages=stages, measure="acc",
                       required_inputs=required_inputs, progress_unit="step")

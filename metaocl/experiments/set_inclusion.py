@@ -174,4 +174,4 @@ def _progress(reporter: Reporter, total: int, stage: int):
 
 
 
-KIND = ExperimentKind(name="set_inclusion", config_cls=SetInclusionConfig, run=run, n_reports=n_reports, measure="acc")
+KIND = ExperimentKind(name="set_inclusion", config_cls=SetInclusionConfig, run=run, n_reports=n_reports, stages=stages, measure="acc")

@@ -171,3 +171,75 @@ def run(trial: StagedTrial, stages: list[Stage], reporter, policy: CheckpointPol
                 checkpoint(stage, unit)
         units_before += stage.units
     return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# What the checkpoints of a trial cost: the one home of this arithmetic (the runtime decides with
+# the same CheckpointPolicy; the sweep plan projects with these functions).
+# ------------------------------------------------------------------------------------------------
+ADAFACTOR_STATE_FRACTION = 0.001  # factored second moments (a row and a column per matrix): ~0.1% of the weights
+
+
+def _kind_of(config):
+    from metaocl.config import KINDS, kind
+
+    for name in KINDS:
+        k = kind(name)
+        if isinstance(config, k.config_cls):
+            return k
+    raise TypeError(f"no experiment kind has config class {type(config).__name__}")
+
+
+def checkpoint_bytes(config, n_params: int, optimizer_state: bool = True) -> int:
+    """Bytes of one checkpoint of a trial with ``n_params`` parameters: the weights (fp32, or bf16
+    with ``model.dtype: bfloat16``) plus, inside a stage (``optimizer_state``), the optimizer's state
+    (AdamW: two fp32 moments per parameter; Adafactor without momentum, the authors': factored
+    second moments, ~0.1% of the weights). A stage-boundary checkpoint holds a fresh optimizer (no
+    state). RNG states, position and report history add kilobytes, not counted."""
+    model = getattr(config, "model", None)
+    bytes_per_param = 2 if getattr(model, "dtype", "float32") == "bfloat16" else 4
+    weights = n_params * bytes_per_param
+    if not optimizer_state:
+        return weights
+    optimizer = getattr(config.train, "optimizer", "adamw")
+    if optimizer == "adafactor":
+        return weights + int(n_params * 4 * ADAFACTOR_STATE_FRACTION)
+    return weights + n_params * 8
+
+
+def n_checkpoints(config, epoch_seconds, first: int | None = None, last: int | None = None) -> list[tuple[int, int]]:
+    """Checkpoints one trial writes per stage, ``[(inside the stage, at its start), ...]``, when a unit
+    (epoch, or step block) of stage k takes ``epoch_seconds[k-1]`` seconds (one number: every stage),
+    evaluation included, under the trial's ``train.checkpoint_minutes``. The same decisions as
+    :func:`run` (with a clock advanced by the unit times): a checkpoint at a stage's start only when
+    this trial trained the stage before it, none at the trial's last unit."""
+    stages = _kind_of(config).stages(config)
+    seconds = list(epoch_seconds) if isinstance(epoch_seconds, (list, tuple)) else [float(epoch_seconds)] * len(stages)
+    now = [0.0]
+    policy = CheckpointPolicy(config.train.checkpoint_minutes, clock=lambda: now[0])
+    first = stages[0].number if first is None else first
+    last = stages[-1].number if last is None else last
+    out, trained = [], False
+    for stage in stages:
+        if not first <= stage.number <= last:
+            continue
+        inside = at_start = 0
+        if trained and policy.enabled:
+            at_start = 1
+            policy.written()
+        for unit in range(1, stage.units + 1):
+            now[0] += seconds[stage.number - 1]
+            trained = True
+            if unit != stage.units and policy.due():
+                inside += 1
+                policy.written()
+        out.append((inside, at_start))
+    return out
+
+
+def trial_checkpoint_bytes(config, n_params: int, epoch_seconds, first: int | None = None,
+                           last: int | None = None) -> int:
+    """Bytes one trial (stages ``first..last``) writes in checkpoints (:func:`n_checkpoints` x
+    :func:`checkpoint_bytes`)."""
+    full, fresh = checkpoint_bytes(config, n_params), checkpoint_bytes(config, n_params, optimizer_state=False)
+    return sum(inside * full + at_start * fresh for inside, at_start in n_checkpoints(config, epoch_seconds, first, last))
