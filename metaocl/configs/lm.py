@@ -82,6 +82,9 @@ class TrainConfig:
     # and reused by trials with the same key. Relative paths are under the data cache
     # ($METAOCL_DATA); on a cluster it must be shared storage (NFS) or every node trains its own.
     stage1_cache: str | None = None
+    # Two-stage only: the stage-1 epoch whose model stage 2 starts from (null = the end of stage 1).
+    # Stage 1 is still trained and evaluated to its end (its curve), stage 2's epochs follow epoch N.
+    stage2_from_epoch: int | None = None
     # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
     # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
     grad_alignment_every: int = 0
@@ -164,6 +167,10 @@ class LMConfig:
                 f"train.epochs: data.stages={self.data.stages!r} has {self.data.n_stages} stage(s) but "
                 f"train.epochs lists {len(self.train.epochs)}: {self.train.epochs}"
             )
+        n = self.train.stage2_from_epoch
+        if n is not None and (self.data.n_stages != 2 or not 1 <= n <= self.epochs[0]):
+            raise ConfigError(f"train.stage2_from_epoch: {n} must be a stage-1 epoch (1..{self.epochs[0]}) "
+                              f"of a two-stage run (data.stages={self.data.stages!r}); null = the end of stage 1")
         if self.model.name == "tiny-t5" or self.model.kind == "seq2seq":
             if not self.data.seq2seq:
                 raise ConfigError("data.seq2seq: must be true for a seq2seq model (input = prompt, target = answer)")

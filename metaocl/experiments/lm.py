@@ -44,7 +44,7 @@ from metaocl.config import ConfigError
 from metaocl.configs.lm import BUILTIN_MODEL_NAMES, LMConfig
 from metaocl.configs.lm_data import ENTITY_TEMPLATES
 from metaocl.experiments import Reporter, staged
-from metaocl.experiments.base import IN_DISTRIBUTION_PAIRS, ExperimentKind, entity_pairs
+from metaocl.experiments.base import IN_DISTRIBUTION_PAIRS, ExperimentKind, SharedStages, entity_pairs
 from metaocl.experiments.staged import Stage
 
 if TYPE_CHECKING:
@@ -143,25 +143,31 @@ def _stage_generator(seed: int, stage: int) -> torch.Generator:
 # ------------------------------------------------------------------------------------------------
 # The trial
 # ------------------------------------------------------------------------------------------------
-def stages(config: LMConfig) -> list[Stage]:
+def stages(config: LMConfig, branch: bool = True) -> list[Stage]:
     """One :class:`Stage` per ``data.stages`` entry: ``train.epochs[k]`` epochs, evaluated every
-    ``eval.every``; seeded from the stage-1 seed (stage 1) or the trial seed (later stages), each
-    stage independently of what earlier stages consumed (so a branch from a stored stage-1 model
-    continues exactly as an uninterrupted run)."""
-    return [Stage(number=k, units=n, eval_every=config.eval.every,
-                  seed=(config.stage1_seed if k == 1 else config.seed) * 1009 + k)
+    ``eval.every``; seeded from the stage-1 seed (the shared stages, :func:`stage1_cache.shared_stages`)
+    or the trial seed (the last stage), each stage independently of what earlier stages consumed (so a
+    branch from a stored stage-1 model continues exactly as an uninterrupted run). ``branch``: what a
+    trial's own reports follow, stage 1 cut at ``train.stage2_from_epoch``; ``False``: stage 1 whole
+    (what a stage-1 unit trains)."""
+    from metaocl.experiments.stage1_cache import shared_stages
+
+    shared, cut = shared_stages(config), config.train.stage2_from_epoch
+    return [Stage(number=k, units=cut if (k == 1 and branch and cut is not None) else n, eval_every=config.eval.every,
+                  seed=(config.stage1_seed if k <= shared else config.seed) * 1009 + k)
             for k, n in enumerate(config.epochs, start=1)]
 
 
 def n_reports(config: LMConfig) -> int:
-    """Evaluations of one trial: every ``eval.every`` epochs and at the end of each stage."""
+    """Evaluations of one trial run whole: every ``eval.every`` epochs and at the end of each stage."""
     return staged.n_reports(stages(config))
 
 
-def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
+def _setup(config: LMConfig):
+    """Threads, device, the stage-1 seed's global RNG, and the dataset of the shared stages and (when
+    the trial seed re-splits X2) of the last stage."""
     from transformers.utils import logging as hf_logging
 
-    from metaocl.experiments import checkpoints, stage1_cache
     from metaocl.runtime import resolve_device, seed_everything, set_threads
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in trial logs
@@ -169,26 +175,71 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
     device = resolve_device(config.device)
     seed_everything(config.stage1_seed)
     dataset = engine_dataset(config)
-    n_stages = config.data.n_stages
-    resplit = n_stages > 1 and config.data.resplit_x2_per_seed and config.seed != config.stage1_seed
-    later = engine_dataset(config, stage=2) if resplit else None  # what stages 2.. see, when it differs
+    resplit = config.data.n_stages > 1 and config.data.resplit_x2_per_seed and config.seed != config.stage1_seed
+    later = engine_dataset(config, stage=2) if resplit else None  # what the last stage sees, when it differs
+    return device, dataset, later
 
-    cache = stage1_cache.folder(config) if n_stages > 1 else None
+
+def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
+    """The whole trial in this process; with ``train.stage1_cache``, the shared stages come from (or
+    go into) the cache, under its lock (see :mod:`metaocl.experiments.stage1_cache`)."""
+    from metaocl.experiments import checkpoints, stage1_cache
+
+    device, dataset, later = _setup(config)
+    shared = stage1_cache.shared_stages(config)
+    cache = stage1_cache.folder(config) if shared else None
     history: list[dict] = []
     saved = checkpoints.restore(reporter)  # a retried Ray trial: where its last attempt stopped
-    if cache is None or (saved is not None and saved["stage"] > 1):
+    if cache is None or (saved is not None and saved["stage"] > shared):
         loaded = _load(config, dataset)  # with a checkpoint, its weights replace these
         return train_stages(config, reporter, dataset, loaded, device, history=history, saved=saved, later=later)
-    with stage1_cache.locked(cache):  # the first trial with this key trains stage 1; the rest wait
-        if cache.is_dir():  # (a stage-1 checkpoint of ours is superseded: the cache is the same model)
+    with stage1_cache.locked(cache):  # the first trial with this key trains the shared stages; the rest wait
+        if cache.is_dir():  # (a checkpoint of ours from those stages is superseded: the cache is the same model)
             loaded, history = stage1_cache.load(cache, config)
             for row in history:
                 reporter(row)
         else:
             loaded = _load(config, dataset)
-            train_stages(config, reporter, dataset, loaded, device, history=history, saved=saved, last=1)
+            train_stages(config, reporter, dataset, loaded, device, history=history, saved=saved, last=shared)
             stage1_cache.save(cache, loaded, history)
-    return train_stages(config, reporter, dataset if later is None else later, loaded, device, history=history, first=2)
+    return train_stages(config, reporter, dataset if later is None else later, loaded, device, history=history,
+                        first=shared + 1)
+
+
+def run_stage1(config: LMConfig, reporter: Reporter, store: str) -> dict[str, float]:
+    """A stage-1 unit of a sweep: the shared stages once for every trial of this stage-1 seed, each
+    evaluation reported once; the model (at ``train.stage2_from_epoch``, else at the end) and the
+    reports up to it go to ``store`` in the sweep's trial storage, where the branching trials find it."""
+    from metaocl.experiments import checkpoints, stage1_cache
+
+    device, dataset, _ = _setup(config)
+    shared = stage1_cache.shared_stages(config)
+    loaded = _load(config, dataset)
+    cut = config.train.stage2_from_epoch
+    trial = LMTrial(config, reporter, dataset, loaded, device, publish=(store, cut) if cut is not None else None)
+    history: list[dict] = []
+    final = staged.run(trial, stages(config, branch=False), reporter,
+                       staged.CheckpointPolicy(config.train.checkpoint_minutes),
+                       saved=checkpoints.restore(reporter), history=history, last=shared)
+    if cut is None:
+        stage1_cache.publish_model(store, loaded)
+    stage1_cache.publish_complete(store, [r for r in history if cut is None or r["epoch"] <= cut])
+    return final
+
+
+def run_branch(config: LMConfig, reporter: Reporter, store: str) -> dict[str, float]:
+    """A trial that branches from the stage-1 unit at ``store``: only its own (last) stage is trained
+    and reported; its ``epoch`` continues after the unit's (MLflow joins the two histories). Without a
+    complete unit at ``store`` (it failed for good) the trial trains everything itself (:func:`run`)."""
+    from metaocl.experiments import checkpoints, stage1_cache
+
+    if not stage1_cache.complete(store):
+        return run(config, reporter)
+    device, dataset, later = _setup(config)
+    shared = stage1_cache.shared_stages(config)
+    loaded, history = stage1_cache.fetch(store, config)  # a checkpoint of this trial replaces its weights
+    return train_stages(config, reporter, dataset if later is None else later, loaded, device, history=history,
+                        first=shared + 1, saved=checkpoints.restore(reporter))
 
 
 def train_stages(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
@@ -196,9 +247,11 @@ def train_stages(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedMo
                  saved: dict | None = None, later=None) -> dict[str, float]:
     """Train ``loaded`` through stages ``first..last`` (:func:`metaocl.experiments.staged.run`);
     ``history`` gets every report; returns the last. ``dataset``: what stage ``first`` sees;
-    ``later``: the dataset of stages 2.. when it differs (X2 re-split per seed)."""
-    trial = LMTrial(config, reporter, dataset, loaded, device, later=later, first_stage=first)
-    return staged.run(trial, stages(config), reporter, staged.CheckpointPolicy(config.train.checkpoint_minutes),
+    ``later``: the dataset of the last stage when it differs (X2 re-split per seed)."""
+    plan = stages(config)
+    trial = LMTrial(config, reporter, dataset, loaded, device, later=later,
+                    epochs_before=[s.units for s in plan if s.number < first])
+    return staged.run(trial, plan, reporter, staged.CheckpointPolicy(config.train.checkpoint_minutes),
                       saved=saved, history=history, first=first, last=last)
 
 
@@ -228,13 +281,15 @@ def engine_dataset(config: LMConfig, stage: int = 1):
 class LMTrial(staged.StagedTrial):
     """The LM kind's part of a staged trial (:mod:`metaocl.experiments.staged` runs the stages).
 
-    ``dataset``: what the first stage run here sees; ``later``: the dataset of stages 2.. when it
-    differs (X2 re-split per seed); ``first_stage``: the first stage this object trains (2 after a
-    stage 1 trained elsewhere: the global optimizer-step count starts after it).
+    ``dataset``: what the first stage run here sees; ``later``: the dataset of the last stage when it
+    differs (X2 re-split per seed); ``epochs_before``: epochs of the stages trained elsewhere before
+    the first one here (the global optimizer-step count starts after them); ``publish``: ``(store,
+    epoch)``: write the model as it is at the end of stage-1 epoch ``epoch`` to ``store`` (a stage-1
+    unit with ``train.stage2_from_epoch``).
     """
 
     def __init__(self, config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
-                 later=None, first_stage: int = 1):
+                 later=None, epochs_before: list[int] = (), publish: tuple[str, int] | None = None):
         from metaocl.engine import lm as engine
         from metaocl.engine.grad_alignment import GradAlignmentMonitor
 
@@ -252,9 +307,10 @@ class LMTrial(staged.StagedTrial):
         self.probes = (_alignment_probes(config, dataset, loaded, device, self.use_autocast)
                        if self.monitor.enabled else None)
         self.step_global = sum(  # optimizer steps of the stages before (a stage 1 trained elsewhere)
-            engine.steps_per_epoch(len(dataset[f"train_{s}"]), t.batch_size or len(dataset[f"train_{s}"]))
-            * config.epochs[s - 1] for s in range(1, first_stage))
+            engine.steps_per_epoch(len(dataset[f"train_{s}"]), t.batch_size or len(dataset[f"train_{s}"])) * n
+            for s, n in enumerate(epochs_before, start=1))
         self.micro = t.micro_batch_size or t.batch_size
+        self.publish = publish
 
     def _use_dataset(self, dataset) -> None:
         from metaocl.engine import lm as engine
@@ -267,7 +323,10 @@ class LMTrial(staged.StagedTrial):
     def start_stage(self, stage: Stage) -> None:
         from metaocl.engine import lm as engine
 
-        if stage.number >= 2 and self.later is not None and self.dataset is not self.later:  # the trial seed's X2 split
+        from metaocl.experiments.stage1_cache import shared_stages
+
+        if stage.number > shared_stages(self.config) and self.later is not None and self.dataset is not self.later:
+            # the trial seed's X2 split
             self._use_dataset(self.later)
         t, loaded = self.config.train, self.loaded
         self.train_set = engine.encode(self.dataset[f"train_{stage.number}"], loaded.tokenizer, loaded.is_seq2seq)
@@ -316,6 +375,12 @@ class LMTrial(staged.StagedTrial):
         metrics.update(KIND.gaps(metrics))
         metrics.update(self.monitor.epoch_metrics())
         return metrics
+
+    def unit_done(self, stage: Stage, unit: int, metrics) -> None:
+        if self.publish is not None and (stage.number, unit) == (1, self.publish[1]):
+            from metaocl.experiments import stage1_cache
+
+            stage1_cache.publish_model(self.publish[0], self.loaded)  # the model stage 2 starts from
 
     def state(self) -> dict:
         from metaocl.experiments import checkpoints
@@ -386,6 +451,29 @@ def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: st
     return _AlignmentProbes(def1, def2, qa, use_autocast, device)
 
 
-KIND = ExperimentKind(name="lm", config_cls=LMConfig, run=run, n_reports=n_reports, stages=stages, measure="em",
+def _unit_key(config: LMConfig) -> str | None:
+    """Trials with ``train.stage1_cache`` set share their first stages (a sweep's stage-1 units)."""
+    from metaocl.experiments import stage1_cache
+
+    return stage1_cache.key(config) if config.train.stage1_cache and stage1_cache.shared_stages(config) else None
+
+
+def _unit_stages(config: LMConfig) -> list[Stage]:
+    from metaocl.experiments.stage1_cache import shared_stages
+
+    return [s for s in stages(config, branch=False) if s.number <= shared_stages(config)]
+
+
+def _branch_stages(config: LMConfig) -> list[Stage]:
+    from metaocl.experiments.stage1_cache import shared_stages
+
+    return [s for s in stages(config) if s.number > shared_stages(config)]
+
+
+SHARED = SharedStages(key=_unit_key, run_unit=run_stage1, run_branch=run_branch, unit_stages=_unit_stages,
+                      branch_stages=_branch_stages)
+
+KIND = ExperimentKind(name="lm", config_cls=LMConfig, run=run, n_reports=n_reports, stages=stages, shared=SHARED,
+                      measure="em",
                       effect_pairs=IN_DISTRIBUTION_PAIRS + entity_pairs(ENTITY_TEMPLATES),
                       entity_templates=ENTITY_TEMPLATES, required_inputs=required_inputs)

@@ -78,6 +78,12 @@ def trainable(param: dict) -> None:
     kind = kind_of(spec["kind"])
     try:
         config = from_dict(kind.config_cls, spec["config"], f"trial {tid}")
-        kind.run(config, TuneReporter())
+        role = spec.get("role")
+        if role == "stage1":  # a stage-1 unit (metaocl.sweep.stage1): the shared stages, its model to storage
+            kind.shared.run_unit(config, TuneReporter(), spec["store"])
+        elif role == "branch":  # a trial that starts from its unit's model
+            kind.shared.run_branch(config, TuneReporter(), spec["store"])
+        else:
+            kind.run(config, TuneReporter())
     except ConfigError as e:  # deterministic: a retry would fail the same way
         tune.report({CONFIG_ERROR_KEY: str(e), TRACEBACK_KEY: traceback.format_exc()})
