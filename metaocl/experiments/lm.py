@@ -192,6 +192,7 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
     saved = checkpoints.restore(reporter)  # a retried Ray trial: where its last attempt stopped
     if cache is None or (saved is not None and saved["stage"] > shared):
         loaded = _load(config, dataset)  # with a checkpoint, its weights replace these
+        stage1_cache.STATS["stage1_trainings"] += int(saved is None and shared > 0)
         return train_stages(config, reporter, dataset, loaded, device, history=history, saved=saved, later=later)
     with stage1_cache.locked(cache):  # the first trial with this key trains the shared stages; the rest wait
         if cache.is_dir():  # (a checkpoint of ours from those stages is superseded: the cache is the same model)
@@ -200,6 +201,7 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
                 reporter(row)
         else:
             loaded = _load(config, dataset)
+            stage1_cache.STATS["stage1_trainings"] += 1
             train_stages(config, reporter, dataset, loaded, device, history=history, saved=saved, last=shared)
             stage1_cache.save(cache, loaded, history)
     return train_stages(config, reporter, dataset if later is None else later, loaded, device, history=history,
@@ -215,6 +217,7 @@ def run_stage1(config: LMConfig, reporter: Reporter, store: str) -> dict[str, fl
     device, dataset, _ = _setup(config)
     shared = stage1_cache.shared_stages(config)
     loaded = _load(config, dataset)
+    stage1_cache.STATS["stage1_trainings"] += 1
     cut = config.train.stage2_from_epoch
     trial = LMTrial(config, reporter, dataset, loaded, device, publish=(store, cut) if cut is not None else None)
     history: list[dict] = []

@@ -32,6 +32,10 @@ from metaocl.configs.lm import LMConfig
 if TYPE_CHECKING:
     from metaocl.engine.lm_models import LoadedModel
 
+# What this process did with shared stages (read by bench/cluster_sim.py through the worker's
+# METAOCL_BENCH_TIMES record): stage-1 trainings, and seconds spent waiting on a cache lock.
+STATS = {"stage1_trainings": 0, "waited_s": 0.0}
+
 # The training settings that shape stage 1 (the rest of TrainConfig only touches later stages or speed).
 STAGE1_TRAIN_KEYS = ("batch_size", "optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay",
                      "max_grad_norm", "faithful_padding", "block_size")
@@ -74,10 +78,14 @@ def locked(cache: Path) -> Iterator[None]:
     """Hold the exclusive lock of one cache entry (``<key>.lock``), so concurrent trials train it once."""
     import fcntl
 
+    import time
+
     path = cache.with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
+        t0 = time.monotonic()
         fcntl.flock(fh, fcntl.LOCK_EX)
+        STATS["waited_s"] += time.monotonic() - t0
         try:
             yield
         finally:

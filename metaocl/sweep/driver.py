@@ -357,7 +357,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             outcome.finished.add(tid)
             if tracker.trial_status.get(tid) != "FINISHED" and tid in tracker.trial_runs:
                 tracker.end_trial(tracker.trial_runs[tid], ok=True)  # the old driver died in between
-        units, unit_of = stage1.plan(trials, kind)
+        units, unit_of = stage1.plan(trials, kind) if os.environ.get("METAOCL_STAGE1_UNITS", "1") != "0" else ({}, {})
         expected = (stage1.expected_reports(trials, units, unit_of, kind) if units
                     else {tid: kind.n_reports(t.config) for tid, t in trials.items()})
         shown = SweepProgress(sweep.name, kind, expected,
