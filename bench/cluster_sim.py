@@ -119,7 +119,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage1-seeds", type=int, default=4)
     p.add_argument("--seeds", type=int, default=5, help="stage-2 seeds per stage-1 seed")
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wall time {r['mode']} / before: {r['wall_s'] / rows[0]['wall_s']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-    return 0
+    return {"rows": rows, "folder": str(folder)}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
