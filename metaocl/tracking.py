@@ -37,6 +37,7 @@ EXPERIMENT_KIND = "custom_model_development"
 # Every run of one sweep invocation (parent, configurations, trials) carries its parent's run id, so
 # one search filter lists the whole invocation (``metaocl ui`` links to it).
 SWEEP_RUN_TAG = "metaocl.sweep_run_id"
+STAGE1_RUN_TAG = "metaocl.stage1_run"  # on a trial run: the run of the stage-1 unit it branched from
 CONFIGURATION_ROLE = "configuration"
 
 
@@ -151,12 +152,15 @@ class SweepTracker:
         self.client.set_tag(self.parent_id, SWEEP_RUN_TAG, self.parent_id)
         return self.parent_id
 
-    def start_trial(self, trial: Trial, sweep_name: str, kind: str) -> str:
+    def start_trial(self, trial: Trial, sweep_name: str, kind: str, role: str = "trial",
+                    extra_tags: Mapping[str, str] | None = None) -> str:
+        """A child run of the parent for ``trial``. ``role``: ``trial``, or ``stage1`` for a stage-1 unit
+        (its curves once; the trials branching from it carry ``metaocl.stage1_run`` in ``extra_tags``)."""
         from mlflow.entities import Param
 
-        tags = {"metaocl.role": "trial", "metaocl.sweep": sweep_name, "metaocl.kind": kind,
+        tags = {"metaocl.role": role, "metaocl.sweep": sweep_name, "metaocl.kind": kind,
                 "metaocl.trial_id": trial.trial_id, "metaocl.grid": json.dumps(trial.grid_values, sort_keys=True),
-                "seed": str(trial.seed), "stage": "1"}
+                "seed": str(trial.seed), "stage": "1", **(extra_tags or {})}
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
             tags[SWEEP_RUN_TAG] = self.parent_id

@@ -102,7 +102,7 @@ def sweep_file(folder: Path, name: str, grid: str = "{}", seeds: int = 2, epochs
           device: cpu
           data: {{n_variables: 100, train_questions: 12, test_questions: 12}}
           model: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}}
-          train: {{stage1_epochs: {epochs[0]}, stage2_epochs: {epochs[1]}, batch_size: 128}}
+          train: {{stage1_epochs: {epochs[0]}, stage2_epochs: {epochs[1]}, batch_size: 128, checkpoint_minutes: 0}}
         grid: {grid}
         seeds: {seeds}
         resources: {resources}

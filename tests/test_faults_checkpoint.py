@@ -19,7 +19,8 @@ TINY = {
     "device": "cpu", "seed": 3,
     "data": {"n_variables": 60, "train_questions": 8, "test_questions": 8},
     "model": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-    "train": {"stage1_epochs": 3, "stage2_epochs": 2, "batch_size": 64, "optimizer": "adamw", "lr": 0.003},
+    "train": {"stage1_epochs": 3, "stage2_epochs": 2, "batch_size": 64, "optimizer": "adamw", "lr": 0.003,
+              "checkpoint_minutes": 0},
     "eval": {"every": 2},
 }
 
@@ -64,7 +65,9 @@ def test_restart_from_checkpoint_matches_uninterrupted_run(crash_at_report):
     config = from_dict(SetInclusionConfig, TINY)
     straight = CheckpointingReporter()
     final = set_inclusion.run(config, straight)
-    assert straight.saves == 5  # one per epoch
+    # checkpoint_minutes 0: after epochs 1, 2 of stage 1, at the start of stage 2, after its epoch 1
+    # (not at the end of the trial)
+    assert straight.saves == 4
 
     flaky = CheckpointingReporter(crash_at_report=crash_at_report)
     with pytest.raises(Crash):
@@ -91,7 +94,8 @@ def without_perf(metrics):
 
 @pytest.fixture(scope="module")
 def lm_config():
-    overrides = ["data.n_entities=40", "data.entity_attribution=false", "train.epochs=[2,2]"]
+    overrides = ["data.n_entities=40", "data.entity_attribution=false", "train.epochs=[2,2]",
+                 "train.checkpoint_minutes=0"]
     return load_sweep("two_stage", smoke=True, overrides=overrides).trials()[0].config  # tiny-gpt-neox, cvdb_sample
 
 
@@ -113,27 +117,36 @@ def test_lm_restart_from_checkpoint_matches_uninterrupted_run(lm_config, lm_stra
                                                              monkeypatch):
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
     straight, final = lm_straight
-    assert straight.saves == 4  # checkpoint_every 1: one per epoch
+    # checkpoint_minutes 0: after stage 1's epoch 1 (its end goes into the stage-1 cache, not a
+    # checkpoint), after stage 2's epoch 1 (its end is the trial's)
+    assert straight.saves == 2
     config = lm_with(lm_config, stage1_cache=str(tmp_path / "stage1"))
     flaky = CheckpointingReporter(crash_at_report=crash_at_report)
     with pytest.raises(Crash):
         lm.run(config, flaky)
     resumed_final = lm.run(config, flaky)
-    assert flaky.saves == 4  # every epoch checkpointed once: the retry did not start over
+    assert flaky.saves == 2  # every checkpoint written once: the retry did not start over
     assert by_epoch(flaky.rows) == by_epoch(straight.rows)
     assert without_perf(resumed_final) == without_perf(final)
 
 
-def test_lm_checkpoint_every(lm_config, monkeypatch):
+def test_lm_checkpoint_minutes(lm_config, monkeypatch):
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
-    config = lm_with(lm_config, stage1_cache=None, epochs=[3, 1], checkpoint_every=2)
+    config = lm_with(lm_config, stage1_cache=None, epochs=[3, 2], checkpoint_minutes=0)
     reporter = CheckpointingReporter()
     lm.run(config, reporter)
-    assert reporter.saves == 3  # stage 1: epochs 2 and 3 (its end); stage 2: its end
+    # stage 1: after epochs 1, 2; the boundary (stage 2's start, epoch 0); stage 2: after epoch 1
+    assert reporter.saves == 4
     state = reporter.restore_checkpoint()
-    assert (state["stage"], state["epoch"], state["epoch_global"]) == (2, 1, 4) and len(state["history"]) == 4
+    assert (state["stage"], state["epoch"], state["units_before"]) == (2, 1, 3) and len(state["history"]) == 4
+    assert state["totals"]["perf/checkpoints"] == 3  # those before this one
+    last = reporter.rows[-1]
+    assert last["perf/checkpoints"] == 4 and last["perf/checkpoint_s"] > 0
+    boundary = CheckpointingReporter()  # a long interval: only the stage boundary
+    lm.run(lm_with(config, checkpoint_minutes=600), boundary)
+    assert boundary.saves == 1 and (boundary.restore_checkpoint()["stage"], boundary.restore_checkpoint()["epoch"]) == (2, 0)
     off = CheckpointingReporter()
-    lm.run(lm_with(config, checkpoint_every=0), off)
+    lm.run(lm_with(config, checkpoint_minutes=None), off)
     assert off.saves == 0 and by_epoch(off.rows) == by_epoch(reporter.rows)
 
 
@@ -141,7 +154,7 @@ MNIST_TINY = {
     "device": "cpu", "seed": 1,
     "data": {"digits": "sklearn_digits", "digit_size": 8, "n_pairs": 40},
     "model": {"name": "convnextv2_atto", "drop_path_rate": 0.1},  # drop path: the global RNG matters too
-    "train": {"steps": 6, "batch_size": 8, "lr": 0.002, "warmup_steps": 2, "eval_every": 2},
+    "train": {"steps": 6, "batch_size": 8, "lr": 0.002, "warmup_steps": 2, "eval_every": 2, "checkpoint_minutes": 0},
     "eval": {"batches": 1, "batch_size": 8},
 }
 
@@ -163,27 +176,27 @@ def test_mnist_restart_from_checkpoint_matches_uninterrupted_run(mnist_straight,
 
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
     straight, final = mnist_straight
-    assert straight.saves == 3 and [int(r["epoch"]) for r in straight.rows] == [2, 4, 6]
+    assert straight.saves == 2 and [int(r["epoch"]) for r in straight.rows] == [2, 4, 6]  # not at the end
     config = from_dict(MnistConfig, MNIST_TINY)
     flaky = CheckpointingReporter(crash_at_report=crash_at_report)
     with pytest.raises(Crash):
         mnist.run(config, flaky)
-    assert flaky.restore_checkpoint()["step"] == 2 * (crash_at_report - 1)
+    assert flaky.restore_checkpoint()["kind_state"]["step"] == 2 * (crash_at_report - 1)
     resumed_final = mnist.run(config, flaky)
-    assert flaky.saves == 3 and len(flaky.rows) == 3  # the retry went on from its checkpoint
+    assert flaky.saves == 2 and len(flaky.rows) == 3  # the retry went on from its checkpoint
     assert by_epoch(flaky.rows) == by_epoch(straight.rows)
     assert without_perf(resumed_final) == without_perf(final)
 
 
-def test_mnist_checkpoint_every_counts_evaluations(monkeypatch):
+def test_mnist_checkpoints_follow_the_minutes(monkeypatch):
     from metaocl.configs.mnist import MnistConfig
     from metaocl.experiments import mnist
 
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
-    raw = dict(MNIST_TINY, train=dict(MNIST_TINY["train"], steps=5, checkpoint_every=2))
+    raw = dict(MNIST_TINY, train=dict(MNIST_TINY["train"], steps=5))
     reporter = CheckpointingReporter()
     mnist.run(from_dict(MnistConfig, raw), reporter)
-    assert [int(r["epoch"]) for r in reporter.rows] == [2, 4, 5] and reporter.saves == 2  # steps 4 and 5 (last)
+    assert [int(r["epoch"]) for r in reporter.rows] == [2, 4, 5] and reporter.saves == 2  # steps 2 and 4
     off = CheckpointingReporter()
-    mnist.run(from_dict(MnistConfig, dict(raw, train=dict(raw["train"], checkpoint_every=0))), off)
+    mnist.run(from_dict(MnistConfig, dict(raw, train=dict(raw["train"], checkpoint_minutes=None))), off)
     assert off.saves == 0

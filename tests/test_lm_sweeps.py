@@ -77,13 +77,13 @@ def test_stage2_starts_from_the_weights_at_the_end_of_stage1(monkeypatch):
     dataset = lm_runner.engine_dataset(config)
     loaded = lm_runner._load(config, dataset)
     initial = [p.detach().clone() for p in loaded.model.parameters()]
-    lm_runner._train(config, PrintReporter(), dataset, loaded, "cpu", first_stage=1, history=[], last_stage=1)
+    lm_runner.train_stages(config, PrintReporter(), dataset, loaded, "cpu", last=1)
     end_of_stage1 = [p.detach().clone() for p in loaded.model.parameters()]
     assert max(float((a - b).abs().max()) for a, b in zip(initial, end_of_stage1)) > 1e-3
     # stage 2 with a vanishing learning rate: its weights must stay those at the end of stage 1
     frozen = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=1e-12))
     history: list[dict] = []
-    lm_runner._train(frozen, PrintReporter(), dataset, loaded, "cpu", first_stage=2, history=history)
+    lm_runner.train_stages(frozen, PrintReporter(), dataset, loaded, "cpu", first=2, history=history)
     assert [r["stage"] for r in history] == [2] * config.epochs[1]
     for a, b in zip(end_of_stage1, loaded.model.parameters()):
         torch.testing.assert_close(b.detach(), a, rtol=0, atol=1e-8)

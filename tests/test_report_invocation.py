@@ -190,3 +190,36 @@ def test_summary_of_one_trial_from_its_history():
     assert lines[2].split() == ["qd1consis", "0.800", "0.800"]
     assert lines[-2] == ("OCL inconclusive: qd1consis - qd2incons = +0.200 [no CI], p=n/a, 1 seed "
                          "(need at least 2 seeds for a CI and a test) (acc, end of stage 1)")
+
+
+def test_trials_branching_from_a_stage1_unit_are_read_whole(tmp_path):
+    """A stage-1 unit's run (role stage1) holds epochs 1-2 once; its trials log only epoch 3 and name
+    the unit's run: the report reads each trial as epochs 1-3 and never counts the unit as a trial."""
+    import dataclasses
+
+    from metaocl.config import Trial
+    from metaocl.tracking import STAGE1_RUN_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = load_sweep("quickstart", smoke=True, seeds=3)
+    tracker = SweepTracker.for_sweep(sweep, uri)
+    first = sweep.trials()[0]
+    unit = tracker.start_trial(Trial("stage1", {}, 0, dataclasses.replace(first.config, seed=0)), sweep.name,
+                               sweep.kind, role="stage1")
+    diffs = {}
+    for row in planted(0, 0.0, 0.0)[:2]:
+        tracker.log_metrics(unit, dict(row, **{"acc/qd1consis": 0.8}))  # OCL +0.2 at the end of stage 1
+    tracker.end_trial(unit, ok=True)
+    for trial in sweep.trials():
+        run_id = tracker.start_trial(trial, sweep.name, sweep.kind, extra_tags={STAGE1_RUN_TAG: unit})
+        last = planted(trial.seed, 0.0, 0.1 * (trial.seed + 1))[2]
+        diffs[trial.seed] = 0.1 * (trial.seed + 1)
+        tracker.log_metrics(run_id, last)
+        tracker.end_trial(run_id, ok=True)
+    tracker.end(True)
+    runs = load_invocation(uri, None, tracker.parent_id)
+    trials = [t for c in runs.configurations for t in c.trials]
+    assert sorted(t.trial_id for t in trials) == sorted(t.trial_id for t in sweep.trials())  # not the unit
+    for t in trials:
+        assert t.history["acc/qd1consis"] == {1: 0.8, 2: 0.8, 3: 0.6}
+        assert t.at_stage_end("acc/qd1consis", 1) == 0.8 and t.stage_ends() == {1: 2, 2: 3}

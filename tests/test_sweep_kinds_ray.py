@@ -3,8 +3,8 @@
 Each sweep runs as ``metaocl sweep`` in its own process (and session, with its own local Ray), is
 killed with SIGKILL (driver, Ray and trials at once) as soon as one trial has finished, and is then
 continued with ``--resume``. Checked: no finished trial trains again, one MLflow run per trial with
-each evaluation logged once, the progress lines count every evaluation, and (LM) two trials at once
-share one stage-1 model through the cache and its lock. Sizes are the smallest that keep two trials
+each evaluation logged once, the progress lines count every evaluation, and (LM) the trials of one
+stage-1 seed branch from one stage-1 unit, trained once. Sizes are the smallest that keep two trials
 running side by side on 2 cores.
 """
 
@@ -93,22 +93,36 @@ def check_resumed(tmp: Path, experiment: str, trial_ids: list[str], metric: str,
     assert f"trials: {len(trial_ids)} done, 0 failed" in out
 
 
-def test_lm_two_stage_smoke_killed_and_resumed(tmp_path):
-    """3 trials sharing one stage-1 seed on 2 CPUs: two run at once (one trains stage 1, the other
-    waits on the cache lock and branches from it), the third starts when a CPU frees up."""
+def test_lm_two_stage_smoke_killed_between_stage1_and_stage2_and_resumed(tmp_path):
+    """3 trials sharing one stage-1 seed: the stage-1 unit trains first (alone), the sweep is killed
+    as soon as something finished (the unit: between stage 1 and stage 2), and the resumed sweep
+    runs the three stage-2 trials from the unit's model in storage; stage 1 is never trained again."""
+    from metaocl.report.runs import load_invocation
+
     args = ["two_stage", "--smoke", "--seeds", "3", "--set", "train.epochs=[2,1]"]
     done, before, out = run_killed_then_resumed(tmp_path, args)
-    ids = ["p00_s0", "p00_s1", "p00_s2"]
-    check_resumed(tmp_path, "metaocl/two_stage-smoke", ids, "em/qd1consis", [1, 2, 3], done, before, out,
-                  "two_stage", evals=3)
-    assert "[p00_s0] epoch 1, eval 1/3, stage 1: em qd1consis" in out or "p00_s0" in done  # per-trial progress
-    cache = tmp_path / "data" / "smoke_stage1"
-    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # one stage-1 model for all three trials
-    assert not list(cache.glob("*.tmp*"))  # nobody trained stage 1 a second time and tried to save it
-    client, _, children = mlflow_children(tmp_path, "metaocl/two_stage-smoke")
-    stage1 = {r.data.tags["metaocl.trial_id"]: [m.value for m in client.get_metric_history(r.info.run_id, "loss/qd1consis")][:2]
-              for r in children}
-    assert len({tuple(v) for v in stage1.values()}) == 1, stage1  # the same stage-1 model (and reports) in every trial
+    assert "p00_stage1" in done, done  # the unit finishes before any of its trials starts
+    after = attempts(tmp_path / "metaocl-results")
+    assert after.count("p00_stage1") == before.count("p00_stage1") == 1  # stage 1 trained once, in all
+    assert set(after) == {"p00_stage1", "p00_s0", "p00_s1", "p00_s2"}
+    stores = list((tmp_path / "metaocl-results").glob("*/metaocl/stage1/*/complete.json"))
+    assert len(stores) == 1
+    client, parents, children = mlflow_children(tmp_path, "metaocl/two_stage-smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    exp = client.get_experiment_by_name("metaocl/two_stage-smoke")
+    units = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("metaocl.role") == "stage1"]
+    assert [r.data.tags["metaocl.trial_id"] for r in units] == ["p00_stage1"]
+    assert [m.step for m in client.get_metric_history(units[0].info.run_id, "em/qd1consis")] == [1, 2]
+    assert sorted(r.data.tags["metaocl.trial_id"] for r in children) == ["p00_s0", "p00_s1", "p00_s2"]
+    for r in children:  # each trial logs its own stage once, linked to the unit's run
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["metaocl.stage1_run"] == units[0].info.run_id
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "em/qd1consis")] == [3]
+    runs = load_invocation(f"sqlite:///{tmp_path / 'mlflow.db'}", "metaocl/two_stage-smoke")
+    trials = [t for c in runs.configurations for t in c.trials]
+    assert len(trials) == 3 and all(sorted(t.history["em/qd1consis"]) == [1, 2, 3] for t in trials)  # stitched
+    assert "two_stage: 4 done, 0 running, 0 failed; 5/5 evals" in out, out[-3000:]
+    assert "trials: 3 done, 0 failed" in out
 
 
 def test_mnist_smoke_killed_and_resumed(tmp_path):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
-    assert main(["sweep", "quickstart", "--smoke"]) == 0
+    assert main(["sweep", "quickstart", "--smoke", "--set", "train.checkpoint_minutes=0"]) == 0
     captured = capsys.readouterr()
     out = captured.out
     # progress (no terminal here): lines per trial, and the final counts of the sweep
@@ -56,17 +56,18 @@ def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
     assert len(trial_dirs) == 2
     for trial_dir in trial_dirs:
         (kept,) = trial_dir.glob("checkpoint_*")
-        assert checkpoint_index(str(kept)) == 2  # one per evaluation, numbered from 0
-    last = trial_dirs[0] / "checkpoint_000002"
-    for index in (0, 1, 3):  # left over from before the state was written (0, 1), or saved after it (3)
+        # checkpoint_minutes 0: after epoch 1 (0) and at stage 2's start (1); none at the trial's end
+        assert checkpoint_index(str(kept)) == 1
+    last = trial_dirs[0] / "checkpoint_000001"
+    for index in (0, 2):  # left over from before the state was written (0), or saved after it (2)
         shutil.copytree(last, trial_dirs[0] / f"checkpoint_{index:06d}")
     pruner = CheckpointPruner(str(exp_dir))
-    assert pruner.prune() == 2
-    assert sorted(p.name for p in trial_dirs[0].glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000003"]
+    assert pruner.prune() == 1
+    assert sorted(p.name for p in trial_dirs[0].glob("checkpoint_*")) == ["checkpoint_000001", "checkpoint_000002"]
     # an unchanged state is not read again; a rewritten one is
-    shutil.copytree(last, trial_dirs[0] / "checkpoint_000001")
-    assert pruner.prune() == 0 and (trial_dirs[0] / "checkpoint_000001").is_dir()
+    shutil.copytree(last, trial_dirs[0] / "checkpoint_000000")
+    assert pruner.prune() == 0 and (trial_dirs[0] / "checkpoint_000000").is_dir()
     (state,) = exp_dir.glob("experiment_state-*.json")
     state.write_text(state.read_text())
     os.utime(state, ns=(state.stat().st_mtime_ns + 10**9,) * 2)
-    assert pruner.prune() == 1 and not (trial_dirs[0] / "checkpoint_000001").exists()
+    assert pruner.prune() == 1 and not (trial_dirs[0] / "checkpoint_000000").exists()

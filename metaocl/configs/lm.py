@@ -17,6 +17,7 @@ from typing import Literal
 
 from metaocl.config import ConfigError
 from metaocl.configs.lm_data import LMDataConfig
+from metaocl.experiments.staged import CHECKPOINT_MINUTES
 
 # Epochs per stage when train.epochs is [] (paper appendix B; the three-stage split is ours).
 PAPER_EPOCHS = {"single": [20], "two_stage": [20, 10], "three_stage": [20, 20, 10]}
@@ -81,18 +82,19 @@ class TrainConfig:
     # and reused by trials with the same key. Relative paths are under the data cache
     # ($METAOCL_DATA); on a cluster it must be shared storage (NFS) or every node trains its own.
     stage1_cache: str | None = None
+    # Two-stage only: the stage-1 epoch whose model stage 2 starts from (null = the end of stage 1).
+    # Stage 1 is still trained and evaluated to its end (its curve), stage 2's epochs follow epoch N.
+    stage2_from_epoch: int | None = None
     # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
     # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
     grad_alignment_every: int = 0
-    # Save a resumable checkpoint (model, optimizer, schedule, data order, RNG states, position)
-    # every N epochs within a stage and at the end of every stage, so a retried Ray trial resumes
-    # there instead of starting over; 0 = off. Only Ray trials keep checkpoints (``metaocl run``
-    # ignores them). Default 1: retrying a multi-hour trial from scratch costs far more than the
-    # writes. But a checkpoint holds full model + optimizer state: Pythia-2.8B in fp32 is ~11 GB of
-    # weights (+ ~22 GB more with AdamW; Adafactor's factored state is small), Pythia-12B ~48 GB,
-    # written to the Ray storage once per epoch (the latest one is kept). For multi-billion-parameter
-    # models on limited or slow storage, raise it (e.g. 5) or set 0.
-    checkpoint_every: int = 1
+    # Minutes of training between resumable checkpoints (model, optimizer, schedule, data order, RNG
+    # states, position) inside a stage; every stage boundary is checkpointed too (weights and the next
+    # stage's fresh start), the end of the trial is not. 0 = after every epoch; null = no checkpoints.
+    # Only Ray trials keep them (``metaocl run`` ignores them). 30: a retry loses at most 30 minutes
+    # (15 on average) while a checkpoint (Pythia-2.8B: ~11 GB) costs well under a minute to write;
+    # see docs/gpu-clusters.md ("Checkpoints") and metaocl.experiments.staged.checkpoint_bytes.
+    checkpoint_minutes: float | None = CHECKPOINT_MINUTES
 
     def validate(self) -> None:
         if any(e < 0 for e in self.epochs):
@@ -112,8 +114,9 @@ class TrainConfig:
                               "(dynamic padding); set train.faithful_padding: true or drop block_size")
         if self.grad_alignment_every < 0:
             raise ConfigError(f"grad_alignment_every: must be >= 0, got {self.grad_alignment_every}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every: must be >= 0 (0 = off), got {self.checkpoint_every}")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
+            raise ConfigError(f"checkpoint_minutes: must be >= 0 (0 = every epoch, null = off), "
+                              f"got {self.checkpoint_minutes}")
 
 
 @dataclass
@@ -164,6 +167,10 @@ class LMConfig:
                 f"train.epochs: data.stages={self.data.stages!r} has {self.data.n_stages} stage(s) but "
                 f"train.epochs lists {len(self.train.epochs)}: {self.train.epochs}"
             )
+        n = self.train.stage2_from_epoch
+        if n is not None and (self.data.n_stages != 2 or not 1 <= n <= self.epochs[0]):
+            raise ConfigError(f"train.stage2_from_epoch: {n} must be a stage-1 epoch (1..{self.epochs[0]}) "
+                              f"of a two-stage run (data.stages={self.data.stages!r}); null = the end of stage 1")
         if self.model.name == "tiny-t5" or self.model.kind == "seq2seq":
             if not self.data.seq2seq:
                 raise ConfigError("data.seq2seq: must be true for a seq2seq model (input = prompt, target = answer)")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from metaocl.config import ConfigError
+from metaocl.experiments.staged import CHECKPOINT_MINUTES
 
 #: The four entity groups of the paper's MNIST experiment, in reporting order.
 MNIST_GROUPS = ("qd1consis", "qd2incons", "d1consis", "d2consis")
@@ -121,10 +122,10 @@ class MnistTrain:
     cosine: bool = True  # cosine decay after warm-up; false = constant lr after warm-up
     grad_clip: float = 0.0  # max global grad norm; 0 = off (the ConvNeXt recipe does not clip)
     eval_every: int = 1000  # steps between evaluations (and one at the last step)
-    # Evaluations between resumable checkpoints (model, optimizer, schedule, step, the task's sampling
-    # generator, RNG states; a few hundred MB for ConvNeXt V2 Tiny), saved after the evaluation's
-    # report and at the last step; 0 = off. Only Ray trials keep them (a retry resumes there).
-    checkpoint_every: int = 1
+    # Minutes of training between resumable checkpoints (model, optimizer, schedule, step, the task's
+    # sampling generator, RNG states; a few hundred MB for ConvNeXt V2 Tiny), taken after an
+    # evaluation's report; 0 = at every evaluation, null = none. Only Ray trials keep them.
+    checkpoint_minutes: float | None = CHECKPOINT_MINUTES
     compile: bool = False  # torch.compile the model (CUDA; worth it for long runs)
     channels_last: bool = True  # channels_last memory format on CUDA
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -138,8 +139,8 @@ class MnistTrain:
             raise ConfigError("warmup_steps must be between 0 and steps")
         if self.eval_every < 1:
             raise ConfigError("eval_every must be >= 1")
-        if self.checkpoint_every < 0:
-            raise ConfigError("checkpoint_every must be >= 0 (0 = off)")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
+            raise ConfigError("checkpoint_minutes must be >= 0 (0 = every evaluation, null = off)")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("weight_decay and grad_clip must be >= 0")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from metaocl.config import ConfigError
+from metaocl.experiments.staged import CHECKPOINT_MINUTES
 
 
 @dataclass
@@ -88,6 +89,9 @@ class SetInclusionTrain:
     # single-stage (joint) training: stage-1 and stage-2 data together for stage1_epochs
     joint: bool = False
     grad_alignment_every: int = 0  # >0: log gradient alignment (tag defs vs QA) every K steps
+    # minutes of training between resumable checkpoints (and at the stage boundary); 0 = every epoch,
+    # null = none. Only Ray trials keep them.
+    checkpoint_minutes: float | None = CHECKPOINT_MINUTES
 
     def validate(self) -> None:
         if self.stage1_epochs < 1 or self.stage2_epochs < 0:
@@ -98,6 +102,8 @@ class SetInclusionTrain:
             raise ConfigError("optimizer adamw needs an explicit lr")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
+            raise ConfigError("checkpoint_minutes must be >= 0 (0 = every epoch, null = off)")
 
 
 @dataclass

@@ -151,43 +151,27 @@ def score_batches(trainer: VisionTrainer, batches: Iterable[tuple[str, object]])
     return {k: float(v[0]) / v[1] for k, v in sums.items()}
 
 
-def fit(
+def train_block(
     trainer: VisionTrainer,
     sample_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-    steps: int,
-    eval_every: int,
-    on_eval: Callable[[int, dict[str, float]], None],
-    progress: bool = False,
-    start_step: int = 0,
-) -> None:
-    """Train for ``steps`` fresh batches; every ``eval_every`` steps and at the end call
-    ``on_eval(step, {"train/loss": mean loss since the last call, "perf/examples_per_s": ...})``.
-    Time spent in ``on_eval`` (evaluation) is excluded from the throughput. ``start_step``: steps
-    already done (a resumed checkpoint taken at an evaluation); training continues at the next one."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=start_step, desc="train", unit="step")
+    n_steps: int,
+    bar=None,
+) -> dict[str, float]:
+    """Train ``n_steps`` fresh batches (one block between evaluations; the trial's stages, evaluations
+    and checkpoints are :mod:`metaocl.experiments.staged`'s). Returns ``train/loss`` (mean over the
+    block) and ``perf/examples_per_s`` (batch generation included). The loss stays on the device
+    until the end of the block: one host sync per block."""
     loss_sum = torch.zeros((), device=trainer.device)
-    n_steps = n_examples = 0
+    n_examples = 0
     t0 = time.perf_counter()
-    for step in range(start_step + 1, steps + 1):
+    for _ in range(n_steps):
         images, targets = sample_batch()
         loss_sum += trainer.train_step(images, targets)
-        n_steps += 1
         n_examples += len(images)
         if bar is not None:
             bar.update(1)
-        if step % eval_every == 0 or step == steps:
-            mean_loss = float(loss_sum) / n_steps  # the one host sync of the interval
-            elapsed = time.perf_counter() - t0
-            stats = {"train/loss": mean_loss, "perf/examples_per_s": n_examples / max(elapsed, 1e-9)}
-            if bar is not None:
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-            on_eval(step, stats)
-            loss_sum.zero_()
-            n_steps = n_examples = 0
-            t0 = time.perf_counter()
+    mean_loss = float(loss_sum) / max(n_steps, 1)  # the one host sync of the block
+    elapsed = time.perf_counter() - t0
     if bar is not None:
-        bar.close()
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+    return {"train/loss": mean_loss, "perf/examples_per_s": n_examples / max(elapsed, 1e-9)}

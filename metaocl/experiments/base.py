@@ -68,13 +68,34 @@ def _no_inputs(config: Any) -> list[str]:
 
 
 @dataclass(frozen=True)
+class SharedStages:
+    """How trials of a kind share their first stages (a sweep schedules them as one stage-1 unit per
+    ``key``, :mod:`metaocl.sweep.stage1`):
+
+    - ``key(config)``: what identifies the shared stages' model (None: this trial shares nothing);
+    - ``run_unit(config, reporter, store)``: train and report the shared stages once, write the model
+      to ``store`` (a folder or URI in the sweep's trial storage);
+    - ``run_branch(config, reporter, store)``: a trial that starts from the model at ``store``;
+    - ``unit_stages(config)`` / ``branch_stages(config)``: the stages each trains (their reports count).
+    """
+
+    key: Callable[[Any], str | None]
+    run_unit: Callable[[Any, Any, str], Mapping[str, float]]
+    run_branch: Callable[[Any, Any, str], Mapping[str, float]]
+    unit_stages: Callable[[Any], list]
+    branch_stages: Callable[[Any], list]
+
+
+@dataclass(frozen=True)
 class ExperimentKind:
     """Everything specific to one experiment kind (see the module docstring).
 
     - ``n_reports(config)``: how many evaluations (``reporter(...)`` calls) one trial makes;
     - ``required_inputs(config)``: problems with what a trial needs from outside (data files, model
       names), each one line ``field: what is wrong (how to fix it)``; empty when all is there;
-    - ``progress_unit``: what a report's ``epoch`` counts (``epoch`` or ``step``), for progress lines.
+    - ``progress_unit``: what a report's ``epoch`` counts (``epoch`` or ``step``), for progress lines;
+    - ``stages(config)``: the trial's stages (:mod:`metaocl.experiments.staged`), from which
+      ``n_reports`` and the checkpoint projections follow.
     """
 
     name: str
@@ -86,6 +107,8 @@ class ExperimentKind:
     entity_templates: tuple[str, ...] = ()
     required_inputs: Callable[[Any], list[str]] = _no_inputs
     progress_unit: str = "epoch"
+    stages: Callable[[Any], list] | None = None  # the trial's metaocl.experiments.staged.Stage list
+    shared: SharedStages | None = None  # stage-1 units (kinds whose trials branch from shared stages)
 
     def gaps(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """The ``gap/*`` metrics of one report (:func:`metaocl.metrics.gaps` with this kind's pairs)."""

@@ -32,11 +32,12 @@ def enabled(reporter) -> bool:
 
 
 def save(reporter, model: torch.nn.Module, optimizer, scheduler, generator: torch.Generator | None,
-         **position) -> None:
-    """Model, optimizer, schedule and RNG states plus ``position`` through the reporter (if it can)."""
+         **position) -> int | None:
+    """Model, optimizer, schedule and RNG states plus ``position`` through the reporter (if it can);
+    returns the bytes the reporter says it wrote (None when it does not say)."""
     if not enabled(reporter):
-        return
-    reporter.save_checkpoint({
+        return None
+    return reporter.save_checkpoint({
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,

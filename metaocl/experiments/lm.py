@@ -25,12 +25,11 @@ entities split into d1/d2/d3/no-definition by it (:func:`engine_dataset`). With
 everything that determines it, so trials that differ only in ``seed`` branch their later stages from
 one stage-1 run, as the paper's 3-5 stage-2 seeds per stage-1 seed did.
 
-Checkpoints (``train.checkpoint_every``): in a Ray trial, the end of every N-th epoch of a stage and
-of every stage saves model, optimizer, schedule, the stage's data-order generator, RNG states, the
-position (stage, epoch, global step and epoch), the last metrics, the report history and the micro
-batch auto-sizing found; a retried trial restores it, skips finished stages and epochs and ends
-exactly as an uninterrupted run. A checkpoint from stage 2 on bypasses the stage-1 cache (it holds
-the weights already); one from stage 1 continues stage 1, which is then saved to the cache as usual.
+Stages, evaluation cadence and checkpoints are :mod:`metaocl.experiments.staged`'s (``train.checkpoint_minutes``:
+inside a stage every N minutes, and at every stage boundary); :class:`LMTrial` supplies the data,
+model, optimizer, one epoch and the evaluation. A checkpoint from stage 2 on bypasses the stage-1
+cache (it holds the weights already); one from stage 1 continues stage 1, which is then saved to the
+cache as usual.
 """
 
 from __future__ import annotations
@@ -44,19 +43,15 @@ from typing import TYPE_CHECKING
 from metaocl.config import ConfigError
 from metaocl.configs.lm import BUILTIN_MODEL_NAMES, LMConfig
 from metaocl.configs.lm_data import ENTITY_TEMPLATES
-from metaocl.experiments import Reporter
-from metaocl.experiments.base import IN_DISTRIBUTION_PAIRS, ExperimentKind, entity_pairs, evaluations
+from metaocl.experiments import Reporter, staged
+from metaocl.experiments.base import IN_DISTRIBUTION_PAIRS, ExperimentKind, SharedStages, entity_pairs
+from metaocl.experiments.staged import Stage
 
 if TYPE_CHECKING:
     import torch
 
     from metaocl.engine import lm as engine
     from metaocl.engine.lm_models import LoadedModel
-
-
-def n_reports(config: LMConfig) -> int:
-    """Evaluations of one trial: every ``eval.every`` epochs and at the end of each stage."""
-    return sum(evaluations(n, config.eval.every) for n in config.epochs)
 
 
 def required_inputs(config: LMConfig) -> list[str]:
@@ -148,10 +143,31 @@ def _stage_generator(seed: int, stage: int) -> torch.Generator:
 # ------------------------------------------------------------------------------------------------
 # The trial
 # ------------------------------------------------------------------------------------------------
-def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
+def stages(config: LMConfig, branch: bool = True) -> list[Stage]:
+    """One :class:`Stage` per ``data.stages`` entry: ``train.epochs[k]`` epochs, evaluated every
+    ``eval.every``; seeded from the stage-1 seed (the shared stages, :func:`stage1_cache.shared_stages`)
+    or the trial seed (the last stage), each stage independently of what earlier stages consumed (so a
+    branch from a stored stage-1 model continues exactly as an uninterrupted run). ``branch``: what a
+    trial's own reports follow, stage 1 cut at ``train.stage2_from_epoch``; ``False``: stage 1 whole
+    (what a stage-1 unit trains)."""
+    from metaocl.experiments.stage1_cache import shared_stages
+
+    shared, cut = shared_stages(config), config.train.stage2_from_epoch
+    return [Stage(number=k, units=cut if (k == 1 and branch and cut is not None) else n, eval_every=config.eval.every,
+                  seed=(config.stage1_seed if k <= shared else config.seed) * 1009 + k)
+            for k, n in enumerate(config.epochs, start=1)]
+
+
+def n_reports(config: LMConfig) -> int:
+    """Evaluations of one trial run whole: every ``eval.every`` epochs and at the end of each stage."""
+    return staged.n_reports(stages(config))
+
+
+def _setup(config: LMConfig):
+    """Threads, device, the stage-1 seed's global RNG, and the dataset of the shared stages and (when
+    the trial seed re-splits X2) of the last stage."""
     from transformers.utils import logging as hf_logging
 
-    from metaocl.experiments import checkpoints, stage1_cache
     from metaocl.runtime import resolve_device, seed_everything, set_threads
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in trial logs
@@ -159,28 +175,87 @@ def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
     device = resolve_device(config.device)
     seed_everything(config.stage1_seed)
     dataset = engine_dataset(config)
-    n_stages = config.data.n_stages
-    resplit = n_stages > 1 and config.data.resplit_x2_per_seed and config.seed != config.stage1_seed
-    later = engine_dataset(config, stage=2) if resplit else dataset  # what stages 2.. see
+    resplit = config.data.n_stages > 1 and config.data.resplit_x2_per_seed and config.seed != config.stage1_seed
+    later = engine_dataset(config, stage=2) if resplit else None  # what the last stage sees, when it differs
+    return device, dataset, later
 
-    cache = stage1_cache.folder(config) if n_stages > 1 else None
+
+def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
+    """The whole trial in this process; with ``train.stage1_cache``, the shared stages come from (or
+    go into) the cache, under its lock (see :mod:`metaocl.experiments.stage1_cache`)."""
+    from metaocl.experiments import checkpoints, stage1_cache
+
+    device, dataset, later = _setup(config)
+    shared = stage1_cache.shared_stages(config)
+    cache = stage1_cache.folder(config) if shared else None
     history: list[dict] = []
     saved = checkpoints.restore(reporter)  # a retried Ray trial: where its last attempt stopped
-    if cache is None or (saved is not None and saved["stage"] > 1):
+    if cache is None or (saved is not None and saved["stage"] > shared):
         loaded = _load(config, dataset)  # with a checkpoint, its weights replace these
-        return _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, saved=saved,
-                      later=later)
-    with stage1_cache.locked(cache):  # the first trial with this key trains stage 1; the rest wait
-        if cache.is_dir():  # (a stage-1 checkpoint of ours is superseded: the cache is the same model)
+        stage1_cache.STATS["stage1_trainings"] += int(saved is None and shared > 0)
+        return train_stages(config, reporter, dataset, loaded, device, history=history, saved=saved, later=later)
+    with stage1_cache.locked(cache):  # the first trial with this key trains the shared stages; the rest wait
+        if cache.is_dir():  # (a checkpoint of ours from those stages is superseded: the cache is the same model)
             loaded, history = stage1_cache.load(cache, config)
             for row in history:
                 reporter(row)
         else:
             loaded = _load(config, dataset)
-            _train(config, reporter, dataset, loaded, device, first_stage=1, history=history, last_stage=1,
-                   saved=saved)
+            stage1_cache.STATS["stage1_trainings"] += 1
+            train_stages(config, reporter, dataset, loaded, device, history=history, saved=saved, last=shared)
             stage1_cache.save(cache, loaded, history)
-    return _train(config, reporter, later, loaded, device, first_stage=2, history=history)
+    return train_stages(config, reporter, dataset if later is None else later, loaded, device, history=history,
+                        first=shared + 1)
+
+
+def run_stage1(config: LMConfig, reporter: Reporter, store: str) -> dict[str, float]:
+    """A stage-1 unit of a sweep: the shared stages once for every trial of this stage-1 seed, each
+    evaluation reported once; the model (at ``train.stage2_from_epoch``, else at the end) and the
+    reports up to it go to ``store`` in the sweep's trial storage, where the branching trials find it."""
+    from metaocl.experiments import checkpoints, stage1_cache
+
+    device, dataset, _ = _setup(config)
+    shared = stage1_cache.shared_stages(config)
+    loaded = _load(config, dataset)
+    stage1_cache.STATS["stage1_trainings"] += 1
+    cut = config.train.stage2_from_epoch
+    trial = LMTrial(config, reporter, dataset, loaded, device, publish=(store, cut) if cut is not None else None)
+    history: list[dict] = []
+    final = staged.run(trial, stages(config, branch=False), reporter,
+                       staged.CheckpointPolicy(config.train.checkpoint_minutes),
+                       saved=checkpoints.restore(reporter), history=history, last=shared)
+    if cut is None:
+        stage1_cache.publish_model(store, loaded)
+    stage1_cache.publish_complete(store, [r for r in history if cut is None or r["epoch"] <= cut])
+    return final
+
+
+def run_branch(config: LMConfig, reporter: Reporter, store: str) -> dict[str, float]:
+    """A trial that branches from the stage-1 unit at ``store``: only its own (last) stage is trained
+    and reported; its ``epoch`` continues after the unit's (MLflow joins the two histories). Without a
+    complete unit at ``store`` (it failed for good) the trial trains everything itself (:func:`run`)."""
+    from metaocl.experiments import checkpoints, stage1_cache
+
+    if not stage1_cache.complete(store):
+        return run(config, reporter)
+    device, dataset, later = _setup(config)
+    shared = stage1_cache.shared_stages(config)
+    loaded, history = stage1_cache.fetch(store, config)  # a checkpoint of this trial replaces its weights
+    return train_stages(config, reporter, dataset if later is None else later, loaded, device, history=history,
+                        first=shared + 1, saved=checkpoints.restore(reporter))
+
+
+def train_stages(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
+                 first: int = 1, last: int | None = None, history: list[dict] | None = None,
+                 saved: dict | None = None, later=None) -> dict[str, float]:
+    """Train ``loaded`` through stages ``first..last`` (:func:`metaocl.experiments.staged.run`);
+    ``history`` gets every report; returns the last. ``dataset``: what stage ``first`` sees;
+    ``later``: the dataset of the last stage when it differs (X2 re-split per seed)."""
+    plan = stages(config)
+    trial = LMTrial(config, reporter, dataset, loaded, device, later=later,
+                    epochs_before=[s.units for s in plan if s.number < first])
+    return staged.run(trial, plan, reporter, staged.CheckpointPolicy(config.train.checkpoint_minutes),
+                      saved=saved, history=history, first=first, last=last)
 
 
 def _load(config: LMConfig, dataset) -> LoadedModel:
@@ -206,115 +281,122 @@ def engine_dataset(config: LMConfig, stage: int = 1):
     return build_lm_dataset(config.data, config.stage1_seed, x2_seed=config.stage1_seed if shared else config.seed)
 
 
-def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
-           first_stage: int, history: list[dict], last_stage: int | None = None,
-           saved: dict | None = None, later=None) -> dict[str, float]:
-    """Stages ``first_stage..last_stage``; appends every report to ``history``; returns the last.
-    With ``saved`` (a checkpoint of this trial) it continues after the epoch the checkpoint was taken.
-    ``later``: the dataset of stages 2.. when it differs from ``dataset`` (X2 re-split per seed)."""
-    from metaocl.engine import lm as engine
-    from metaocl.engine import lm_evaluate as ev
-    from metaocl.engine.grad_alignment import GradAlignmentMonitor
-    from metaocl.experiments import checkpoints
-    from metaocl.runtime import seed_everything
+class LMTrial(staged.StagedTrial):
+    """The LM kind's part of a staged trial (:mod:`metaocl.experiments.staged` runs the stages).
 
-    cfg_t, cfg_e = config.train, config.eval
-    model, tok = loaded.model, loaded.tokenizer
-    if cfg_t.faithful_padding and loaded.is_seq2seq:
-        raise ConfigError("train.faithful_padding: applies to causal models only")
-    model.to(device)
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    use_autocast = device.startswith("cuda") and config.model.dtype == "auto"
-    max_new = cfg_e.resolved_max_new_tokens(config.data.source)
-    n_stages = config.data.n_stages
-    last_stage = last_stage or n_stages
+    ``dataset``: what the first stage run here sees; ``later``: the dataset of the last stage when it
+    differs (X2 re-split per seed); ``epochs_before``: epochs of the stages trained elsewhere before
+    the first one here (the global optimizer-step count starts after them); ``publish``: ``(store,
+    epoch)``: write the model as it is at the end of stage-1 epoch ``epoch`` to ``store`` (a stage-1
+    unit with ``train.stage2_from_epoch``).
+    """
 
-    eval_names = [name for name in dataset if not name.startswith("train_") and len(dataset[name])]
-    eval_sets = {name: engine.encode(dataset[name], tok, loaded.is_seq2seq, with_prompts=True) for name in eval_names}
-    epochs = config.epochs
-    monitor = GradAlignmentMonitor(every_steps=cfg_t.grad_alignment_every)
-    probes = _alignment_probes(config, dataset, loaded, device, use_autocast) if monitor.enabled else None
-    global_step = sum(  # optimizer steps of stages run before this call (e.g. a cached stage 1)
-        engine.steps_per_epoch(len(dataset[f"train_{s}"]), cfg_t.batch_size or len(dataset[f"train_{s}"])) * epochs[s - 1]
-        for s in range(1, first_stage))
+    def __init__(self, config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, device: str, *,
+                 later=None, epochs_before: list[int] = (), publish: tuple[str, int] | None = None):
+        from metaocl.engine import lm as engine
+        from metaocl.engine.grad_alignment import GradAlignmentMonitor
 
-    def after_step(_: int) -> None:
-        nonlocal global_step
-        global_step += 1
-        if probes is not None and monitor.due(global_step):
-            monitor.measure(model, probes.loss_fn, probes.def1, probes.def2, probes.qa, step=global_step)
+        self.config, self.reporter, self.loaded, self.device, self.later = config, reporter, loaded, device, later
+        t = config.train
+        if t.faithful_padding and loaded.is_seq2seq:
+            raise ConfigError("train.faithful_padding: applies to causal models only")
+        self.model = loaded.model.to(device)
+        if config.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+            self.model.config.use_cache = False
+        self.use_autocast = device.startswith("cuda") and config.model.dtype == "auto"
+        self._use_dataset(dataset)
+        self.monitor = GradAlignmentMonitor(every_steps=t.grad_alignment_every)
+        self.probes = (_alignment_probes(config, dataset, loaded, device, self.use_autocast)
+                       if self.monitor.enabled else None)
+        self.step_global = sum(  # optimizer steps of the stages before (a stage 1 trained elsewhere)
+            engine.steps_per_epoch(len(dataset[f"train_{s}"]), t.batch_size or len(dataset[f"train_{s}"])) * n
+            for s, n in enumerate(epochs_before, start=1))
+        self.micro = t.micro_batch_size or t.batch_size
+        self.publish = publish
 
-    epoch_global = sum(epochs[: first_stage - 1])
-    metrics: dict[str, float] = dict(history[-1]) if history else {}
-    micro = cfg_t.micro_batch_size or cfg_t.batch_size
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        global_step, epoch_global, metrics = saved["step_global"], saved["epoch_global"], saved["metrics"]
-        micro = saved["micro"]
-        history[:] = saved["history"]
-    for stage in range(first_stage, last_stage + 1):
-        if stage == 2 and later is not None and later is not dataset:  # the trial seed's X2 split from here on
-            dataset = later
-            eval_names = [name for name in dataset if not name.startswith("train_") and len(dataset[name])]
-            eval_sets = {name: engine.encode(dataset[name], tok, loaded.is_seq2seq, with_prompts=True) for name in eval_names}
-        if saved is not None and saved["stage"] > stage:
-            continue
-        n_epochs = epochs[stage - 1]
-        train_set = engine.encode(dataset[f"train_{stage}"], tok, loaded.is_seq2seq)
-        batch_size = cfg_t.batch_size or len(train_set)  # 0 = full batch
-        total_steps = engine.steps_per_epoch(len(train_set), batch_size) * n_epochs
-        optimizer, scheduler = engine.make_optimizer(model, cfg_t, total_steps)  # fresh per stage
-        ctx = engine.StepContext(
-            model=model, optimizer=optimizer, scheduler=scheduler, device=device, pad_id=loaded.pad_id,
-            decoder_start_id=getattr(model.config, "decoder_start_token_id", None), batch_size=batch_size,
-            micro_batch_size=min(micro or batch_size, batch_size), auto_micro=cfg_t.micro_batch_size == 0 and device.startswith("cuda"),
-            max_grad_norm=cfg_t.max_grad_norm, faithful_padding=cfg_t.faithful_padding, block_size=cfg_t.block_size,
-            use_autocast=use_autocast,
-        )
-        stage_seed = config.stage1_seed if stage == 1 else config.seed
-        seed_everything(stage_seed * 1009 + stage)  # dropout RNG (T5), independent of earlier stages
-        generator = _stage_generator(stage_seed, stage)
-        first_epoch = 1
-        if saved is not None:  # the stage the checkpoint was taken in: its optimizer, RNG and position
-            checkpoints.load_training_state(saved, optimizer, scheduler, generator)
-            checkpoints.set_alignment_pending(monitor, saved)
-            first_epoch, saved = saved["epoch"] + 1, None
+    def _use_dataset(self, dataset) -> None:
+        from metaocl.engine import lm as engine
 
-        def checkpoint(epoch: int) -> None:
-            every = cfg_t.checkpoint_every
-            if every and (epoch % every == 0 or epoch == n_epochs):
-                checkpoints.save(reporter, model, optimizer, scheduler, generator, stage=stage, epoch=epoch,
-                                 step_global=global_step, epoch_global=epoch_global, metrics=metrics,
-                                 history=history, micro=micro, alignment_pending=checkpoints.alignment_pending(monitor))
+        tok, seq2seq = self.loaded.tokenizer, self.loaded.is_seq2seq
+        self.dataset = dataset
+        self.eval_sets = {name: engine.encode(dataset[name], tok, seq2seq, with_prompts=True)
+                          for name in dataset if not name.startswith("train_") and len(dataset[name])}
 
-        for epoch in range(first_epoch, n_epochs + 1):
-            epoch_global += 1
-            stats = engine.train_one_epoch(ctx, train_set, generator, _progress(reporter, stage, epoch), after_step)
-            micro = ctx.micro_batch_size  # keep what auto found
-            if epoch % cfg_e.every and epoch != n_epochs:
-                checkpoint(epoch)
-                continue
-            eval_kwargs = dict(max_new_tokens=max_new, device=device, is_seq2seq=loaded.is_seq2seq,
-                               batch_size=cfg_e.batch_size, use_autocast=use_autocast)
-            if cfg_e.method == "fast":  # every split at once: their greedy continuations pooled
-                results = ev.evaluate_splits(model, tok, eval_sets, **eval_kwargs)
-            else:
-                results = {name: ev.evaluate_split_generate(model, tok, enc, **eval_kwargs) for name, enc in eval_sets.items()}
-            metrics = {}
-            for name, result in results.items():
-                metrics[f"em/{name}"] = result.em
-                metrics[f"loss/{name}"] = result.loss
-            metrics.update(KIND.gaps(metrics))
-            metrics.update(monitor.epoch_metrics())
-            metrics.update({"train/loss": stats.loss, "perf/tokens_per_s": stats.tokens_per_s,
-                            "perf/examples_per_s": stats.examples_per_s, "epoch": float(epoch_global),
-                            "stage": float(stage)})
-            history.append(dict(metrics))
-            reporter(metrics)
-            checkpoint(epoch)  # after the report: a restarted trial never skips an evaluation
-    return metrics
+    def start_stage(self, stage: Stage) -> None:
+        from metaocl.engine import lm as engine
+
+        from metaocl.experiments.stage1_cache import shared_stages
+
+        if stage.number > shared_stages(self.config) and self.later is not None and self.dataset is not self.later:
+            # the trial seed's X2 split
+            self._use_dataset(self.later)
+        t, loaded = self.config.train, self.loaded
+        self.train_set = engine.encode(self.dataset[f"train_{stage.number}"], loaded.tokenizer, loaded.is_seq2seq)
+        batch_size = t.batch_size or len(self.train_set)  # 0 = full batch
+        total_steps = engine.steps_per_epoch(len(self.train_set), batch_size) * stage.units
+        self.optimizer, self.scheduler = engine.make_optimizer(self.model, t, total_steps)
+        self.generator = _stage_generator(self.config.stage1_seed if stage.number == 1 else self.config.seed,
+                                          stage.number)
+        self.ctx = engine.StepContext(
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, device=self.device,
+            pad_id=loaded.pad_id, decoder_start_id=getattr(self.model.config, "decoder_start_token_id", None),
+            batch_size=batch_size, micro_batch_size=min(self.micro or batch_size, batch_size),
+            auto_micro=t.micro_batch_size == 0 and self.device.startswith("cuda"), max_grad_norm=t.max_grad_norm,
+            faithful_padding=t.faithful_padding, block_size=t.block_size, use_autocast=self.use_autocast)
+
+    def _after_step(self, _: int) -> None:
+        self.step_global += 1
+        p = self.probes
+        if p is not None and self.monitor.due(self.step_global):
+            self.monitor.measure(self.model, p.loss_fn, p.def1, p.def2, p.qa, step=self.step_global)
+
+    def train_unit(self, stage: Stage, unit: int) -> dict[str, float]:
+        from metaocl.engine import lm as engine
+
+        stats = engine.train_one_epoch(self.ctx, self.train_set, self.generator,
+                                       _progress(self.reporter, stage.number, unit), self._after_step)
+        self.micro = self.ctx.micro_batch_size  # keep what auto found
+        return {"train/loss": stats.loss, "perf/tokens_per_s": stats.tokens_per_s,
+                "perf/examples_per_s": stats.examples_per_s}
+
+    def evaluate(self, stage: Stage) -> dict[str, float]:
+        from metaocl.engine import lm_evaluate as ev
+
+        c, loaded = self.config, self.loaded
+        kwargs = dict(max_new_tokens=c.eval.resolved_max_new_tokens(c.data.source), device=self.device,
+                      is_seq2seq=loaded.is_seq2seq, batch_size=c.eval.batch_size, use_autocast=self.use_autocast)
+        if c.eval.method == "fast":  # every split at once: their greedy continuations pooled
+            results = ev.evaluate_splits(self.model, loaded.tokenizer, self.eval_sets, **kwargs)
+        else:
+            results = {name: ev.evaluate_split_generate(self.model, loaded.tokenizer, enc, **kwargs)
+                       for name, enc in self.eval_sets.items()}
+        metrics = {}
+        for name, result in results.items():
+            metrics[f"em/{name}"] = result.em
+            metrics[f"loss/{name}"] = result.loss
+        metrics.update(KIND.gaps(metrics))
+        metrics.update(self.monitor.epoch_metrics())
+        return metrics
+
+    def unit_done(self, stage: Stage, unit: int, metrics) -> None:
+        if self.publish is not None and (stage.number, unit) == (1, self.publish[1]):
+            from metaocl.experiments import stage1_cache
+
+            stage1_cache.publish_model(self.publish[0], self.loaded)  # the model stage 2 starts from
+
+    def state(self) -> dict:
+        from metaocl.experiments import checkpoints
+
+        return {"step_global": self.step_global, "micro": self.micro,
+                "alignment_pending": checkpoints.alignment_pending(self.monitor)}
+
+    def load_state(self, saved: dict) -> None:
+        from metaocl.experiments import checkpoints
+
+        self.step_global, self.micro = saved["step_global"], saved["micro"]
+        self.ctx.micro_batch_size = min(self.micro or self.ctx.batch_size, self.ctx.batch_size)
+        checkpoints.set_alignment_pending(self.monitor, saved)
 
 
 def _progress(reporter: Reporter, stage: int, epoch: int):
@@ -372,6 +454,29 @@ def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: st
     return _AlignmentProbes(def1, def2, qa, use_autocast, device)
 
 
-KIND = ExperimentKind(name="lm", config_cls=LMConfig, run=run, n_reports=n_reports, measure="em",
+def _unit_key(config: LMConfig) -> str | None:
+    """Trials with ``train.stage1_cache`` set share their first stages (a sweep's stage-1 units)."""
+    from metaocl.experiments import stage1_cache
+
+    return stage1_cache.key(config) if config.train.stage1_cache and stage1_cache.shared_stages(config) else None
+
+
+def _unit_stages(config: LMConfig) -> list[Stage]:
+    from metaocl.experiments.stage1_cache import shared_stages
+
+    return [s for s in stages(config, branch=False) if s.number <= shared_stages(config)]
+
+
+def _branch_stages(config: LMConfig) -> list[Stage]:
+    from metaocl.experiments.stage1_cache import shared_stages
+
+    return [s for s in stages(config) if s.number > shared_stages(config)]
+
+
+SHARED = SharedStages(key=_unit_key, run_unit=run_stage1, run_branch=run_branch, unit_stages=_unit_stages,
+                      branch_stages=_branch_stages)
+
+KIND = ExperimentKind(name="lm", config_cls=LMConfig, run=run, n_reports=n_reports, stages=stages, shared=SHARED,
+                      measure="em",
                       effect_pairs=IN_DISTRIBUTION_PAIRS + entity_pairs(ENTITY_TEMPLATES),
                       entity_templates=ENTITY_TEMPLATES, required_inputs=required_inputs)

@@ -20,17 +20,18 @@ every time):
 - ``epoch`` = the training step of the evaluation (there are no epochs in a one-epoch regime; the
   step keeps MLflow's x axis comparable across batch sizes and eval intervals), ``stage`` = 1.
 
-Checkpoints (``train.checkpoint_every`` evaluations apart, and at the last step): in a Ray trial,
-after an evaluation's report, model, optimizer, schedule, step, the task's sampling generator and
-the RNG states are saved; a retried trial resumes at the next step and reports exactly what an
-uninterrupted run would (:mod:`metaocl.experiments.checkpoints`).
+Checkpoints (``train.checkpoint_minutes`` apart, after an evaluation's report; not at the last
+step, where the trial ends): in a Ray trial, model, optimizer, schedule, step, the task's sampling
+generator and the RNG states are saved; a retried trial resumes at the next step and reports exactly
+what an uninterrupted run would (:mod:`metaocl.experiments.staged`).
 """
 
 from __future__ import annotations
 
 from metaocl.configs.mnist import MnistConfig
-from metaocl.experiments import Reporter
-from metaocl.experiments.base import ExperimentKind, evaluations
+from metaocl.experiments import Reporter, staged
+from metaocl.experiments.base import ExperimentKind
+from metaocl.experiments.staged import Stage
 
 
 def evaluate(task, trainer, batches: int, batch_size: int) -> dict[str, float]:
@@ -51,9 +52,16 @@ def evaluate(task, trainer, batches: int, batch_size: int) -> dict[str, float]:
     return metrics
 
 
+def stages(config: MnistConfig) -> list[Stage]:
+    """One stage whose units are blocks of ``train.eval_every`` steps (the last one shorter), each
+    evaluated."""
+    t = config.train
+    return [Stage(1, -(-t.steps // t.eval_every), eval_every=1)]
+
+
 def n_reports(config: MnistConfig) -> int:
     """Evaluations of one trial: every ``train.eval_every`` steps and at the last step."""
-    return evaluations(config.train.steps, config.train.eval_every)
+    return staged.n_reports(stages(config))
 
 
 def required_inputs(config: MnistConfig) -> list[str]:
@@ -75,71 +83,82 @@ def required_inputs(config: MnistConfig) -> list[str]:
 
 def run(config: MnistConfig, reporter: Reporter) -> dict[str, float]:
     """Train and evaluate one trial; report after every evaluation; return the last metrics."""
-    import torch
-
-    from metaocl.data.mnist_grid import MnistGridTask
-    from metaocl.engine.vision import VisionTrainer, build_model, fit
     from metaocl.experiments import checkpoints
     from metaocl.runtime import resolve_device, seed_everything, set_threads
 
     set_threads()
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels
-
-    task = MnistGridTask(config.data, config.seed, device)
-    m, t = config.model, config.train
-    model = build_model(m.name, task.n_cells, in_chans=1, pretrained=m.pretrained, drop_path_rate=m.drop_path_rate)
-    trainer = VisionTrainer(
-        model,
-        task.n_cells,
-        device,
-        steps=t.steps,
-        lr=t.lr,
-        min_lr=t.min_lr,
-        weight_decay=t.weight_decay,
-        betas=(t.beta1, t.beta2),
-        warmup_steps=t.warmup_steps,
-        cosine=t.cosine,
-        grad_clip=t.grad_clip,
-        bf16=t.bf16,
-        channels_last=t.channels_last,
-        compile=t.compile,
-    )
-    eval_batch_size = config.eval.batch_size or t.batch_size
-    last: dict[str, float] = {}
-    start_step = 0
-    saved = checkpoints.restore(reporter)  # a retried Ray trial: continue after its last checkpoint
-    if saved is not None:
-        trainer.model.load_state_dict(saved["model"])
-        checkpoints.load_training_state(saved, trainer.optimizer, trainer.scheduler, task.generator)
-        start_step = trainer.step = saved["step"]
-        last.update(saved["metrics"])
-
-    def sample():
-        batch = task.sample_train(t.batch_size)
-        return batch.images, batch.targets
-
-    def on_eval(step: int, train_stats: dict[str, float]) -> None:
-        metrics = evaluate(task, trainer, config.eval.batches, eval_batch_size)
-        metrics.update(train_stats)
-        metrics["epoch"] = float(step)
-        metrics["stage"] = 1.0
-        reporter(metrics)
-        last.clear()
-        last.update(metrics)
-        every = t.checkpoint_every
-        if every and ((step // t.eval_every) % every == 0 or step == t.steps):
-            checkpoints.save(reporter, trainer.model, trainer.optimizer, trainer.scheduler, task.generator,
-                             step=step, metrics=dict(metrics))
-
-    fit(trainer, sample, t.steps, t.eval_every, on_eval, progress=getattr(reporter, "interactive", False),
-        start_step=start_step)
-    return dict(last)
+    trial = MnistTrial(config, reporter, device)
+    policy = staged.CheckpointPolicy(config.train.checkpoint_minutes)
+    try:
+        return staged.run(trial, stages(config), reporter, policy, saved=checkpoints.restore(reporter))
+    finally:
+        if trial.bar is not None:
+            trial.bar.close()
 
 
-KIND = ExperimentKind(name="mnist", config_cls=MnistConfig, run=run, n_reports=n_reports, measure="acc",
+class MnistTrial(staged.StagedTrial):
+    """The MNIST kind's part of a staged trial: a unit is a block of ``eval_every`` training steps."""
+
+    def __init__(self, config: MnistConfig, reporter: Reporter, device: str):
+        import torch
+
+        from metaocl.data.mnist_grid import MnistGridTask
+        from metaocl.engine.vision import VisionTrainer, build_model
+
+        if device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels
+        self.config = config
+        self.task = MnistGridTask(config.data, config.seed, device)
+        m, t = config.model, config.train
+        model = build_model(m.name, self.task.n_cells, in_chans=1, pretrained=m.pretrained,
+                            drop_path_rate=m.drop_path_rate)
+        self.trainer = VisionTrainer(
+            model, self.task.n_cells, device, steps=t.steps, lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+            betas=(t.beta1, t.beta2), warmup_steps=t.warmup_steps, cosine=t.cosine, grad_clip=t.grad_clip,
+            bf16=t.bf16, channels_last=t.channels_last, compile=t.compile)
+        self.model = self.trainer.model
+        self.generator = self.task.generator
+        self.bar = None
+        if getattr(reporter, "interactive", False):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=t.steps, desc="train", unit="step")
+
+    def start_stage(self, stage: Stage) -> None:
+        # the one stage: the trainer's optimizer and schedule (over all steps) are the stage's
+        self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
+
+    def x(self, stage: Stage, unit: int, units_before: int) -> float:
+        return float(min(unit * self.config.train.eval_every, self.config.train.steps))  # the step
+
+    def train_unit(self, stage: Stage, unit: int) -> dict[str, float]:
+        from metaocl.engine.vision import train_block
+
+        t = self.config.train
+        n = min(unit * t.eval_every, t.steps) - (unit - 1) * t.eval_every
+        if self.bar is not None and self.bar.n < (unit - 1) * t.eval_every:  # resumed
+            self.bar.update((unit - 1) * t.eval_every - self.bar.n)
+
+        def sample():
+            batch = self.task.sample_train(t.batch_size)
+            return batch.images, batch.targets
+
+        return train_block(self.trainer, sample, n, self.bar)
+
+    def evaluate(self, stage: Stage) -> dict[str, float]:
+        return evaluate(self.task, self.trainer, self.config.eval.batches,
+                        self.config.eval.batch_size or self.config.train.batch_size)
+
+    def state(self) -> dict:
+        return {"step": self.trainer.step}
+
+    def load_state(self, saved: dict) -> None:
+        self.trainer.step = saved["step"]
+
+
+KIND = ExperimentKind(name="mnist", config_cls=MnistConfig, run=run, n_reports=n_reports, stages=stages, measure="acc",
                       required_inputs=required_inputs, progress_unit="step")

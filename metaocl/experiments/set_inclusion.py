@@ -18,109 +18,123 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metaocl.configs.set_inclusion import SetInclusionConfig
-from metaocl.experiments import Reporter
-from metaocl.experiments.base import ExperimentKind, evaluations
+from metaocl.experiments import Reporter, staged
+from metaocl.experiments.base import ExperimentKind
+from metaocl.experiments.staged import Stage
 
 if TYPE_CHECKING:
     import torch
 
 
+def stages(config: SetInclusionConfig) -> list[Stage]:
+    """Stage 1 (X1; everything with ``train.joint``), then stage 2 (X2 definitions) unless joint or
+    0 epochs. No per-stage reseeding: the trial seeds once and one data-order generator runs on."""
+    t = config.train
+    out = [Stage(1, t.stage1_epochs, config.eval.every)]
+    if not t.joint and t.stage2_epochs > 0:
+        out.append(Stage(2, t.stage2_epochs, config.eval.every))
+    return out
+
+
 def n_reports(config: SetInclusionConfig) -> int:
     """Evaluations of one trial: every ``eval.every`` epochs and at the end of each stage."""
-    t = config.train
-    stages = [t.stage1_epochs] + ([] if t.joint else [t.stage2_epochs])
-    return sum(evaluations(n, config.eval.every) for n in stages)
+    return staged.n_reports(stages(config))
 
 
 def run(config: SetInclusionConfig, reporter: Reporter) -> dict[str, float]:
-    import torch
-
-    from metaocl.data.set_inclusion import generate
-    from metaocl.engine import set_inclusion as engine
-    from metaocl.engine.grad_alignment import GradAlignmentMonitor
-    from metaocl.experiments import checkpoints
     from metaocl.runtime import resolve_device, seed_everything, set_threads
+    from metaocl.experiments import checkpoints
 
     seed_everything(config.seed)
     set_threads()
-    device = resolve_device(config.device)
-    cfg_t = config.train
+    trial = SetInclusionTrial(config, reporter, resolve_device(config.device))
+    policy = staged.CheckpointPolicy(config.train.checkpoint_minutes)
+    return staged.run(trial, stages(config), reporter, policy, saved=checkpoints.restore(reporter))
 
-    dataset = generate(config.data, config.seed)
-    tok = engine.build_tokenizer(dataset.vocab)
-    model = engine.build_model(config.model, tok.get_vocab_size()).to(device)
-    eval_sets = {s: engine.EvalSet.from_questions(tok, qs) for s, qs in dataset.test_qa.items() if qs}
-    defs = {s: engine.encode(tok, d, add_eos=False).to(device) for s, d in dataset.definitions.items() if d}
 
-    def loss_fn(m: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:  # exactly the training loss
-        return engine.lm_loss(m, batch[:, : int((batch != 0).sum(1).max())], answer_only=cfg_t.loss_on == "answer")
+class SetInclusionTrial(staged.StagedTrial):
+    """The set-inclusion kind's part of a staged trial (:mod:`metaocl.experiments.staged` runs the stages)."""
 
-    stages = [(1, config.train.stage1_epochs)]
-    if not cfg_t.joint and cfg_t.stage2_epochs > 0:
-        stages.append((2, cfg_t.stage2_epochs))
+    def __init__(self, config: SetInclusionConfig, reporter: Reporter, device: str):
+        import torch
 
-    generator = torch.Generator().manual_seed(config.seed)
-    monitor = GradAlignmentMonitor(every_steps=cfg_t.grad_alignment_every)
-    probes = _grad_probes(dataset, tok, config.seed, device) if monitor.enabled else {}
-    step_global = 0
-    epoch_global = 0
-    metrics: dict[str, float] = {}
-    # A retried or resumed Ray trial continues after its last finished epoch (see metaocl.experiments.checkpoints).
-    saved = checkpoints.restore(reporter)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        step_global, epoch_global, metrics = saved["step_global"], saved["epoch_global"], saved["metrics"]
-    for stage, n_epochs in stages:
-        if saved is not None and saved["stage"] > stage:
-            continue
-        data = engine.encode(tok, dataset.stage_examples(stage, joint=cfg_t.joint)).to(device)
-        batch_size = cfg_t.batch_size if stage == 1 else (cfg_t.stage2_batch_size or cfg_t.batch_size)
-        lr = cfg_t.lr if stage == 1 else (cfg_t.stage2_lr if cfg_t.stage2_lr is not None else cfg_t.lr)
-        steps_per_epoch = -(-len(data) // batch_size)
-        opt, sched = engine.make_optimizer(model, cfg_t, lr, steps_per_epoch * n_epochs)
-        first_epoch = 1
-        if saved is not None:  # the stage the checkpoint was written in: same optimizer, RNG, position
-            checkpoints.load_training_state(saved, opt, sched, generator)
-            checkpoints.set_alignment_pending(monitor, saved)
-            first_epoch, saved = saved["epoch"] + 1, None
-        bar = _progress(reporter, n_epochs, stage)
-        probe = probes.get(stage, {})
+        from metaocl.data.set_inclusion import generate
+        from metaocl.engine import set_inclusion as engine
+        from metaocl.engine.grad_alignment import GradAlignmentMonitor
 
-        def on_step(_: int) -> None:
-            nonlocal step_global
-            step_global += 1
-            if probe and monitor.due(step_global):
-                monitor.measure(model, loss_fn, probe["def1"], probe["def2"], probe["qa"], step=step_global)
+        self.config, self.reporter, self.device = config, reporter, device
+        self.dataset = generate(config.data, config.seed)
+        self.tok = engine.build_tokenizer(self.dataset.vocab)
+        self.model = engine.build_model(config.model, self.tok.get_vocab_size()).to(device)
+        self.eval_sets = {s: engine.EvalSet.from_questions(self.tok, qs) for s, qs in self.dataset.test_qa.items() if qs}
+        self.defs = {s: engine.encode(self.tok, d, add_eos=False).to(device)
+                     for s, d in self.dataset.definitions.items() if d}
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.monitor = GradAlignmentMonitor(every_steps=config.train.grad_alignment_every)
+        self.probes = _grad_probes(self.dataset, self.tok, config.seed, device) if self.monitor.enabled else {}
+        self.step_global = 0
+        self.bar = None
 
-        def checkpoint(epoch: int) -> None:
-            checkpoints.save(reporter, model, opt, sched, generator, stage=stage, epoch=epoch,
-                             step_global=step_global, epoch_global=epoch_global, metrics=metrics,
-                             alignment_pending=checkpoints.alignment_pending(monitor))
+    def _loss(self, m, batch):  # exactly the training loss
+        from metaocl.engine import set_inclusion as engine
 
-        for epoch in range(first_epoch, n_epochs + 1):
-            clock = engine.Throughput()
-            train_loss = engine.train_one_epoch(model, data, opt, sched, cfg_t, batch_size, generator,
-                                                on_step=on_step)
-            rate = clock.rate(len(data))
-            epoch_global += 1
-            if epoch % config.eval.every and epoch != n_epochs:
-                checkpoint(epoch)
-                continue
-            metrics = engine.evaluate(model, eval_sets, tok, config.eval, device)
-            metrics.update(engine.definition_recall(model, defs, config.eval.batch_size))
-            metrics.update(KIND.gaps(metrics))
-            metrics.update(monitor.epoch_metrics())
-            metrics.update({"train/loss": train_loss, "perf/examples_per_s": rate,
-                            "epoch": epoch_global, "stage": stage})
-            reporter(metrics)
-            checkpoint(epoch)
-            if bar is not None:
-                bar.update(epoch - bar.n)
-                bar.set_postfix({k.split("/")[1]: f"{v:.2f}" for k, v in metrics.items()
-                                 if k.startswith("acc/")})
-        if bar is not None:
-            bar.close()
-    return metrics
+        return engine.lm_loss(m, batch[:, : int((batch != 0).sum(1).max())],
+                              answer_only=self.config.train.loss_on == "answer")
+
+    def start_stage(self, stage: Stage) -> None:
+        from metaocl.engine import set_inclusion as engine
+
+        t = self.config.train
+        self.data = engine.encode(self.tok, self.dataset.stage_examples(stage.number, joint=t.joint)).to(self.device)
+        self.batch_size = t.batch_size if stage.number == 1 else (t.stage2_batch_size or t.batch_size)
+        lr = t.lr if stage.number == 1 else (t.stage2_lr if t.stage2_lr is not None else t.lr)
+        steps_per_epoch = -(-len(self.data) // self.batch_size)
+        self.optimizer, self.scheduler = engine.make_optimizer(self.model, t, lr, steps_per_epoch * stage.units)
+        self.probe = self.probes.get(stage.number, {})
+        self.bar = _progress(self.reporter, stage.units, stage.number)
+
+    def _on_step(self, _: int) -> None:
+        self.step_global += 1
+        p = self.probe
+        if p and self.monitor.due(self.step_global):
+            self.monitor.measure(self.model, self._loss, p["def1"], p["def2"], p["qa"], step=self.step_global)
+
+    def train_unit(self, stage: Stage, unit: int) -> dict[str, float]:
+        from metaocl.engine import set_inclusion as engine
+
+        clock = engine.Throughput()
+        loss = engine.train_one_epoch(self.model, self.data, self.optimizer, self.scheduler, self.config.train,
+                                      self.batch_size, self.generator, on_step=self._on_step)
+        return {"train/loss": loss, "perf/examples_per_s": clock.rate(len(self.data))}
+
+    def evaluate(self, stage: Stage) -> dict[str, float]:
+        from metaocl.engine import set_inclusion as engine
+
+        metrics = engine.evaluate(self.model, self.eval_sets, self.tok, self.config.eval, self.device)
+        metrics.update(engine.definition_recall(self.model, self.defs, self.config.eval.batch_size))
+        metrics.update(KIND.gaps(metrics))
+        metrics.update(self.monitor.epoch_metrics())
+        return metrics
+
+    def state(self) -> dict:
+        from metaocl.experiments import checkpoints
+
+        return {"step_global": self.step_global, "alignment_pending": checkpoints.alignment_pending(self.monitor)}
+
+    def load_state(self, saved: dict) -> None:
+        from metaocl.experiments import checkpoints
+
+        self.step_global = saved["step_global"]
+        checkpoints.set_alignment_pending(self.monitor, saved)
+
+    def unit_done(self, stage: Stage, unit: int, metrics) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(unit - self.bar.n)
+        if metrics is not None:
+            self.bar.set_postfix({k.split("/")[1]: f"{v:.2f}" for k, v in metrics.items() if k.startswith("acc/")})
+        if unit == stage.units:
+            self.bar.close()
 
 
 def _grad_probes(dataset, tok, seed: int, device: str, size: int = 256) -> dict[int, dict[str, torch.Tensor]]:
@@ -160,4 +174,4 @@ def _progress(reporter: Reporter, total: int, stage: int):
 
 
 
-KIND = ExperimentKind(name="set_inclusion", config_cls=SetInclusionConfig, run=run, n_reports=n_reports, measure="acc")
+KIND = ExperimentKind(name="set_inclusion", config_cls=SetInclusionConfig, run=run, n_reports=n_reports, stages=stages, measure="acc")

@@ -7,6 +7,13 @@ under ``<stage1_cache>/<key>/``; every other trial with that key waits on the ke
 loads the folder and replays the reports. This reproduces the paper's 3-5 stage-2 seeds per stage-1
 seed. The folder is written to a temporary name and renamed, so a folder that exists is complete;
 the lock is ``fcntl.flock`` (one machine, or a filesystem that supports it, e.g. NFSv4).
+
+In a sweep the driver schedules the shared stages as a unit of their own instead (one per key,
+:mod:`metaocl.sweep.stage1`): the unit writes its model into the sweep's trial storage
+(:func:`publish`, a local path or an object-store URI every node sees) and the trials that branch
+from it load it from there (:func:`fetch`); no trial waits on a lock. The shared stages are all but
+the last (:func:`shared_stages`: two_stage stage 1; three_stage stages 1 and 2, the X1-QA stage
+that the authors ran once per stage-1 seed).
 """
 
 from __future__ import annotations
@@ -25,19 +32,32 @@ from metaocl.configs.lm import LMConfig
 if TYPE_CHECKING:
     from metaocl.engine.lm_models import LoadedModel
 
+# What this process did with shared stages (read by bench/cluster_sim.py through the worker's
+# METAOCL_BENCH_TIMES record): stage-1 trainings, and seconds spent waiting on a cache lock.
+STATS = {"stage1_trainings": 0, "waited_s": 0.0}
+
 # The training settings that shape stage 1 (the rest of TrainConfig only touches later stages or speed).
 STAGE1_TRAIN_KEYS = ("batch_size", "optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay",
                      "max_grad_norm", "faithful_padding", "block_size")
 
 
+def shared_stages(config: LMConfig) -> int:
+    """The leading stages that trials with one stage-1 seed share: all but the last (0 for one stage)."""
+    return config.data.n_stages - 1
+
+
 def key(config: LMConfig) -> str:
-    """Hash of everything that determines the end-of-stage-1 model and its reported history."""
+    """Hash of everything that determines the shared stages' model and their reported history."""
     t = config.train
     what = {
         "data": to_dict(config.data), "model": to_dict(config.model), "eval": to_dict(config.eval),
         "stage1_seed": config.stage1_seed, "epochs": config.epochs[0],
         "train": {k: getattr(t, k) for k in STAGE1_TRAIN_KEYS},
     }
+    if shared_stages(config) > 1:  # three_stage: the X1-QA stage too
+        what["epochs"] = config.epochs[: shared_stages(config)]
+    if t.stage2_from_epoch is not None:
+        what["stage2_from_epoch"] = t.stage2_from_epoch
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -58,10 +78,14 @@ def locked(cache: Path) -> Iterator[None]:
     """Hold the exclusive lock of one cache entry (``<key>.lock``), so concurrent trials train it once."""
     import fcntl
 
+    import time
+
     path = cache.with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
+        t0 = time.monotonic()
         fcntl.flock(fh, fcntl.LOCK_EX)
+        STATS["waited_s"] += time.monotonic() - t0
         try:
             yield
         finally:
@@ -78,10 +102,69 @@ def save(cache: Path, loaded: LoadedModel, history: list[dict]) -> None:
     tmp.rename(cache)
 
 
-def load(cache: Path, config: LMConfig) -> tuple[LoadedModel, list[dict]]:
+def load(cache: Path, config: LMConfig, with_history: bool = True) -> tuple[LoadedModel, list[dict]]:
     """The cached end-of-stage-1 model and the reports stage 1 made."""
     from metaocl.engine.lm_models import load_pretrained
 
     loaded = load_pretrained(str(cache), kind="seq2seq" if config.data.seq2seq else "causal",
                              dtype="bfloat16" if config.model.dtype == "bfloat16" else "float32")
-    return loaded, json.loads((cache / "history.json").read_text())
+    return loaded, json.loads((cache / "history.json").read_text()) if with_history else []
+
+
+# ------------------------------------------------------------------------------------------------
+# In the sweep's trial storage (pyarrow: a local path every node sees, or s3:// gs:// ...)
+# ------------------------------------------------------------------------------------------------
+COMPLETE = "complete.json"  # written last, with the reports: a folder with it holds a whole model
+
+
+def _fs(uri: str):
+    from metaocl.sweep.ledger import filesystem
+
+    return filesystem(uri)
+
+
+def complete(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(uri)
+    return fs.get_file_info(f"{path}/{COMPLETE}").type == pafs.FileType.File
+
+
+def publish_model(uri: str, loaded: LoadedModel) -> int:
+    """Model and tokenizer into ``uri`` (a retried unit overwrites a partial one); returns the bytes."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(uri)
+    with tempfile.TemporaryDirectory(prefix="metaocl-stage1-") as tmp:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+        fs.create_dir(path, recursive=True)
+        pafs.copy_files(tmp, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return size
+
+
+def publish_complete(uri: str, history: list[dict]) -> None:
+    """Mark ``uri`` complete, with the reports its model's stages made (after :func:`publish_model`)."""
+    fs, path = _fs(uri)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{COMPLETE}") as out:
+        out.write(json.dumps({"history": history}).encode())
+
+
+def fetch(uri: str, config: LMConfig) -> tuple[LoadedModel, list[dict]]:
+    """The model a unit published at ``uri`` (copied to a local temporary folder, loaded) and its reports."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(uri)
+    with fs.open_input_stream(f"{path}/{COMPLETE}") as f:
+        history = json.loads(f.read().decode())["history"]
+    with tempfile.TemporaryDirectory(prefix="metaocl-stage1-") as tmp:
+        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        (Path(tmp) / COMPLETE).unlink(missing_ok=True)
+        loaded, _ = load(Path(tmp), config, with_history=False)
+    return loaded, history

@@ -300,14 +300,40 @@ def check_same_config(c: Configuration) -> None:
                     f"differ in {k}: {ref.params.get(k)!r} vs {t.params.get(k)!r}; refusing to pool them as seeds")
 
 
-def _trial_from_run(client, run) -> TrialRun:
-    tags = run.data.tags
+def _run_history(client, run_id: str, metrics) -> dict[str, dict[int, float]]:
     history: dict[str, dict[int, float]] = {}
-    for metric in run.data.metrics:
-        points = client.get_metric_history(run.info.run_id, metric)
+    for metric in metrics:
+        points = client.get_metric_history(run_id, metric)
         # Several values at one step (a re-logged epoch): the last logged wins.
         ordered = sorted(points, key=lambda m: (m.step, m.timestamp))
         history[metric] = {int(m.step): float(m.value) for m in ordered}
+    return history
+
+
+def _stitch(history: dict[str, dict[int, float]], stage1: dict[str, dict[int, float]]) -> None:
+    """Put the stage-1 unit's reports before a branching trial's own (its steps before the trial's first)."""
+    first = min((s for points in history.values() for s in points), default=None)
+    for metric, points in stage1.items():
+        mine = history.setdefault(metric, {})
+        for step, value in points.items():
+            if first is None or step < first:
+                mine.setdefault(step, value)
+        history[metric] = dict(sorted(mine.items()))
+
+
+def _trial_from_run(client, run, stage1_cache: dict | None = None) -> TrialRun:
+    """One trial run; a trial that branched from a stage-1 unit (tag ``metaocl.stage1_run``) gets the
+    unit's curves before its own, so every trial reads as one whole run."""
+    from metaocl.tracking import STAGE1_RUN_TAG
+
+    tags = run.data.tags
+    history = _run_history(client, run.info.run_id, run.data.metrics)
+    unit = tags.get(STAGE1_RUN_TAG)
+    if unit:
+        cache = {} if stage1_cache is None else stage1_cache
+        if unit not in cache:
+            cache[unit] = _run_history(client, unit, client.get_run(unit).data.metrics)
+        _stitch(history, cache[unit])
     seed_text = tags.get("seed", run.data.params.get(SEED_PARAM, "0"))
     try:
         seed = int(float(seed_text))
@@ -397,6 +423,7 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
         chosen.setdefault(tid, run)
     for names in left_out.values():
         names.sort()
+    units: dict = {}  # stage-1 unit run id -> its history, read once for all its trials
     kind = parent.data.tags.get("metaocl.kind") or next(
         (r.data.tags["metaocl.kind"] for r in children if r.data.tags.get("metaocl.kind")), None)
     if kind is None:
@@ -404,7 +431,7 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
     runs = SweepRuns(
         sweep=parent.data.tags.get("metaocl.sweep") or name.removeprefix("metaocl/").removesuffix("-smoke"),
         experiment_name=name, tracking_uri=tracking_uri, kind=kind, parent_run_id=pid,
-        configurations=group_trials(_trial_from_run(client, chosen[t]) for t in sorted(chosen)),
+        configurations=group_trials(_trial_from_run(client, chosen[t], units) for t in sorted(chosen)),
         left_out=left_out, sequential=parent.data.tags.get("metaocl.sequential", ""),
         looks_parents=looks_parents if len(looks_parents) > 1 else [],
     )

@@ -39,7 +39,7 @@ from ray import tune
 from metaocl.config import ConfigError, Sweep, Trial, kind as kind_of
 from metaocl.experiments.base import ExperimentKind
 from metaocl.runtime import simulating_gpus
-from metaocl.sweep import preflight
+from metaocl.sweep import preflight, stage1
 from metaocl.sweep.ledger import Ledger, default_storage, experiment_prefix, find_resumable, fingerprint, is_uri, join
 from metaocl.sweep.ledger import resume_command as make_resume_command
 from metaocl.sweep.progress import SweepProgress
@@ -77,7 +77,8 @@ class SweepOutcome:
             epochs = max((int(r.get("epoch", 0)) for r in self.histories.get(tid, [])), default=0)
             rows.append([tid, status, self.retried.get(tid, 0), epochs, self.failed.get(tid, "")])
         lines = [text_table(["trial", "status", "retries", "epochs", "error"], rows)]
-        lines.append(f"trials: {len(self.finished)} done, {len(self.failed)} failed, "
+        lines.append(f"trials: {sum(1 for t in self.finished if t in self.grid_values)} done, "
+                     f"{sum(1 for t in self.failed if t in self.grid_values)} failed, "
                      f"{sum(1 for n in self.retried.values() if n)} retried"
                      + (f", {len(self.unfinished())} unfinished" if self.unfinished() else ""))
         return "\n".join(lines)
@@ -97,6 +98,8 @@ class _Driver:
     finished_before: set[str] = field(default_factory=set)
     last_step: dict[str, int] = field(default_factory=dict)
     pruner: CheckpointPruner | None = None
+    units: dict = field(default_factory=dict)  # stage-1 units (metaocl.sweep.stage1): id -> Unit
+    unit_of: dict[str, str] = field(default_factory=dict)  # trial id -> its unit's id
     verdicts_at: float = -1e9  # when the interim verdicts were last written (time.monotonic)
     verdicts_warned: bool = False
 
@@ -141,7 +144,15 @@ class MlflowDriverCallback(tune.Callback):
     def _run(d: _Driver, tid: str) -> str:
         """The MLflow run of trial ``tid``, created on first use (never twice: see reattach)."""
         if tid not in d.tracker.trial_runs:
-            d.tracker.start_trial(d.trials[tid], d.sweep.name, d.sweep.kind)
+            from metaocl.sweep.stage1 import UNIT_ROLE
+            from metaocl.tracking import STAGE1_RUN_TAG
+
+            unit_run = d.tracker.trial_runs.get(d.unit_of.get(tid, ""))
+            if tid in d.units:
+                d.tracker.start_trial(d.units[tid].trial, d.sweep.name, d.sweep.kind, role=UNIT_ROLE)
+            else:
+                d.tracker.start_trial(d.trials[tid], d.sweep.name, d.sweep.kind,
+                                      extra_tags={STAGE1_RUN_TAG: unit_run} if unit_run else None)
             d.tracker.trial_status[tid] = "RUNNING"
             d.last_step[tid] = 0
         return d.tracker.trial_runs[tid]
@@ -350,23 +361,41 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             outcome.finished.add(tid)
             if tracker.trial_status.get(tid) != "FINISHED" and tid in tracker.trial_runs:
                 tracker.end_trial(tracker.trial_runs[tid], ok=True)  # the old driver died in between
-        shown = SweepProgress(sweep.name, kind, {tid: kind.n_reports(t.config) for tid, t in trials.items()},
+        units, unit_of = stage1.plan(trials, kind) if os.environ.get("METAOCL_STAGE1_UNITS", "1") != "0" else ({}, {})
+        expected = (stage1.expected_reports(trials, units, unit_of, kind) if units
+                    else {tid: kind.n_reports(t.config) for tid, t in trials.items()})
+        shown = SweepProgress(sweep.name, kind, expected,
                               done={tid: len(h) for tid, h in outcome.histories.items()},
                               finished=set(finished_before), enabled=progress)
         pruner = CheckpointPruner(exp_dir)
-        driver = _Driver(tracker, sweep, kind, trials, outcome, ledger, shown, finished_before, last_step, pruner)
+        driver = _Driver(tracker, sweep, kind, trials, outcome, ledger, shown, finished_before, last_step, pruner,
+                         units=units, unit_of=unit_of)
 
         trainable_ = tune.with_resources(trainable, resources)
         if resume:
             tuner = tune.Tuner.restore(exp_dir, trainable_, resume_unfinished=True, resume_errored=True)
         else:
             simulate = simulating_gpus()
-            space = [{"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
-                      "simulate_gpus": simulate, "config": t.config_dict()} for tid, t in trials.items()]
+            space = {tid: {"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
+                           "simulate_gpus": simulate, "config": t.config_dict()} for tid, t in trials.items()}
+            if units:  # stage-1 units first; a unit's trials once it completed (metaocl.sweep.stage1)
+                stores = {u.unit_id: stage1.store(exp_dir, u.key) for u in units.values()}
+                unit_specs = [{"trial_id": u.unit_id, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
+                               "simulate_gpus": simulate, "config": u.trial.config_dict(), "role": stage1.UNIT_ROLE,
+                               "store": stores[u.unit_id]}
+                              for u in units.values()]
+                waiting = {u.unit_id: [dict(space[tid], role=stage1.BRANCH_ROLE, store=stores[u.unit_id])
+                                       for tid in u.members] for u in units.values()}
+                searcher = stage1.Stage1FirstSearcher(unit_specs, [space[t] for t in trials if t not in unit_of],
+                                                      waiting, stores)
+                param_space, tune_config = {}, tune.TuneConfig(search_alg=searcher, num_samples=len(units) + len(trials))
+            else:
+                param_space = {"trial": tune.grid_search(list(space.values()))}
+                tune_config = tune.TuneConfig(num_samples=1)
             tuner = tune.Tuner(
                 trainable_,
-                param_space={"trial": tune.grid_search(space)},
-                tune_config=tune.TuneConfig(num_samples=1),
+                param_space=param_space,
+                tune_config=tune_config,
                 run_config=tune.RunConfig(
                     name=exp_dir.rstrip("/").rsplit("/", 1)[1],
                     storage_path=storage,

@@ -42,14 +42,17 @@ class TuneReporter:
     def __call__(self, metrics: Mapping[str, float]) -> None:
         tune.report(dict(metrics))
 
-    def save_checkpoint(self, state: dict) -> None:
+    def save_checkpoint(self, state: dict) -> int:
+        """Store ``state``; returns the bytes written (``perf/checkpoint_bytes``)."""
         import tempfile
 
         import torch
 
         with tempfile.TemporaryDirectory(prefix="metaocl-ckpt-") as d:
             torch.save(state, Path(d) / "state.pt")
+            size = (Path(d) / "state.pt").stat().st_size
             tune.report({CHECKPOINT_KEY: 1.0}, checkpoint=tune.Checkpoint.from_directory(d))
+        return size
 
     def restore_checkpoint(self) -> dict | None:
         checkpoint = tune.get_checkpoint()
@@ -59,6 +62,21 @@ class TuneReporter:
 
         with checkpoint.as_directory() as d:
             return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def _bench_record(folder: str, tid: str, role: str | None, started: float, final) -> None:
+    """One JSON file per finished attempt for bench/cluster_sim.py: when it held its resources, how
+    long it waited on a stage-1 lock, stage-1 trainings, checkpoint writes and bytes."""
+    import json
+
+    from metaocl.experiments.stage1_cache import STATS
+
+    record = {"trial_id": tid, "role": role or "trial", "start": started, "end": time.time(),
+              "node": os.environ.get("METAOCL_BENCH_NODE", ""), **STATS,
+              "checkpoints": float((final or {}).get("perf/checkpoints", 0.0)),
+              "checkpoint_bytes": float((final or {}).get("perf/checkpoint_bytes", 0.0))}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"{tid}-{os.getpid()}-{time.time_ns()}.json").write_text(json.dumps(record))
 
 
 def trainable(param: dict) -> None:
@@ -77,6 +95,19 @@ def trainable(param: dict) -> None:
     try:
         check_given_gpus(len(ray.get_gpu_ids()), spec.get("simulate_gpus"))  # GPUs it cannot use: fail now, never train on the CPU instead
         config = from_dict(kind.config_cls, spec["config"], f"trial {tid}")
-        kind.run(config, TuneReporter())
+        role = spec.get("role")
+        started = time.time()
+        if os.environ.get("METAOCL_BENCH_TIMES"):  # counts of this trial only (Ray may reuse the process)
+            from metaocl.experiments.stage1_cache import STATS
+
+            STATS.update(stage1_trainings=0, waited_s=0.0)
+        if role == "stage1":  # a stage-1 unit (metaocl.sweep.stage1): the shared stages, its model to storage
+            final = kind.shared.run_unit(config, TuneReporter(), spec["store"])
+        elif role == "branch":  # a trial that starts from its unit's model
+            final = kind.shared.run_branch(config, TuneReporter(), spec["store"])
+        else:
+            final = kind.run(config, TuneReporter())
+        if os.environ.get("METAOCL_BENCH_TIMES"):
+            _bench_record(os.environ["METAOCL_BENCH_TIMES"], tid, role, started, final)
     except ConfigError as e:  # deterministic: a retry would fail the same way
         tune.report({CONFIG_ERROR_KEY: str(e), TRACEBACK_KEY: traceback.format_exc()})
