@@ -59,6 +59,12 @@ class TrainConfig:
     epochs: list[int] = field(default_factory=list)
     # Effective batch (datapoints per optimizer step); 0 = full batch (one step per epoch).
     batch_size: int = 256
+    # The authors' gradient_accumulation_steps: each epoch is cut into slices of batch_size /
+    # grad_accumulation rows (their per_device_train_batch_size) and the optimizer steps after every
+    # grad_accumulation slices counted across epochs, as their Hugging Face Trainer (4.27-4.45) did:
+    # an epoch's leftover slices join the next epoch's first step, and a stage stops after
+    # epochs * max(1, slices_per_epoch // grad_accumulation) steps. 1 = a step per batch_size slice.
+    grad_accumulation: int = 1
     # Datapoints per forward/backward; 0 = auto: the whole batch, halved on CUDA out-of-memory
     # (found at the first step, then kept) and made up by gradient accumulation.
     micro_batch_size: int = 0
@@ -99,6 +105,11 @@ class TrainConfig:
             raise ConfigError(f"epochs: expected epochs >= 0 per stage, got {self.epochs}")
         if self.batch_size < 0:
             raise ConfigError(f"batch_size: must be >= 1, or 0 for full batch; got {self.batch_size}")
+        if self.grad_accumulation < 1:
+            raise ConfigError(f"grad_accumulation: must be >= 1, got {self.grad_accumulation}")
+        if self.grad_accumulation > 1 and (self.batch_size == 0 or self.batch_size % self.grad_accumulation):
+            raise ConfigError(f"grad_accumulation: {self.grad_accumulation} must divide batch_size "
+                              f"{self.batch_size} (the slice is batch_size / grad_accumulation rows)")
         if self.micro_batch_size < 0:
             raise ConfigError(f"micro_batch_size: must be >= 0 (0 = auto), got {self.micro_batch_size}")
         if self.lr <= 0:

@@ -237,7 +237,8 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
     monitor = GradAlignmentMonitor(every_steps=cfg_t.grad_alignment_every)
     probes = _alignment_probes(config, dataset, loaded, device, use_autocast) if monitor.enabled else None
     global_step = sum(  # optimizer steps of stages run before this call (e.g. a cached stage 1)
-        engine.steps_per_epoch(len(dataset[f"train_{s}"]), cfg_t.batch_size or len(dataset[f"train_{s}"])) * epochs[s - 1]
+        engine.stage_steps(len(dataset[f"train_{s}"]), cfg_t.batch_size or len(dataset[f"train_{s}"]),
+                           cfg_t.grad_accumulation, epochs[s - 1])
         for s in range(1, first_stage))
 
     def after_step(_: int) -> None:
@@ -264,14 +265,16 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
         n_epochs = epochs[stage - 1]
         train_set = engine.encode(dataset[f"train_{stage}"], tok, loaded.is_seq2seq)
         batch_size = cfg_t.batch_size or len(train_set)  # 0 = full batch
-        total_steps = engine.steps_per_epoch(len(train_set), batch_size) * n_epochs
+        total_steps = engine.stage_steps(len(train_set), batch_size, cfg_t.grad_accumulation, n_epochs)
+        slice_size = batch_size // cfg_t.grad_accumulation  # the authors' per-device batch
         optimizer, scheduler = engine.make_optimizer(model, cfg_t, total_steps)  # fresh per stage
         ctx = engine.StepContext(
             model=model, optimizer=optimizer, scheduler=scheduler, device=device, pad_id=loaded.pad_id,
             decoder_start_id=getattr(model.config, "decoder_start_token_id", None), batch_size=batch_size,
-            micro_batch_size=min(micro or batch_size, batch_size), auto_micro=cfg_t.micro_batch_size == 0 and device.startswith("cuda"),
+            micro_batch_size=min(micro or slice_size, slice_size), auto_micro=cfg_t.micro_batch_size == 0 and device.startswith("cuda"),
             max_grad_norm=cfg_t.max_grad_norm, faithful_padding=cfg_t.faithful_padding, block_size=cfg_t.block_size,
             use_autocast=use_autocast,
+            accumulation=engine.Accumulation(every=cfg_t.grad_accumulation, max_steps=total_steps),
         )
         stage_seed = config.stage1_seed if stage == 1 else config.seed
         seed_everything(stage_seed * 1009 + stage)  # dropout RNG (T5), independent of earlier stages
@@ -280,6 +283,8 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
         if saved is not None:  # the stage the checkpoint was taken in: its optimizer, RNG and position
             checkpoints.load_training_state(saved, optimizer, scheduler, generator)
             checkpoints.set_alignment_pending(monitor, saved)
+            if saved.get("accumulation") is not None:  # slices counted so far and a waiting gradient
+                ctx.accumulation.load_state_dict(saved["accumulation"], model)
             first_epoch, saved = saved["epoch"] + 1, None
 
         def checkpoint(epoch: int) -> None:
@@ -287,7 +292,8 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
             if every and (epoch % every == 0 or epoch == n_epochs):
                 checkpoints.save(reporter, model, optimizer, scheduler, generator, stage=stage, epoch=epoch,
                                  step_global=global_step, epoch_global=epoch_global, metrics=metrics,
-                                 history=history, micro=micro, alignment_pending=checkpoints.alignment_pending(monitor))
+                                 history=history, micro=micro, alignment_pending=checkpoints.alignment_pending(monitor),
+                                 accumulation=ctx.accumulation.state_dict(model))
 
         for epoch in range(first_epoch, n_epochs + 1):
             epoch_global += 1

@@ -38,6 +38,8 @@ def key(config: LMConfig) -> str:
         "stage1_seed": config.stage1_seed, "epochs": config.epochs[0],
         "train": {k: getattr(t, k) for k in STAGE1_TRAIN_KEYS},
     }
+    if t.grad_accumulation != 1:  # (only when set, so the keys of earlier caches stay valid)
+        what["train"]["grad_accumulation"] = t.grad_accumulation
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
