@@ -67,6 +67,10 @@ def summarize(sweep) -> dict:
             max_new_tokens=_uniq(c.eval.resolved_max_new_tokens(c.data.source) for c in cfgs),
             eval_every=_uniq(c.eval.every for c in cfgs),
             grad_alignment_every=_uniq(c.train.grad_alignment_every for c in cfgs),
+            grad_alignment_statistic=_uniq(c.train.grad_alignment_statistic for c in cfgs
+                                           if c.train.grad_alignment_every),
+            train_subset=_uniq(c.data.train_subset for c in cfgs),
+            rounding=_uniq((c.data.subset_rounding, c.data.held_out_pairing) for c in cfgs),
         )
     elif sweep.kind == "set_inclusion":
         d, m, t = cfgs[0].data, cfgs[0].model, cfgs[0].train
@@ -100,7 +104,8 @@ def _lm(**kw) -> dict:
                x2=(NO_D3,), p=(None,), word_order=("TVE",), tags=("random",), in_context=(False,),
                entity_attribution=(True,), braces=(True,), resplit_x2=(True,), trex_construction=(),
                optimizer=(HF_ADAFACTOR,), padding=((True, 48),), stage1_cache=(True,), max_new_tokens=(8,),
-               eval_every=(1,), grad_alignment_every=(0,), points=(), accumulation=(2,))
+               eval_every=(1,), grad_alignment_every=(0,), points=(), accumulation=(2,),
+               grad_alignment_statistic=(), train_subset=("all",), rounding=(("authors", True),))
     row.update(kw)
     return row
 
@@ -167,7 +172,8 @@ EXPECTED = {
     "grad_alignment": _lm(trials=10, seeds=tuple(range(10)), grid=(), model=(P1B,), stages=("single",),
                           x1=((0.25, 0.25, 0.1, 0.12),), x2=((0.1, 0.1, 0.0, 0.08),), batch_epochs=((256, (20,)),),
                           stage1_seeds=tuple(range(10)), stage1_cache=(False,), eval_every=(2,),
-                          grad_alignment_every=(66,), accumulation=(1,)),
+                          grad_alignment_every=(130,), accumulation=(1,), grad_alignment_statistic=("authors",),
+                          train_subset=("x1",)),
     "set_inclusion": dict(trials=20, seeds=tuple(range(20)), grid=(), points=(), data=SI_DATA,
                           fractions=((0.4, 0.4, 0.1, 0.1, 0.0),), model=PYTHIA_70M, epochs=((100, 40, False),),
                           batch=((512, None),), optimizer=(("adafactor", 5e-05, "linear", 0, 0.0, 1.0),),

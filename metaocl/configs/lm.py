@@ -90,6 +90,12 @@ class TrainConfig:
     # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
     # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
     grad_alignment_every: int = 0
+    # authors: their statistic (per d1consis / d2consis variable, the cosine between its definition's
+    # gradient and each of its own questions' gradient, one datapoint each, averaged over the pairs);
+    # mean_gradient: the cosine of mean gradients of up to 64 definitions vs 64 training QA pairs.
+    grad_alignment_statistic: Literal["authors", "mean_gradient"] = "authors"
+    # authors statistic: probe at most this many variables per tag (first by variable); 0 = all (theirs).
+    grad_alignment_variables: int = 0
     # Save a resumable checkpoint (model, optimizer, schedule, data order, RNG states, position)
     # every N epochs within a stage and at the end of every stage, so a retried Ray trial resumes
     # there instead of starting over; 0 = off. Only Ray trials keep checkpoints (``metaocl run``
@@ -121,6 +127,8 @@ class TrainConfig:
         if self.block_size != DEFAULT_BLOCK_SIZE and not self.faithful_padding:
             raise ConfigError(f"block_size: {self.block_size} has no effect without faithful_padding: true "
                               "(dynamic padding); set train.faithful_padding: true or drop block_size")
+        if self.grad_alignment_variables < 0:
+            raise ConfigError(f"grad_alignment_variables: must be >= 0 (0 = all), got {self.grad_alignment_variables}")
         if self.grad_alignment_every < 0:
             raise ConfigError(f"grad_alignment_every: must be >= 0, got {self.grad_alignment_every}")
         if self.checkpoint_every < 0:

@@ -407,7 +407,7 @@ def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str
                     split = evals.setdefault(f"ent_{name}_{e.subset}_defent", Rows())
                     write.question(split, e, template, e.defined_as, f"ent_{name}", answer_entity=e.defined_as)
     if cfg.stages == "single":
-        stages = [[x1_qa, x1_defs, x2_defs]]
+        stages = [[x1_qa, x1_defs] + ([] if cfg.train_subset == "x1" else [x2_defs])]
     elif cfg.stages == "two_stage":
         stages = [[x1_qa, x1_defs], [x2_defs]]
     else:
@@ -420,6 +420,11 @@ def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str
         order = list(range(len(rows)))
         rng.shuffle(order)
         out[f"train_{k}"] = rows.take(order)
+    if cfg.train_subset == "x1":  # X2 definitions kept untrained, as probes (the authors' train_defs_*)
+        for subset in X2_SUBSETS:
+            picked = [i for i, s in enumerate(x2_defs.cols["subset"]) if s == subset]
+            if picked:
+                out[f"train_defs_{subset}"] = x2_defs.take(picked)
     for name in sorted(evals, key=_eval_sort_key):
         rows = evals[name]
         if cfg.max_eval_per_split and len(rows) > cfg.max_eval_per_split:

@@ -334,11 +334,13 @@ def _progress(reporter: Reporter, stage: int, epoch: int):
 
 @dataclasses.dataclass
 class _AlignmentProbes:
-    """Fixed probe batches for the gradient-alignment diagnostic (drawn once per trial)."""
+    """Fixed probes for the gradient-alignment diagnostic (drawn once per trial): engine batches
+    (``mean_gradient``), or per-variable :class:`~metaocl.engine.grad_alignment.PairedProbes`
+    (``authors``; ``qa`` unused then)."""
 
-    def1: engine.Batch
-    def2: engine.Batch | None
-    qa: engine.Batch
+    def1: object
+    def2: object | None
+    qa: engine.Batch | None
     use_autocast: bool
     device: str
 
@@ -351,26 +353,53 @@ class _AlignmentProbes:
 
 def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: str, use_autocast: bool,
                       size: int = 64) -> _AlignmentProbes | None:
-    """Up to ``size`` tag-1 definitions, tag-2 definitions and QA pairs from all training splits."""
+    """``train.grad_alignment_statistic``: authors - per d1consis / d2consis variable (sorted, at most
+    ``train.grad_alignment_variables``), its definition (from any ``train_*`` split, trained or kept
+    as a probe) and its questions (the subset's eval split), one datapoint each; mean_gradient - up to
+    ``size`` tag-1 definitions, tag-2 definitions and QA pairs from all training splits."""
     import datasets
     import torch
 
     from metaocl.data.qa import DEFINITIONS
     from metaocl.engine import lm as engine
+    from metaocl.engine.grad_alignment import PairedProbes
 
     train = datasets.concatenate_datasets([dataset[k] for k in dataset if k.startswith("train_")])
-    tags = [DEFINITIONS.get(s, ("", True))[0] if d else "qa" for s, d in zip(train["subset"], train["is_definition"])]
-    rng = torch.Generator().manual_seed(config.stage1_seed)
     enc = engine.encode(train, loaded.tokenizer, loaded.is_seq2seq)
     start = getattr(loaded.model.config, "decoder_start_token_id", None)
+
+    def batch(e: engine.Encoded, idx: list[int]) -> engine.Batch:
+        return engine.collate(e, idx, loaded.pad_id, start, config.train.faithful_padding,
+                              config.train.block_size).to(device)
+
+    if config.train.grad_alignment_statistic == "authors":
+        def paired(subset: str) -> PairedProbes | None:
+            if subset not in dataset or not len(dataset[subset]):
+                return None
+            defs = {v: i for i, (v, s, d) in enumerate(zip(train["variable"], train["subset"], train["is_definition"]))
+                    if d and s == subset}
+            qs = dataset[subset]
+            enc_q = engine.encode(qs, loaded.tokenizer, loaded.is_seq2seq)
+            questions: dict[str, list[int]] = {}
+            for j, v in enumerate(qs["variable"]):
+                questions.setdefault(v, []).append(j)
+            variables = sorted(v for v in defs if v in questions)
+            if config.train.grad_alignment_variables:
+                variables = variables[: config.train.grad_alignment_variables]
+            pairs = [(batch(enc, [defs[v]]), [batch(enc_q, [j]) for j in questions[v]]) for v in variables]
+            return PairedProbes(pairs) if pairs else None
+
+        def1 = paired("d1consis")
+        return None if def1 is None else _AlignmentProbes(def1, paired("d2consis"), None, use_autocast, device)
+
+    tags = [DEFINITIONS.get(s, ("", True))[0] if d else "qa" for s, d in zip(train["subset"], train["is_definition"])]
+    rng = torch.Generator().manual_seed(config.stage1_seed)
 
     def pick(tag: str) -> engine.Batch | None:
         idx = [i for i, t in enumerate(tags) if t == tag]
         if not idx:
             return None
-        chosen = [idx[j] for j in torch.randperm(len(idx), generator=rng)[:size].tolist()]
-        return engine.collate(enc, chosen, loaded.pad_id, start, config.train.faithful_padding,
-                              config.train.block_size).to(device)
+        return batch(enc, [idx[j] for j in torch.randperm(len(idx), generator=rng)[:size].tolist()])
 
     def1, def2, qa = pick("1"), pick("2"), pick("qa")
     if def1 is None or qa is None:
