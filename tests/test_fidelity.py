@@ -70,6 +70,7 @@ def summarize(sweep) -> dict:
             grad_alignment_statistic=_uniq(c.train.grad_alignment_statistic for c in cfgs
                                            if c.train.grad_alignment_every),
             train_subset=_uniq(c.data.train_subset for c in cfgs),
+            label_block=_uniq(c.resolved_label_block_size() for c in cfgs if c.data.seq2seq and c.train.faithful_padding),
             rounding=_uniq((c.data.subset_rounding, c.data.held_out_pairing) for c in cfgs),
         )
     elif sweep.kind == "set_inclusion":
@@ -157,12 +158,13 @@ EXPECTED = {
                 ("train.batch_size", "train.grad_accumulation", "train.epochs", "eval.every"))),
     "t5": _lm(trials=100, seeds=tuple(range(5)), grid=("data.source", "train.stage1_seed"), model=("google-t5/t5-3b",),
               source=("cvdb", "trex"), entities=(4000, 6900), x2=(D3,), trex_construction=("authors",),
-              batch_epochs=((256, (20, 10)),), padding=((False, 48),), stage1_seeds=STAGE1_SEEDS_10,
-              max_new_tokens=(8, 16), accumulation=(4,)),
+              batch_epochs=((256, (20, 10)),), padding=((True, 48),), stage1_seeds=STAGE1_SEEDS_10,
+              max_new_tokens=(8, 16), accumulation=(4,), label_block=(8, 16)),
     "t5_single": _lm(trials=20, seeds=tuple(range(10)), grid=("data.source",), model=("google-t5/t5-3b",),
                      source=("cvdb", "trex"), stages=("single",), entities=(4000, 6900), x2=(D3,),
-                     trex_construction=("authors",), batch_epochs=((256, (20,)),), padding=((False, 48),),
-                     stage1_seeds=tuple(range(10)), stage1_cache=(False,), max_new_tokens=(8, 16), accumulation=(4,)),
+                     trex_construction=("authors",), batch_epochs=((256, (20,)),), padding=((True, 48),),
+                     stage1_seeds=tuple(range(10)), stage1_cache=(False,), max_new_tokens=(8, 16), accumulation=(4,),
+                     label_block=(8, 16)),
     "nl_tags": _lm(trials=10, seeds=tuple(range(10)), grid=(), model=(P28,), stages=("single",),
                    x1=((0.0, 0.0, 0.1, 0.1),), x2=((0.4, 0.4, 0.0, 0.0),), word_order=("VTE",), tags=("natural",),
                    batch_epochs=((512, (20,)),), stage1_seeds=tuple(range(10)), stage1_cache=(False,), accumulation=(16,)),

@@ -331,3 +331,16 @@ def test_accumulation_checkpoint_between_epochs_resumes_exactly():
         engine.train_one_epoch(ctx, enc, g)
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, straight[k]), k
+
+
+def test_seq2seq_faithful_labels_are_padded_with_the_pad_id_to_label_block_size():
+    """The reference's T5 labels: tokenizer(answer, padding="max_length", truncation=True,
+    max_length=label_block_size): pad ids (not -100) to the block, so loss on the padding; a longer
+    answer is cut with its EOS kept last; decoder input = [start] + labels[:-1], no decoder mask."""
+    enc = engine.Encoded(ids=[[5, 6], [7]], labels=[[11, 12, 1], [21, 22, 23, 24, 25, 1]])
+    b = engine.collate(enc, [0, 1], pad_id=0, decoder_start_id=0, faithful_padding=True, label_block_size=4)
+    assert b.target.tolist() == [[11, 12, 1, 0], [21, 22, 23, 1]]
+    assert b.decoder_input_ids.tolist() == [[0, 11, 12, 1], [0, 21, 22, 23]]
+    assert b.decoder_attention_mask.tolist() == [[1] * 4] * 2 and b.n_target == 8
+    plain = engine.collate(enc, [0, 1], pad_id=0, decoder_start_id=0)  # ours: answer + EOS only
+    assert plain.target.tolist()[0] == [11, 12, 1, engine.IGNORE, engine.IGNORE, engine.IGNORE] and plain.n_target == 9

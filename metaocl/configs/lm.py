@@ -80,6 +80,9 @@ class TrainConfig:
     # Tokens per datapoint with faithful_padding (paper: 48 CVDB, 64 T-REx, 72 in-context); another
     # value without faithful_padding is an error (it would do nothing).
     block_size: int = DEFAULT_BLOCK_SIZE
+    # Seq2seq (T5) with faithful_padding: labels cut and padded with the pad id to this many tokens,
+    # loss on the padding (the reference's label_block_size); 0 = the authors' 8 (CVDB) / 16 (T-REx).
+    label_block_size: int = 0
     # Seed of the dataset and of stage 1; null = the trial seed. Several trials with the same
     # stage1_seed and different seeds are stage-2 seeds branching from one stage-1 run.
     stage1_seed: int | None = None
@@ -191,5 +194,9 @@ class LMConfig:
                 raise ConfigError("data.seq2seq: must be false for a causal model")
         if self.model.name in BUILTIN_MODEL_NAMES and self.model.from_scratch:
             raise ConfigError(f"model.from_scratch: builtin {self.model.name!r} is always built from scratch; drop it")
-        if self.train.faithful_padding and (self.model.kind == "seq2seq" or self.model.name == "tiny-t5"):
-            raise ConfigError("train.faithful_padding: applies to causal models only (the reference padded causal LM inputs)")
+        if self.train.label_block_size < 0:
+            raise ConfigError(f"train.label_block_size: must be >= 0 (0 = 8 CVDB, 16 T-REx), got {self.train.label_block_size}")
+
+    def resolved_label_block_size(self) -> int:
+        """Label tokens of a seq2seq datapoint with faithful_padding (the authors' label_block_size)."""
+        return self.train.label_block_size or (16 if self.data.source.startswith("trex") else 8)

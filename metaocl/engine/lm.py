@@ -108,19 +108,27 @@ def _pad(seqs: Sequence[Sequence[int]], value: int, length: int | None = None) -
 
 
 def collate(enc: Encoded, idx: Sequence[int], pad_id: int, decoder_start_id: int | None = None,
-            faithful_padding: bool = False, block_size: int = 0) -> Batch:
+            faithful_padding: bool = False, block_size: int = 0, label_block_size: int = 0) -> Batch:
     """Right-pad the examples ``idx`` of ``enc`` into a :class:`Batch`.
 
     Causal, dynamic: loss on every real token after the first, including the terminating EOS.
     Causal, faithful: pad with EOS (= pad) to ``block_size``; the loss also covers the padding, and
     attention masks only the padding beyond the first EOS, as the reference implementation did.
     Seq2seq: encoder input = prompt, decoder input = [start] + answer, loss on answer + EOS.
+    Seq2seq, faithful (``label_block_size`` > 0): labels cut to ``label_block_size`` tokens (EOS
+    kept last) and padded with the pad id to it, loss on the padding too, no decoder mask: the
+    reference's tokenizer(answer, padding="max_length", truncation=True, max_length=label_block_size).
     """
     seqs = [enc.ids[i] for i in idx]
     if enc.labels is not None:
         labels = [enc.labels[i] for i in idx]
         input_ids = _pad(seqs, pad_id)
         attention = _pad([[1] * len(s) for s in seqs], 0)
+        if faithful_padding and label_block_size > 0:
+            labels = [lab if len(lab) <= label_block_size else lab[: label_block_size - 1] + lab[-1:] for lab in labels]
+            target = _pad(labels, pad_id, label_block_size)  # pad ids are targets too
+            dec_in = torch.cat([torch.full((len(idx), 1), decoder_start_id, dtype=torch.long), target[:, :-1]], dim=1)
+            return Batch(input_ids, attention, target, dec_in, torch.ones_like(target))
         target = _pad(labels, IGNORE)
         dec_in = _pad([[decoder_start_id] + lab[:-1] for lab in labels], pad_id)
         dec_mask = _pad([[1] * len(lab) for lab in labels], 0)
@@ -287,6 +295,7 @@ class StepContext:
     use_autocast: bool
     # The authors' gradient accumulation across epochs (None: one step per batch_size slice).
     accumulation: Accumulation | None = None
+    label_block_size: int = 0  # seq2seq with faithful_padding: labels padded to it (see collate)
 
 
 def train_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[float, int]:
@@ -379,7 +388,8 @@ def _slice_backward(ctx: StepContext, acc: Accumulation, enc: Encoded, idx: Sequ
 def _backward(ctx: StepContext, enc: Encoded, idx: Sequence[int], scale_div: int) -> tuple[float, int]:
     model = ctx.model
     micro = [idx[i : i + ctx.micro_batch_size] for i in range(0, len(idx), ctx.micro_batch_size)]
-    batches = [collate(enc, m, ctx.pad_id, ctx.decoder_start_id, ctx.faithful_padding, ctx.block_size) for m in micro]
+    batches = [collate(enc, m, ctx.pad_id, ctx.decoder_start_id, ctx.faithful_padding, ctx.block_size,
+                       ctx.label_block_size) for m in micro]
     n_target = sum(b.n_target for b in batches)
     total, n_real = 0.0, 0
     for b in batches:

@@ -220,8 +220,6 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
 
     cfg_t, cfg_e = config.train, config.eval
     model, tok = loaded.model, loaded.tokenizer
-    if cfg_t.faithful_padding and loaded.is_seq2seq:
-        raise ConfigError("train.faithful_padding: applies to causal models only")
     model.to(device)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -275,6 +273,7 @@ def _train(config: LMConfig, reporter: Reporter, dataset, loaded: LoadedModel, d
             max_grad_norm=cfg_t.max_grad_norm, faithful_padding=cfg_t.faithful_padding, block_size=cfg_t.block_size,
             use_autocast=use_autocast,
             accumulation=engine.Accumulation(every=cfg_t.grad_accumulation, max_steps=total_steps),
+            label_block_size=config.resolved_label_block_size() if loaded.is_seq2seq else 0,
         )
         stage_seed = config.stage1_seed if stage == 1 else config.seed
         seed_everything(stage_seed * 1009 + stage)  # dropout RNG (T5), independent of earlier stages
