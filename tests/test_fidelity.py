@@ -364,3 +364,65 @@ def test_nl_tags_takes_the_authors_steps_without_a_32_row_step():
     want = hf_trainer_step_rows(NL_TAGS["rows"], NL_TAGS["per_device"], NL_TAGS["gas"], NL_TAGS["epochs"])
     assert len(want) == NL_TAGS["steps"] == stage_steps(NL_TAGS["rows"], c.train.batch_size, gas, c.epochs[0])
     assert our_step_rows(NL_TAGS["rows"], c.train.batch_size, gas, c.epochs[0]) == want == [512] * 280
+
+
+# ------------------------------------------------------------------------------------------------
+# Where stage 2 starts: the authors' string-sorted checkpoints and the plotted "cpt20_" runs
+# ------------------------------------------------------------------------------------------------
+def authors_stage2_start(rows: int, per_device: int, gas: int, epochs: int, save_each: int) -> dict[int, int]:
+    """{label: stage-1 epoch} of the authors' stage-2 runs: checkpoint-<global step> saved every
+    ``save_each`` epochs (src/callbacks.py), sorted as strings and labelled cpt{(i+1) x save_each}
+    (src/experiment_pipeline.py). Global step at epoch k: min(max_steps, k x slices // gas)."""
+    slices = -(-rows // per_device)
+    max_steps = epochs * max(1, slices // gas)
+    saved = {min(max_steps, k * slices // gas): k for k in range(save_each, epochs + 1, save_each)}
+    return {(i + 1) * save_each: saved[step] for i, step in
+            enumerate(sorted(saved, key=lambda step: f"checkpoint-{step}"))}
+
+
+# (stage-1 rows of our builder at the authors' sizes, per-device batch, accumulation, stage-1 epochs,
+# save_each_epochs) from configs/base_exps/pythia28b_cvdb_bs256_2stage.yaml, t5_cvdb_bs256_2stage.yaml,
+# definition_order_exps/pythia_cvdb_bs256_2stage_28b_*.yaml, def_tag_and_consistency_correlation_exps/
+# pythia{1b,28b}_cvdb_bs256_2stage_correlation*.yaml, vary_data_amount_exps/pythia1b_cvdb_bs256_2stage_*Ents.yaml
+STAGE2_START = {
+    "two_stage": ((16_000, 128, 2, 20, 5), 15),
+    "t5 cvdb": ((16_000, 64, 4, 20, 5), 15),
+    "word_order": ((16_000, 128, 2, 20, 10), 10),
+    "tag_correlation 1b": ((16_000, 256, 1, 20, 10), 10),
+    "tag_correlation 2.8b": ((16_000, 128, 2, 20, 10), 10),
+    "data_amount 250": ((994, 256, 1, 20, 10), 20),
+    "data_amount 500": ((2_000, 256, 1, 20, 10), 10),
+    "data_amount 1000": ((4_000, 256, 1, 20, 10), 20),
+    "data_amount 2000": ((8_000, 256, 1, 20, 10), 20),
+}
+
+
+def test_stage2_start_epoch_of_each_figure_by_the_authors_rule():
+    """docs/fidelity.md, "Where stage 2 starts": the run plotted as cpt20 and its stage-1 epoch."""
+    from metaocl.data.qa import subset_sizes
+
+    for name, (args, epoch) in STAGE2_START.items():
+        assert authors_stage2_start(*args)[20] == epoch, name
+    assert authors_stage2_start(16_000, 128, 2, 20, 5) == {5: 20, 10: 5, 15: 10, 20: 15}
+    # set inclusion (num_choice_exps/pythia70m_tokpervar_bs512_n8_i1.yaml): no cpt20 label at all
+    assert authors_stage2_start(83_200, 512, 1, 100, 25) == {25: 75, 50: 100, 75: 25, 100: 50}
+    # the stage-1 rows: X1 entities with a definition x 6 (5 questions + 1) + the others x 5
+    for n, rows in ((4000, 16_000), (250, 994), (500, 2_000), (1000, 4_000), (2000, 8_000)):
+        sizes = subset_sizes(load_sweep("two_stage").trials()[0].config.data.subsets.resolved(), n)
+        assert (sizes["qd1consis"] + sizes["qd2incons"]) * 6 + (sizes["q"] + sizes["q_no_replacement_baseline"]) * 5 == rows
+
+
+def test_sweeps_start_stage2_where_the_figure_did():
+    """Once train.stage2_from_epoch exists, the sweeps carry the values of the rule above."""
+    from metaocl.configs.lm import TrainConfig
+
+    if "stage2_from_epoch" not in TrainConfig.__dataclass_fields__:
+        pytest.skip("train.stage2_from_epoch is not in this build")
+    want = {"two_stage": {15}, "word_order": {10}, "tag_correlation": {10}, "model_size": {None},
+            "three_stage": {None}}
+    for name, values in want.items():
+        assert {t.config.train.stage2_from_epoch for t in load_sweep(name).trials()} == values, name
+    t5 = {t.config.data.source: t.config.train.stage2_from_epoch for t in load_sweep("t5").trials()}
+    assert t5["cvdb"] == 15
+    amount = {t.config.data.n_entities: t.config.train.stage2_from_epoch for t in load_sweep("data_amount").trials()}
+    assert {n: (e or 20) for n, e in amount.items()} == {250: 20, 500: 10, 1000: 20, 2000: 20}
