@@ -87,6 +87,7 @@ def summarize(sweep) -> dict:
             optimizer=_uniq((c.train.optimizer, c.train.lr, c.train.schedule, c.train.warmup_steps,
                              c.train.weight_decay, c.train.grad_clip) for c in cfgs),
             loss_on=_uniq(c.train.loss_on for c in cfgs),
+            bf16=_uniq(c.train.bf16 for c in cfgs),
             eval=_uniq((c.eval.scoring, c.eval.every) for c in cfgs),
         )
     elif sweep.kind == "mnist":
@@ -179,12 +180,12 @@ EXPECTED = {
     "set_inclusion": dict(trials=20, seeds=tuple(range(20)), grid=(), points=(), data=SI_DATA,
                           fractions=((0.4, 0.4, 0.1, 0.1, 0.0),), model=PYTHIA_70M, epochs=((100, 40, False),),
                           batch=((512, None),), optimizer=(("adafactor", 5e-05, "linear", 0, 0.0, 1.0),),
-                          loss_on=("all",), eval=(("argmax", 5),)),
+                          loss_on=("all",), eval=(("argmax", 5),), bf16=(True,)),
     "set_inclusion_d3consis": dict(trials=20, seeds=tuple(range(20)), grid=(), points=(), data=SI_DATA,
                                    fractions=((0.35, 0.35, 0.1, 0.1, 0.1),), model=PYTHIA_70M,
                                    epochs=((100, 40, False),), batch=((512, None),),
                                    optimizer=(("adafactor", 5e-05, "linear", 0, 0.0, 1.0),), loss_on=("all",),
-                                   eval=(("argmax", 5),)),
+                                   eval=(("argmax", 5),), bf16=(True,)),
     "mnist": dict(trials=50, seeds=tuple(range(10)), grid=("data.n_pairs",), points=(),
                   model=(("convnextv2_tiny", False),), n_pairs=(100, 300, 1000, 3000, 10000),
                   train=((50000, 256, 0.0004, 2000, 0.05),)),

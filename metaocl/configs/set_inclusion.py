@@ -88,6 +88,9 @@ class SetInclusionTrain:
     # single-stage (joint) training: stage-1 and stage-2 data together for stage1_epochs
     joint: bool = False
     grad_alignment_every: int = 0  # >0: log gradient alignment (tag defs vs QA) every K steps
+    # Training forward passes under bf16 autocast on CUDA (fp32 weights), the authors' bf16: True;
+    # nothing on CPU.
+    bf16: bool = True
 
     def validate(self) -> None:
         if self.stage1_epochs < 1 or self.stage2_epochs < 0:
