@@ -420,3 +420,50 @@ def test_max_eval_per_split_caps_eval_splits_only():
         else:
             assert len(capped[name]) == min(7, len(full[name]))
             assert set(capped[name]["text"]) <= set(full[name]["text"])
+
+
+def test_subset_sizes_follow_the_authors_two_level_rounding():
+    """Known answers of the authors' split_list_into_subsets (data_generation/data_utils.py) as
+    define_experiment.py calls it: round(N x fraction) per key (Python's round), the difference to the
+    alphabetically last key ("stage2_combined", then "no_qd_baseline"), cut in order."""
+    from metaocl.data.qa import subset_sizes
+
+    table1 = {"qd1consis": 0.25, "qd2incons": 0.25, "q": 0.1, "q_no_replacement_baseline": 0.1,
+              "d1consis": 0.1, "d2consis": 0.1, "no_qd_baseline": 0.1}
+    # N = 4000: exact. N = 250: 62.5 rounds to 62 (half to even); level 1 sums to 249, so
+    # stage2_combined (75) loses 1 -> 74 and one entity stays unused; level 2 rounds 74/3 to 25 x 3 = 75,
+    # adds the +1 to no_qd_baseline (26), and the cut leaves it 24 (another entity unused).
+    # N = 3007 (headline fractions): level 1 = 301 + 752 + 752 + 301 + 902 = 3008, +1 to stage2 (903),
+    # cut to the 901 left; level 2: 240 x 3 + 180 = 900, -1 to no_qd_baseline: 179 (2 entities unused).
+    assert subset_sizes(table1, 4000) == {"qd1consis": 1000, "qd2incons": 1000, "q": 400,
+                                          "q_no_replacement_baseline": 400, "d1consis": 400, "d2consis": 400,
+                                          "no_qd_baseline": 400}
+    assert subset_sizes(table1, 250) == {"qd1consis": 62, "qd2incons": 62, "q": 25, "q_no_replacement_baseline": 25,
+                                         "d1consis": 25, "d2consis": 25, "no_qd_baseline": 24}
+    assert subset_sizes(table1, 250, "largest_remainder")["qd1consis"] == 63  # ours, the option
+    assert subset_sizes(HEADLINE, 3007) == {"qd1consis": 752, "qd2incons": 752, "q": 301,
+                                            "q_no_replacement_baseline": 301, "d1consis": 240, "d2consis": 240,
+                                            "d3consis": 240, "no_qd_baseline": 179}
+
+
+def test_held_out_question_types_are_paired_across_equal_size_subsets():
+    """As the authors' per-subset train_test_split(..., stratify=entity, random_state=seed): the i-th
+    entity by name of qd1consis and of qd2incons (equal sizes, 6 questions each) holds out the same
+    question type, and so do q and q_no_replacement_baseline; off, the mixes differ."""
+    def held_out_kinds(dd, subset):
+        by_entity = {}
+        for r in dd[subset]:
+            by_entity.setdefault(r["entity"], []).append(r["question_kind"])
+        return [sorted(by_entity[e]) for e in sorted(by_entity)]
+
+    table1 = {"qd1consis": 0.25, "qd2incons": 0.25, "q": 0.1, "q_no_replacement_baseline": 0.1,
+              "d1consis": 0.1, "d2consis": 0.1, "no_qd_baseline": 0.1}
+    dd = build(n_entities=200, subsets=table1)
+    a, b = held_out_kinds(dd, "qd1consis"), held_out_kinds(dd, "qd2incons")
+    assert len(a) == len(b) == 50 and all(len(k) == 1 for k in a) and a == b
+    assert len(set(k[0] for k in a)) > 3  # a mix of question types, the same on both sides of the gap
+    assert held_out_kinds(dd, "q") == held_out_kinds(dd, "q_no_replacement_baseline")
+    other_seed = build(seed=1, n_entities=200, subsets=table1)
+    assert held_out_kinds(other_seed, "qd1consis") == held_out_kinds(other_seed, "qd2incons") != a
+    off = build(n_entities=200, subsets=table1, held_out_pairing=False)
+    assert held_out_kinds(off, "qd1consis") != held_out_kinds(off, "qd2incons")

@@ -134,3 +134,57 @@ def test_tiny_causal_lm_from_config():
     out = gradient_alignment(model, lm_loss, *batches)
     assert all(math.isfinite(v) and -1.0 <= v <= 1.0 for v in out.values())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_authors_paired_statistic_known_answer():
+    """The authors' statistic: per variable, cos(definition gradient, each own question's gradient),
+    averaged over pairs. With w = 0 and squared loss a one-datapoint gradient is -2 y x."""
+    from metaocl.engine.grad_alignment import PairedProbes, paired_cosine
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+
+    def mse(m, batch):
+        x, y = batch
+        return ((m(x).squeeze(-1) - y) ** 2).mean()
+
+    e1, e2, e3 = (torch.eye(3)[i : i + 1] for i in range(3))
+    one = torch.tensor([1.0])
+    same, opposite, ortho = (e1, one), (e1, -one), (e2, one)
+    # variable A: definition along e1, questions along e1 (+1) and e2 (0); variable B: e3 vs -e3 (-1)
+    probes = PairedProbes([(same, [same, ortho]), ((e3, one), [(e3, -one)])])
+    assert paired_cosine(model, mse, probes) == pytest.approx((1.0 + 0.0 - 1.0) / 3)
+    out = gradient_alignment(model, mse, PairedProbes([(same, [same])]), PairedProbes([(same, [opposite])]), None)
+    assert out == {METRIC_DEF1: pytest.approx(1.0), METRIC_DEF2: pytest.approx(-1.0)}
+    # unlike the cosine of mean gradients: the mean of {e1, e2} vs e1 is 1/sqrt(2), the pair mean 1/2
+    assert gradient_alignment(model, mse, same, None, [same, ortho])[METRIC_DEF1] == pytest.approx(2 ** -0.5)
+    assert paired_cosine(model, mse, PairedProbes([(same, [same, ortho])])) == pytest.approx(0.5)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_x1_only_training_keeps_d_definitions_as_untrained_probes(tmp_path, monkeypatch):
+    """The authors' gradient-alignment run trains on X1 only; the d1consis / d2consis definitions are
+    only probes: the LM runner pairs each with its own questions, one datapoint each."""
+    from metaocl.config import from_dict
+    from metaocl.configs.lm import LMConfig
+    from metaocl.data.qa import build_lm_dataset
+    from metaocl.engine.lm_models import build_builtin
+    from metaocl.experiments.lm import _alignment_probes
+
+    monkeypatch.setenv("METAOCL_DATA", str(tmp_path))
+    cfg = from_dict(LMConfig, {"data": {"source": "cvdb_sample", "n_entities": 60, "stages": "single",
+                                        "train_subset": "x1"},
+                               "model": {"name": "tiny-gpt-neox"},
+                               "train": {"grad_alignment_every": 1, "faithful_padding": True}}, "test")
+    dd = build_lm_dataset(cfg.data, 0)
+    assert not set(dd["train_1"]["subset"]) & {"d1consis", "d2consis", "d3consis", "no_qd_baseline"}
+    assert set(dd["train_defs_d1consis"]["subset"]) == {"d1consis"} and all(dd["train_defs_d1consis"]["is_definition"])
+    n_d1 = len(set(dd["d1consis"]["variable"]))
+    assert len(dd["train_defs_d1consis"]) == n_d1 > 0
+    torch.manual_seed(0)
+    loaded = build_builtin("tiny-gpt-neox", [t for s in dd.values() for t in s["text"]])
+    probes = _alignment_probes(cfg, dd, loaded, "cpu", False)
+    assert len(probes.def1.pairs) == n_d1 and all(len(qs) == 6 for _, qs in probes.def1.pairs)
+    assert all(b.input_ids.shape[0] == 1 for d, qs in probes.def1.pairs for b in [d, *qs])
+    out = GradAlignmentMonitor(every_steps=1).measure(loaded.model, probes.loss_fn, probes.def1, probes.def2, probes.qa)
+    assert set(out) == {METRIC_DEF1, METRIC_DEF2} and all(-1.0 <= v <= 1.0 for v in out.values())

@@ -238,3 +238,109 @@ def test_pooled_splits_equal_each_split_alone_and_plain_generate(name):
         assert pooled[split_name] == alone, split_name
         assert alone.predictions == ev.greedy_reference(loaded.model, loaded.tokenizer, enc, 6, "cpu", seq2seq)
     assert all(r.n_generated > 0 for r in pooled.values())  # untrained: every split had rows in the pooled call
+
+
+def hf_trainer_plan(n_rows: int, per_device: int, gas: int, epochs: int) -> list[list[tuple[int, int]]]:
+    """The Hugging Face Trainer's stepping (transformers 4.27-4.45 ``_inner_training_loop``), written
+    out literally: each optimizer step as the list of (epoch, micro-batch index) it accumulated."""
+    steps_in_epoch = -(-n_rows // per_device)
+    max_steps = epochs * max(1, steps_in_epoch // gas)
+    total_batched_samples, global_step, out, window = 0, 0, [], []
+    for epoch in range(epochs):
+        for step in range(steps_in_epoch):
+            total_batched_samples += 1
+            window.append((epoch, step))
+            if total_batched_samples % gas == 0 or (steps_in_epoch <= gas and step + 1 == steps_in_epoch):
+                out.append(window)
+                window, global_step = [], global_step + 1
+                if global_step >= max_steps:  # DefaultFlowCallback: should_training_stop
+                    return out
+    return out
+
+
+@pytest.mark.parametrize("n_rows,batch,gas,epochs", [(37, 16, 4, 5), (37, 64, 16, 4), (40, 16, 4, 3), (37, 8, 1, 2)])
+def test_accumulation_takes_the_hf_trainers_steps_across_epochs(n_rows, batch, gas, epochs):
+    """Known answer: the steps train_one_epoch takes, and the slices in each, are those of the
+    Trainer's loop (leftover slices carried into the next epoch, the stop at max_steps)."""
+    split = qa_only(toy_split(n_rows, seed=3))
+    loaded = tiny("tiny-gpt-neox", split)
+    enc = engine.encode(split, loaded.tokenizer, False)
+    want = hf_trainer_plan(n_rows, batch // gas, gas, epochs)
+    total = engine.stage_steps(n_rows, batch, gas, epochs)
+    assert total == len(want)
+    ctx = make_ctx(loaded, batch_size=batch, total_steps=total)
+    ctx.accumulation = engine.Accumulation(every=gas, max_steps=total)
+    seen, got = [], []  # slice sizes per step, by epoch
+    real_backward = engine._backward
+
+    def spy(c, e, idx, div):
+        seen.append(len(idx))
+        return real_backward(c, e, idx, div)
+
+    engine._backward = spy
+    try:
+        g = torch.Generator().manual_seed(0)
+        for epoch in range(epochs):
+            stats = engine.train_one_epoch(ctx, enc, g, on_step=lambda _: got.append(list(seen)) or seen.clear())
+            assert stats.steps == sum(1 for w in want if w[-1][0] == epoch)
+    finally:
+        engine._backward = real_backward
+    size = batch // gas
+    want_sizes = [[min(size, n_rows - size * s) for _, s in w] for w in want]
+    assert got == want_sizes
+    assert ctx.accumulation.steps == total and ctx.scheduler.last_epoch == total
+
+
+def test_accumulation_checkpoint_between_epochs_resumes_exactly():
+    """A checkpoint taken at an epoch end while slices wait in .grad (37 rows, slices of 4, every 4:
+    10 slices per epoch, 2 left over) continues to the same weights as an uninterrupted run."""
+    split = qa_only(toy_split(37, seed=4))
+    n, batch, gas, epochs = 37, 16, 4, 3
+    total = engine.stage_steps(n, batch, gas, epochs)
+
+    def fresh():
+        loaded = tiny("tiny-gpt-neox", split, seed=5)
+        enc = engine.encode(split, loaded.tokenizer, False)
+        ctx = make_ctx(loaded, batch_size=batch, lr=1e-2, total_steps=total, schedule="linear")
+        ctx.accumulation = engine.Accumulation(every=gas, max_steps=total)
+        return loaded, enc, ctx
+
+    loaded, enc, ctx = fresh()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        engine.train_one_epoch(ctx, enc, g)
+    straight = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+
+    loaded, enc, ctx = fresh()
+    g = torch.Generator().manual_seed(0)
+    engine.train_one_epoch(ctx, enc, g)
+    assert len(ctx.accumulation.pending) == 2  # 10 slices, a step every 4: 2 wait
+    saved = dict(model=copy.deepcopy(loaded.model.state_dict()), opt=copy.deepcopy(ctx.optimizer.state_dict()),
+                 sched=ctx.scheduler.state_dict(), acc=copy.deepcopy(ctx.accumulation.state_dict(loaded.model)),
+                 g=g.get_state())
+    assert saved["acc"]["grads"] and saved["acc"]["slices"] == 10
+
+    loaded, enc, ctx = fresh()  # a new process: weights, optimizer, schedule, counts and waiting gradient
+    loaded.model.load_state_dict(saved["model"])
+    ctx.optimizer.load_state_dict(saved["opt"])
+    ctx.scheduler.load_state_dict(saved["sched"])
+    ctx.accumulation.load_state_dict(saved["acc"], loaded.model)
+    g = torch.Generator()
+    g.set_state(saved["g"])
+    for _ in range(epochs - 1):
+        engine.train_one_epoch(ctx, enc, g)
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, straight[k]), k
+
+
+def test_seq2seq_faithful_labels_are_padded_with_the_pad_id_to_label_block_size():
+    """The reference's T5 labels: tokenizer(answer, padding="max_length", truncation=True,
+    max_length=label_block_size): pad ids (not -100) to the block, so loss on the padding; a longer
+    answer is cut with its EOS kept last; decoder input = [start] + labels[:-1], no decoder mask."""
+    enc = engine.Encoded(ids=[[5, 6], [7]], labels=[[11, 12, 1], [21, 22, 23, 24, 25, 1]])
+    b = engine.collate(enc, [0, 1], pad_id=0, decoder_start_id=0, faithful_padding=True, label_block_size=4)
+    assert b.target.tolist() == [[11, 12, 1, 0], [21, 22, 23, 1]]
+    assert b.decoder_input_ids.tolist() == [[0, 11, 12, 1], [0, 21, 22, 23]]
+    assert b.decoder_attention_mask.tolist() == [[1] * 4] * 2 and b.n_target == 8
+    plain = engine.collate(enc, [0, 1], pad_id=0, decoder_start_id=0)  # ours: answer + EOS only
+    assert plain.target.tolist()[0] == [11, 12, 1, engine.IGNORE, engine.IGNORE, engine.IGNORE] and plain.n_target == 9

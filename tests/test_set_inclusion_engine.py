@@ -209,3 +209,31 @@ def test_wsd_decay_fraction_must_be_a_fraction(bad):
     with pytest.raises(ConfigError, match="decay_fraction must be in"):
         from_dict(SetInclusionConfig, {"train": {"schedule": "wsd", "optimizer": "adamw", "lr": 1e-3,
                                                  "decay_fraction": bad}}).train.validate()
+
+
+@pytest.mark.gpu
+def test_training_runs_under_bf16_autocast_on_cuda():
+    """The authors' bf16: True: the training forward pass autocasts to bf16 on CUDA (fp32 weights)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from metaocl.configs.set_inclusion import SetInclusionTrain
+    from metaocl.engine import set_inclusion as engine
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(16, 8)
+            self.out = torch.nn.Linear(8, 16)
+
+        def forward(self, input_ids):
+            h = self.out(self.emb(input_ids))
+            seen.append(h.dtype)
+            return type("O", (), {"logits": h})()
+
+    model = Probe().cuda()
+    data = torch.randint(1, 16, (8, 5)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine.train_one_epoch(model, data, opt, None, SetInclusionTrain(), 4, torch.Generator().manual_seed(0))
+    assert seen and all(d == torch.bfloat16 for d in seen) and model.out.weight.dtype == torch.float32

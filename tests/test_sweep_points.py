@@ -82,7 +82,7 @@ def test_report_draws_coupled_keys_in_one_panel():
     from metaocl.report.build import _coupled_keys
 
     grids = [t.grid_values for t in load_sweep("batch_size").trials()]
-    assert _coupled_keys("train.batch_size", grids) == {"train.epochs", "eval.every"}
+    assert _coupled_keys("train.batch_size", grids) == {"train.epochs", "eval.every", "train.grad_accumulation"}
     grids = [{k: v for k, v in t.grid_values.items() if k != "train.stage1_seed"}
              for t in load_sweep("tag_correlation").trials()]
     assert "model.name" not in _coupled_keys("data.subsets.p", grids)

@@ -60,6 +60,12 @@ class TrainConfig:
     epochs: list[int] = field(default_factory=list)
     # Effective batch (datapoints per optimizer step); 0 = full batch (one step per epoch).
     batch_size: int = 256
+    # The authors' gradient_accumulation_steps: each epoch is cut into slices of batch_size /
+    # grad_accumulation rows (their per_device_train_batch_size) and the optimizer steps after every
+    # grad_accumulation slices counted across epochs, as their Hugging Face Trainer (4.27-4.45) did:
+    # an epoch's leftover slices join the next epoch's first step, and a stage stops after
+    # epochs * max(1, slices_per_epoch // grad_accumulation) steps. 1 = a step per batch_size slice.
+    grad_accumulation: int = 1
     # Datapoints per forward/backward; 0 = auto: the whole batch, halved on CUDA out-of-memory
     # (found at the first step, then kept) and made up by gradient accumulation.
     micro_batch_size: int = 0
@@ -75,6 +81,9 @@ class TrainConfig:
     # Tokens per datapoint with faithful_padding (paper: 48 CVDB, 64 T-REx, 72 in-context); another
     # value without faithful_padding is an error (it would do nothing).
     block_size: int = DEFAULT_BLOCK_SIZE
+    # Seq2seq (T5) with faithful_padding: labels cut and padded with the pad id to this many tokens,
+    # loss on the padding (the reference's label_block_size); 0 = the authors' 8 (CVDB) / 16 (T-REx).
+    label_block_size: int = 0
     # Seed of the dataset and of stage 1; null = the trial seed. Several trials with the same
     # stage1_seed and different seeds are stage-2 seeds branching from one stage-1 run.
     stage1_seed: int | None = None
@@ -88,6 +97,12 @@ class TrainConfig:
     # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
     # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
     grad_alignment_every: int = 0
+    # authors: their statistic (per d1consis / d2consis variable, the cosine between its definition's
+    # gradient and each of its own questions' gradient, one datapoint each, averaged over the pairs);
+    # mean_gradient: the cosine of mean gradients of up to 64 definitions vs 64 training QA pairs.
+    grad_alignment_statistic: Literal["authors", "mean_gradient"] = "authors"
+    # authors statistic: probe at most this many variables per tag (first by variable); 0 = all (theirs).
+    grad_alignment_variables: int = 0
     # Minutes of training between resumable checkpoints (model, optimizer, schedule, data order, RNG
     # states, position) inside a stage; every stage boundary is checkpointed too (weights and the next
     # stage's fresh start), the end of the trial is not. 0 = after every epoch; null = no checkpoints.
@@ -101,6 +116,11 @@ class TrainConfig:
             raise ConfigError(f"epochs: expected epochs >= 0 per stage, got {self.epochs}")
         if self.batch_size < 0:
             raise ConfigError(f"batch_size: must be >= 1, or 0 for full batch; got {self.batch_size}")
+        if self.grad_accumulation < 1:
+            raise ConfigError(f"grad_accumulation: must be >= 1, got {self.grad_accumulation}")
+        if self.grad_accumulation > 1 and (self.batch_size == 0 or self.batch_size % self.grad_accumulation):
+            raise ConfigError(f"grad_accumulation: {self.grad_accumulation} must divide batch_size "
+                              f"{self.batch_size} (the slice is batch_size / grad_accumulation rows)")
         if self.micro_batch_size < 0:
             raise ConfigError(f"micro_batch_size: must be >= 0 (0 = auto), got {self.micro_batch_size}")
         if self.lr <= 0:
@@ -112,6 +132,8 @@ class TrainConfig:
         if self.block_size != DEFAULT_BLOCK_SIZE and not self.faithful_padding:
             raise ConfigError(f"block_size: {self.block_size} has no effect without faithful_padding: true "
                               "(dynamic padding); set train.faithful_padding: true or drop block_size")
+        if self.grad_alignment_variables < 0:
+            raise ConfigError(f"grad_alignment_variables: must be >= 0 (0 = all), got {self.grad_alignment_variables}")
         if self.grad_alignment_every < 0:
             raise ConfigError(f"grad_alignment_every: must be >= 0, got {self.grad_alignment_every}")
         if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
@@ -179,5 +201,9 @@ class LMConfig:
                 raise ConfigError("data.seq2seq: must be false for a causal model")
         if self.model.name in BUILTIN_MODEL_NAMES and self.model.from_scratch:
             raise ConfigError(f"model.from_scratch: builtin {self.model.name!r} is always built from scratch; drop it")
-        if self.train.faithful_padding and (self.model.kind == "seq2seq" or self.model.name == "tiny-t5"):
-            raise ConfigError("train.faithful_padding: applies to causal models only (the reference padded causal LM inputs)")
+        if self.train.label_block_size < 0:
+            raise ConfigError(f"train.label_block_size: must be >= 0 (0 = 8 CVDB, 16 T-REx), got {self.train.label_block_size}")
+
+    def resolved_label_block_size(self) -> int:
+        """Label tokens of a seq2seq datapoint with faithful_padding (the authors' label_block_size)."""
+        return self.train.label_block_size or (16 if self.data.source.startswith("trex") else 8)

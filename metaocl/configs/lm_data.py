@@ -149,6 +149,20 @@ class LMDataConfig:
     entity_attribution: bool = True
     # Cap every eval split at this many rows (seeded subsample); 0 = all.
     max_eval_per_split: int = 0
+    # all: stage(s) train what data.stages says. x1 (single stage only): train on X1 only, as the
+    # authors' gradient-alignment config (train_subset: 'stage1'); the X2 definitions are then kept as
+    # untrained splits train_defs_<subset> (probes, like their train_defs_* sets; never evaluated).
+    train_subset: Literal["all", "x1"] = "all"
+    # Entities per subset. authors: their data_utils.split_list_into_subsets in two levels (X1
+    # subsets + "stage2_combined", then the X2 subsets within it): round(fraction x N) each, the
+    # difference to the alphabetically last key, cut in order. largest_remainder: floor, then the
+    # largest remainders (the same at N = 4000; +-1 or 2 at other N).
+    subset_rounding: Literal["authors", "largest_remainder"] = "authors"
+    # Held-out questions paired across subsets, as the authors' per-subset train_test_split(...,
+    # random_state=seed): the i-th entity by name of two subsets with the same questions-per-entity
+    # profile (e.g. qd1consis and qd2incons) holds out the same question type. false: drawn per
+    # subset from the one dataset RNG (other question-type mixes on the two sides of a gap).
+    held_out_pairing: bool = True
     sample: SampleSourceConfig = field(default_factory=SampleSourceConfig)
 
     @property
@@ -170,6 +184,8 @@ class LMDataConfig:
             )
         if self.in_context and self.stages != "single":
             raise ConfigError(f"in_context: the in-context variant is single-stage; set stages: single (got {self.stages})")
+        if self.train_subset == "x1" and self.stages != "single":
+            raise ConfigError(f"train_subset: x1 applies to stages: single (got {self.stages})")
         if self.max_eval_per_split < 0:
             raise ConfigError(f"max_eval_per_split: must be >= 0, got {self.max_eval_per_split}")
         if self.sample.rows < 0:

@@ -92,6 +92,9 @@ class SetInclusionTrain:
     # minutes of training between resumable checkpoints (and at the stage boundary); 0 = every epoch,
     # null = none. Only Ray trials keep them.
     checkpoint_minutes: float | None = CHECKPOINT_MINUTES
+    # Training forward passes under bf16 autocast on CUDA (fp32 weights), the authors' bf16: True;
+    # nothing on CPU.
+    bf16: bool = True
 
     def validate(self) -> None:
         if self.stage1_epochs < 1 or self.stage2_epochs < 0:

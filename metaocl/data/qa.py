@@ -7,7 +7,8 @@ few ``(question kind, template, answer)`` facts) into a :class:`datasets.Dataset
    phrases), one random 5-letter variable per entity (unique, never a tag, never a word of the
    data), both wrapped as the authors' generator does (``braces``: ``<|xyzab|>``, ``<|qwerty|>``);
    a shuffle of the entities into X1 (the subsets with QA in training) and X2 (the definition-only
-   subsets and no_qd_baseline), sizes = fractions x N rounded by largest remainder.
+   subsets and no_qd_baseline), sizes = fractions x N rounded as the authors' two-level rule
+   (``subset_rounding``).
 2. X2 is split into d1consis/d2consis/d3consis/no_qd_baseline by ``x2_seed`` (the trial's stage-2
    seed) when ``resplit_x2_per_seed`` is on, as the authors' ``seed_stage2`` does: the X2 entities
    sorted by name, shuffled by ``x2_seed``, cut in table order. X1, every variable and tag, and the
@@ -20,8 +21,10 @@ few ``(question kind, template, answer)`` facts) into a :class:`datasets.Dataset
 4. QA pairs ``Q: {question}\\nA: {answer}\\n`` mention the variable instead of the entity (except
    q_no_replacement_baseline). Of each X1 subset's questions a stratified share is held out for its
    eval split (1/6 CVDB, 1/4 T-REx, as the authors' ``train_test_split(stratify=entity)``: one of 6
-   per CVDB entity, one of 4 and about a quarter of longer T-REx entities); all QA pairs of X2
-   entities are test-only.
+   per CVDB entity, one of 4 and about a quarter of longer T-REx entities), drawn as theirs per
+   subset from the seed and the subset's questions-per-entity profile in name order, so equal-size
+   subsets hold out the same question type for their i-th entity (``held_out_pairing``); all QA
+   pairs of X2 entities are test-only.
 5. Entity-attribution eval sets ask ``Who is {v}?`` etc. with the entity as answer; the ``_defent``
    sets ask for the entity that the inconsistent definition named instead.
 
@@ -191,8 +194,40 @@ def data_words(entities: list[Entity]) -> set[str]:
     return words
 
 
-def subset_sizes(fractions: dict[str, float], n: int) -> dict[str, int]:
-    """Entities per subset: floor(fraction x n), remainders by largest fraction part (ties: table order)."""
+# The authors' data_generation/define_experiment.py: first-level keys in their order (X2 combined
+# last); the second level splits "stage2_combined" into the X2 subsets in this order.
+AUTHORS_LEVEL1 = ("q_no_replacement_baseline", "qd1consis", "qd1incons", "qd2consis", "qd2incons", "qd4consis", "q")
+AUTHORS_LEVEL2 = ("d1consis", "d2consis", "d3consis", "no_qd_baseline")
+
+
+def _authors_split(fracs: dict[str, float], n: int) -> dict[str, int]:
+    """``split_list_into_subsets`` of the authors' data_generation/data_utils.py, sizes only:
+    ``round(n x fraction)`` per key (Python's round), the sum's difference from n added to the
+    alphabetically last key, then the list cut in key order (a cut past the end is short)."""
+    lengths = {k: round(n * f) for k, f in fracs.items()}
+    lengths[max(fracs)] += sum(lengths.values()) - n
+    out, start = {}, 0
+    for k, length in lengths.items():
+        out[k] = max(0, min(length, n - start))
+        start += out[k]
+    return out
+
+
+def subset_sizes(fractions: dict[str, float], n: int, rounding: str = "authors") -> dict[str, int]:
+    """Entities per subset. ``authors``: their two-level rounding (:func:`_authors_split`; the
+    entities that their rule leaves out when it undercounts stay unused, as theirs). ``largest_remainder``:
+    floor(fraction x n), remainders by largest fraction part (ties: table order)."""
+    if rounding == "authors":
+        x2_total = sum(fractions.get(k, 0.0) for k in AUTHORS_LEVEL2)
+        level1 = {k: fractions.get(k, 0.0) for k in AUTHORS_LEVEL1} | {"stage2_combined": x2_total}
+        unused = 1.0 - sum(level1.values())
+        if unused > 1e-6:  # theirs requires a sum of 1; ours leaves the rest unused (the last key, "~")
+            level1["~unused"] = unused
+        sizes = _authors_split(level1, n)
+        n_x2 = sizes.pop("stage2_combined")
+        if x2_total > 0:
+            sizes |= _authors_split({k: fractions.get(k, 0.0) / x2_total for k in AUTHORS_LEVEL2}, n_x2)
+        return {k: sizes.get(k, 0) for k in ALL_SUBSETS if k in fractions}
     raw = {k: fractions[k] * n for k in ALL_SUBSETS if k in fractions}
     sizes = {k: int(v + 1e-9) for k, v in raw.items()}
     target = min(n, int(round(sum(fractions.values()) * n)))
@@ -299,7 +334,7 @@ def assign(cfg: LMDataConfig, entities: list[Entity], seed: int, x2_seed: int | 
     variables = random_strings(rng, n, cfg.variable_length, forbidden | set(tags.values()), cfg.braces)
     order = list(range(n))
     rng.shuffle(order)
-    sizes = subset_sizes(cfg.subsets.resolved(), n)
+    sizes = subset_sizes(cfg.subsets.resolved(), n, cfg.subset_rounding)
     n_x1 = sum(sizes.get(s, 0) for s in X1_SUBSETS)
     n_x2 = sum(sizes.get(s, 0) for s in X2_SUBSETS)
     x1 = [entities[i] for i in order[:n_x1]]
@@ -336,9 +371,14 @@ def assign(cfg: LMDataConfig, entities: list[Entity], seed: int, x2_seed: int | 
                     e.tag = fresh[k] if fresh else tags[tag_no]
                     e.defined_as = d
             if subset in X1_SUBSETS and members:
-                counts = held_out_counts(rng, [len(e.facts) for e in members], test_frac)
-                for e, k in zip(members, counts):
-                    e.held_out = tuple(sorted(rng.sample(range(len(e.facts)), k)))
+                draw, ranked = rng, members
+                if cfg.held_out_pairing:  # the authors: train_test_split(random_state=seed) per subset
+                    ranked = sorted(members, key=lambda e: e.name)
+                    profile = [len(e.facts) for e in ranked]
+                    draw = random.Random(f"{seed}-held-out-{profile}")
+                counts = held_out_counts(draw, [len(e.facts) for e in ranked], test_frac)
+                for e, k in zip(ranked, counts):
+                    e.held_out = tuple(sorted(draw.sample(range(len(e.facts)), k)))
     return placed, tags
 
 
@@ -367,7 +407,7 @@ def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str
                     split = evals.setdefault(f"ent_{name}_{e.subset}_defent", Rows())
                     write.question(split, e, template, e.defined_as, f"ent_{name}", answer_entity=e.defined_as)
     if cfg.stages == "single":
-        stages = [[x1_qa, x1_defs, x2_defs]]
+        stages = [[x1_qa, x1_defs] + ([] if cfg.train_subset == "x1" else [x2_defs])]
     elif cfg.stages == "two_stage":
         stages = [[x1_qa, x1_defs], [x2_defs]]
     else:
@@ -380,6 +420,11 @@ def build_rows(cfg: LMDataConfig, entities: list[Entity], seed: int) -> dict[str
         order = list(range(len(rows)))
         rng.shuffle(order)
         out[f"train_{k}"] = rows.take(order)
+    if cfg.train_subset == "x1":  # X2 definitions kept untrained, as probes (the authors' train_defs_*)
+        for subset in X2_SUBSETS:
+            picked = [i for i, s in enumerate(x2_defs.cols["subset"]) if s == subset]
+            if picked:
+                out[f"train_defs_{subset}"] = x2_defs.take(picked)
     for name in sorted(evals, key=_eval_sort_key):
         rows = evals[name]
         if cfg.max_eval_per_split and len(rows) > cfg.max_eval_per_split:

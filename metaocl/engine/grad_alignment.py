@@ -9,6 +9,12 @@ tag-1 definitions and on a batch of QA pairs, and the same for tag-2 definitions
 ``grad/cos_def1_qa`` and ``grad/cos_def2_qa`` and plotted by ``metaocl report`` over training and
 against batch size.
 
+Two statistics. ``mean_gradient`` (ours, an option): the cosine of the mean gradients above.
+``authors`` (the default of the LM runner, ``train.grad_alignment_statistic``): the authors'
+``GradientVarianceCallback`` (src/callbacks.py): for every variable of d1consis (d2consis), the cosine
+between the gradient of its definition and the gradient of each of its own questions, one datapoint
+each, averaged over all those pairs (:class:`PairedProbes`, :func:`paired_cosine`).
+
 A measurement must not change the training it observes. So it
 
 - uses ``torch.autograd.grad`` (never ``backward``): no ``.grad`` of any parameter is read or written,
@@ -45,6 +51,7 @@ fixed probe sets, so curves compare like with like), never from the training sam
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -110,6 +117,29 @@ def _rng_devices(model: torch.nn.Module) -> list[int]:
     return sorted(devices)
 
 
+@dataclass
+class PairedProbes:
+    """The authors' probe set for one tag (their ``GradientVarianceCallback``, src/callbacks.py): per
+    variable its definition and its own questions, each a one-datapoint batch for ``loss_fn``."""
+
+    pairs: list[tuple[Any, list[Any]]]
+
+
+def paired_cosine(model: torch.nn.Module, loss_fn: LossFn, probes: PairedProbes,
+                  params: Sequence[torch.nn.Parameter] | None = None) -> float:
+    """The authors' statistic: the mean, over every (definition, one of its own questions) pair, of
+    the cosine between the definition's gradient and the question's gradient (one datapoint each).
+    NaN when there is no pair with two non-zero gradients."""
+    params = list(params) if params is not None else _trainable(model)
+    sims = []
+    for definition, questions in probes.pairs:
+        g_def = mean_gradient(model, loss_fn, definition, params)
+        for q in questions:
+            sims.append(cosine(g_def, mean_gradient(model, loss_fn, q, params)))
+    finite = [x for x in sims if math.isfinite(x)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def gradient_alignment(
     model: torch.nn.Module,
     loss_fn: LossFn,
@@ -118,7 +148,9 @@ def gradient_alignment(
     qa_batch: Any,
     train_mode: bool = False,
 ) -> dict[str, float]:
-    """Cosines between the mean gradient on QA pairs and on tag-1 / tag-2 definitions.
+    """Cosines between the mean gradient on QA pairs and on tag-1 / tag-2 definitions; or, when
+    ``def1_batch`` is a :class:`PairedProbes` (the authors' statistic, the default of the LM runner),
+    :func:`paired_cosine` of each tag's probes (``qa_batch`` unused).
 
     Returns ``{"grad/cos_def1_qa": c1, "grad/cos_def2_qa": c2}`` with each value in [-1, 1] (NaN
     only if a gradient is exactly zero). ``def2_batch`` may be ``None`` (then only the first key).
@@ -131,6 +163,11 @@ def gradient_alignment(
     model.train(train_mode)
     try:
         with torch.random.fork_rng(devices=_rng_devices(model)), torch.enable_grad():
+            if isinstance(def1_batch, PairedProbes):
+                out = {METRIC_DEF1: paired_cosine(model, loss_fn, def1_batch, params)}
+                if def2_batch is not None:
+                    out[METRIC_DEF2] = paired_cosine(model, loss_fn, def2_batch, params)
+                return out
             g_qa = mean_gradient(model, loss_fn, qa_batch, params)
             out = {METRIC_DEF1: cosine(mean_gradient(model, loss_fn, def1_batch, params), g_qa)}
             if def2_batch is not None:

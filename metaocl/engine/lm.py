@@ -108,19 +108,27 @@ def _pad(seqs: Sequence[Sequence[int]], value: int, length: int | None = None) -
 
 
 def collate(enc: Encoded, idx: Sequence[int], pad_id: int, decoder_start_id: int | None = None,
-            faithful_padding: bool = False, block_size: int = 0) -> Batch:
+            faithful_padding: bool = False, block_size: int = 0, label_block_size: int = 0) -> Batch:
     """Right-pad the examples ``idx`` of ``enc`` into a :class:`Batch`.
 
     Causal, dynamic: loss on every real token after the first, including the terminating EOS.
     Causal, faithful: pad with EOS (= pad) to ``block_size``; the loss also covers the padding, and
     attention masks only the padding beyond the first EOS, as the reference implementation did.
     Seq2seq: encoder input = prompt, decoder input = [start] + answer, loss on answer + EOS.
+    Seq2seq, faithful (``label_block_size`` > 0): labels cut to ``label_block_size`` tokens (EOS
+    kept last) and padded with the pad id to it, loss on the padding too, no decoder mask: the
+    reference's tokenizer(answer, padding="max_length", truncation=True, max_length=label_block_size).
     """
     seqs = [enc.ids[i] for i in idx]
     if enc.labels is not None:
         labels = [enc.labels[i] for i in idx]
         input_ids = _pad(seqs, pad_id)
         attention = _pad([[1] * len(s) for s in seqs], 0)
+        if faithful_padding and label_block_size > 0:
+            labels = [lab if len(lab) <= label_block_size else lab[: label_block_size - 1] + lab[-1:] for lab in labels]
+            target = _pad(labels, pad_id, label_block_size)  # pad ids are targets too
+            dec_in = torch.cat([torch.full((len(idx), 1), decoder_start_id, dtype=torch.long), target[:, :-1]], dim=1)
+            return Batch(input_ids, attention, target, dec_in, torch.ones_like(target))
         target = _pad(labels, IGNORE)
         dec_in = _pad([[decoder_start_id] + lab[:-1] for lab in labels], pad_id)
         dec_mask = _pad([[1] * len(lab) for lab in labels], 0)
@@ -200,6 +208,71 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def stage_steps(n: int, batch_size: int, grad_accumulation: int, epochs: int) -> int:
+    """Optimizer steps of a stage of ``epochs`` epochs over ``n`` rows, as the Hugging Face Trainer
+    counts them (its ``max_steps``): ``epochs * max(1, slices_per_epoch // grad_accumulation)``, with
+    ``slices_per_epoch = ceil(n / (batch_size / grad_accumulation))``. With ``grad_accumulation`` 1 it
+    is ``epochs * ceil(n / batch_size)`` (the last batch of every epoch short, as the Trainer's
+    dataloader). It is also the number of steps :func:`train_one_epoch` takes: the Trainer's stepping
+    rule (:class:`Accumulation`) never takes fewer, and training stops at ``max_steps``."""
+    slice_size = batch_size // grad_accumulation
+    return epochs * max(1, math.ceil(n / slice_size) // grad_accumulation)
+
+
+@dataclass
+class Accumulation:
+    """Gradient accumulation as the authors' Hugging Face Trainer did it (transformers 4.27-4.45,
+    ``Trainer._inner_training_loop``): each epoch is cut into slices of ``batch_size /
+    grad_accumulation`` rows (their ``per_device_train_batch_size``; the last slice short), slices
+    are counted across epochs (``total_batched_samples``), and the optimizer steps when that count is a
+    multiple of ``every`` (``gradient_accumulation_steps``), or at the last slice of an epoch that has
+    no more slices than ``every``. Leftover slices at the end of an epoch keep their gradient and
+    join the first step of the next epoch; training stops at ``max_steps`` (:func:`stage_steps`),
+    which can leave the last epoch(s) partly or wholly untrained, as the Trainer did.
+
+    One per stage. ``slices``/``steps`` count within the stage; ``pending`` holds the dataset indices
+    of the slices whose gradient waits in ``.grad`` (to redo them after an out-of-memory halving).
+    :meth:`state_dict` carries them and the waiting gradient itself, so a checkpoint between two
+    slices of one accumulation resumes exactly.
+    """
+
+    every: int = 1
+    max_steps: int | None = None  # None: no limit
+    slices: int = 0
+    steps: int = 0
+    pending: list[list[int]] = field(default_factory=list)
+
+    def done(self) -> bool:
+        return self.max_steps is not None and self.steps >= self.max_steps
+
+    def plan(self, n_slices: int):
+        """One epoch of ``n_slices`` slices: yields ``(slice index, step after it?)`` while counting
+        slices and steps; ends early at ``max_steps``. The Trainer's rule, and the only place of it."""
+        for i in range(n_slices):
+            if self.done():  # the Trainer stops at max_steps
+                return
+            self.slices += 1
+            step = self.slices % self.every == 0 or (n_slices <= self.every and i == n_slices - 1)
+            yield i, step
+            self.steps += step
+
+    def state_dict(self, model) -> dict:
+        grads = None
+        if self.pending:
+            grads = {name: p.grad.detach().to("cpu", copy=True) for name, p in model.named_parameters()
+                     if p.grad is not None}
+        return {"every": self.every, "max_steps": self.max_steps, "slices": self.slices, "steps": self.steps,
+                "pending": [list(x) for x in self.pending], "grads": grads}
+
+    def load_state_dict(self, state: dict, model) -> None:
+        self.every, self.max_steps = state["every"], state["max_steps"]
+        self.slices, self.steps = state["slices"], state["steps"]
+        self.pending = [list(x) for x in state["pending"]]
+        grads = state.get("grads") or {}
+        for name, p in model.named_parameters():
+            p.grad = grads[name].to(p.device) if name in grads else None
+
+
 # ------------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------------
@@ -220,6 +293,9 @@ class StepContext:
     faithful_padding: bool
     block_size: int
     use_autocast: bool
+    # The authors' gradient accumulation across epochs (None: one step per batch_size slice).
+    accumulation: Accumulation | None = None
+    label_block_size: int = 0  # seq2seq with faithful_padding: labels padded to it (see collate)
 
 
 def train_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[float, int]:
@@ -240,24 +316,8 @@ def train_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[floa
 
 
 def _accumulate_and_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[float, int]:
-    model = ctx.model
-    micro = [idx[i : i + ctx.micro_batch_size] for i in range(0, len(idx), ctx.micro_batch_size)]
-    batches = [collate(enc, m, ctx.pad_id, ctx.decoder_start_id, ctx.faithful_padding, ctx.block_size) for m in micro]
-    n_target = sum(b.n_target for b in batches)  # the whole effective batch's target tokens
-    total, n_real = 0.0, 0
-    for b in batches:
-        b = b.to(ctx.device)
-        with autocast(ctx.device, ctx.use_autocast):
-            logits = forward_logits(model, b)
-        loss = loss_sum(logits, b.target) / n_target
-        loss.backward()
-        total += float(loss.detach())
-        n_real += int(b.attention_mask.sum()) + (int((b.target != IGNORE).sum()) if b.decoder_input_ids is not None else 0)
-    if ctx.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.max_grad_norm)
-    ctx.optimizer.step()
-    ctx.scheduler.step()
-    ctx.optimizer.zero_grad(set_to_none=True)
+    total, n_real = _backward(ctx, enc, idx, 1)
+    _optimizer_step(ctx)
     return total, n_real
 
 
@@ -271,22 +331,81 @@ class EpochStats:
 
 def train_one_epoch(ctx: StepContext, enc: Encoded, generator: torch.Generator,
                     progress: Callable | None = None, on_step: Callable[[int], None] | None = None) -> EpochStats:
-    """Shuffle, then one optimizer step per effective batch (the last batch may be smaller)."""
+    """Shuffle, then train slice by slice. Without ``ctx.accumulation``: one optimizer step per
+    ``batch_size`` slice (the last one may be smaller). With it: slices of ``batch_size / every`` rows
+    and the Hugging Face Trainer's stepping rule across epochs (:class:`Accumulation`)."""
     ctx.model.train()
     order = torch.randperm(len(enc), generator=generator).tolist()
-    starts = range(0, len(order), ctx.batch_size)
+    acc = ctx.accumulation
+    if acc is None:
+        size, acc = ctx.batch_size, Accumulation()
+    else:
+        size = ctx.batch_size // acc.every
+    slices = [order[i : i + size] for i in range(0, len(order), size)]
+    plan = acc.plan(len(slices))
     if progress is not None:
-        starts = progress(starts)
-    losses, tokens = [], 0
+        plan = progress(plan)
+    losses, tokens, steps, rows = [], 0, 0, 0
     t0 = time.perf_counter()
-    for start in starts:
-        loss, n_tok = train_step(ctx, enc, order[start : start + ctx.batch_size])
+    for i, step_after in plan:
+        loss, n_tok = _slice_backward(ctx, acc, enc, slices[i])
+        acc.pending.append(slices[i])
         losses.append(loss)
         tokens += n_tok
-        if on_step is not None:
-            on_step(len(losses))
+        rows += len(slices[i])
+        if step_after:
+            _optimizer_step(ctx)
+            acc.pending.clear()
+            steps += 1
+            if on_step is not None:
+                on_step(steps)
     if ctx.device.startswith("cuda"):
         torch.cuda.synchronize()
     dt = max(time.perf_counter() - t0, 1e-9)
     return EpochStats(loss=sum(losses) / max(1, len(losses)), tokens_per_s=tokens / dt,
-                      examples_per_s=len(order) / dt, steps=len(losses))
+                      examples_per_s=rows / dt, steps=steps)
+
+
+def _slice_backward(ctx: StepContext, acc: Accumulation, enc: Encoded, idx: Sequence[int]) -> tuple[float, int]:
+    """Add one slice's gradient: its mean token loss / ``acc.every`` (the Trainer's loss scaling),
+    in micro-batches. On CUDA out-of-memory with an automatic micro-batch: halve it and redo the
+    slices still waiting in ``.grad`` and this one (same weights, so the same gradient)."""
+    replay: list[list[int]] = []
+    while True:
+        try:
+            for waiting in replay:
+                _backward(ctx, enc, waiting, acc.every)
+            return _backward(ctx, enc, idx, acc.every)
+        except RuntimeError as e:
+            if not (ctx.auto_micro and is_oom(e) and ctx.micro_batch_size > 1):
+                raise
+            ctx.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            ctx.micro_batch_size //= 2
+            replay = list(acc.pending)
+
+
+def _backward(ctx: StepContext, enc: Encoded, idx: Sequence[int], scale_div: int) -> tuple[float, int]:
+    model = ctx.model
+    micro = [idx[i : i + ctx.micro_batch_size] for i in range(0, len(idx), ctx.micro_batch_size)]
+    batches = [collate(enc, m, ctx.pad_id, ctx.decoder_start_id, ctx.faithful_padding, ctx.block_size,
+                       ctx.label_block_size) for m in micro]
+    n_target = sum(b.n_target for b in batches)
+    total, n_real = 0.0, 0
+    for b in batches:
+        b = b.to(ctx.device)
+        with autocast(ctx.device, ctx.use_autocast):
+            logits = forward_logits(model, b)
+        loss = loss_sum(logits, b.target) / n_target
+        (loss / scale_div).backward()
+        total += float(loss.detach())
+        n_real += int(b.attention_mask.sum()) + (int((b.target != IGNORE).sum()) if b.decoder_input_ids is not None else 0)
+    return total, n_real
+
+
+def _optimizer_step(ctx: StepContext) -> None:
+    if ctx.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.max_grad_norm)
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ greedy decoder would write), optionally only ``true`` vs ``false``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -143,7 +144,9 @@ def train_one_epoch(
     for start in progress(batches) if progress else batches:
         batch = data[order[start : start + batch_size]]
         batch = batch[:, : int((batch != 0).sum(1).max())]  # trim shared padding
-        loss = lm_loss(model, batch, answer_only=cfg.loss_on == "answer")
+        use_bf16 = getattr(cfg, "bf16", False) and batch.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext():
+            loss = lm_loss(model, batch, answer_only=cfg.loss_on == "answer")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

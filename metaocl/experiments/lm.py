@@ -298,8 +298,6 @@ class LMTrial(staged.StagedTrial):
 
         self.config, self.reporter, self.loaded, self.device, self.later = config, reporter, loaded, device, later
         t = config.train
-        if t.faithful_padding and loaded.is_seq2seq:
-            raise ConfigError("train.faithful_padding: applies to causal models only")
         self.model = loaded.model.to(device)
         if config.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -310,7 +308,8 @@ class LMTrial(staged.StagedTrial):
         self.probes = (_alignment_probes(config, dataset, loaded, device, self.use_autocast)
                        if self.monitor.enabled else None)
         self.step_global = sum(  # optimizer steps of the stages before (a stage 1 trained elsewhere)
-            engine.steps_per_epoch(len(dataset[f"train_{s}"]), t.batch_size or len(dataset[f"train_{s}"])) * n
+            engine.stage_steps(len(dataset[f"train_{s}"]), t.batch_size or len(dataset[f"train_{s}"]),
+                               t.grad_accumulation, n)
             for s, n in enumerate(epochs_before, start=1))
         self.micro = t.micro_batch_size or t.batch_size
         self.publish = publish
@@ -334,16 +333,19 @@ class LMTrial(staged.StagedTrial):
         t, loaded = self.config.train, self.loaded
         self.train_set = engine.encode(self.dataset[f"train_{stage.number}"], loaded.tokenizer, loaded.is_seq2seq)
         batch_size = t.batch_size or len(self.train_set)  # 0 = full batch
-        total_steps = engine.steps_per_epoch(len(self.train_set), batch_size) * stage.units
+        total_steps = engine.stage_steps(len(self.train_set), batch_size, t.grad_accumulation, stage.units)
+        self.slice_size = batch_size // t.grad_accumulation  # the authors' per-device batch
         self.optimizer, self.scheduler = engine.make_optimizer(self.model, t, total_steps)
         self.generator = _stage_generator(self.config.stage1_seed if stage.number == 1 else self.config.seed,
                                           stage.number)
         self.ctx = engine.StepContext(
             model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, device=self.device,
             pad_id=loaded.pad_id, decoder_start_id=getattr(self.model.config, "decoder_start_token_id", None),
-            batch_size=batch_size, micro_batch_size=min(self.micro or batch_size, batch_size),
+            batch_size=batch_size, micro_batch_size=min(self.micro or self.slice_size, self.slice_size),
             auto_micro=t.micro_batch_size == 0 and self.device.startswith("cuda"), max_grad_norm=t.max_grad_norm,
-            faithful_padding=t.faithful_padding, block_size=t.block_size, use_autocast=self.use_autocast)
+            faithful_padding=t.faithful_padding, block_size=t.block_size, use_autocast=self.use_autocast,
+            accumulation=engine.Accumulation(every=t.grad_accumulation, max_steps=total_steps),
+            label_block_size=self.config.resolved_label_block_size() if loaded.is_seq2seq else 0)
 
     def _after_step(self, _: int) -> None:
         self.step_global += 1
@@ -389,14 +391,17 @@ class LMTrial(staged.StagedTrial):
         from metaocl.experiments import checkpoints
 
         return {"step_global": self.step_global, "micro": self.micro,
-                "alignment_pending": checkpoints.alignment_pending(self.monitor)}
+                "alignment_pending": checkpoints.alignment_pending(self.monitor),
+                "accumulation": self.ctx.accumulation.state_dict(self.model)}  # slices so far, a waiting gradient
 
     def load_state(self, saved: dict) -> None:
         from metaocl.experiments import checkpoints
 
         self.step_global, self.micro = saved["step_global"], saved["micro"]
-        self.ctx.micro_batch_size = min(self.micro or self.ctx.batch_size, self.ctx.batch_size)
+        self.ctx.micro_batch_size = min(self.micro or self.slice_size, self.slice_size)
         checkpoints.set_alignment_pending(self.monitor, saved)
+        if saved.get("accumulation") is not None:
+            self.ctx.accumulation.load_state_dict(saved["accumulation"], self.model)
 
 
 def _progress(reporter: Reporter, stage: int, epoch: int):
@@ -410,11 +415,13 @@ def _progress(reporter: Reporter, stage: int, epoch: int):
 
 @dataclasses.dataclass
 class _AlignmentProbes:
-    """Fixed probe batches for the gradient-alignment diagnostic (drawn once per trial)."""
+    """Fixed probes for the gradient-alignment diagnostic (drawn once per trial): engine batches
+    (``mean_gradient``), or per-variable :class:`~metaocl.engine.grad_alignment.PairedProbes`
+    (``authors``; ``qa`` unused then)."""
 
-    def1: engine.Batch
-    def2: engine.Batch | None
-    qa: engine.Batch
+    def1: object
+    def2: object | None
+    qa: engine.Batch | None
     use_autocast: bool
     device: str
 
@@ -427,26 +434,53 @@ class _AlignmentProbes:
 
 def _alignment_probes(config: LMConfig, dataset, loaded: LoadedModel, device: str, use_autocast: bool,
                       size: int = 64) -> _AlignmentProbes | None:
-    """Up to ``size`` tag-1 definitions, tag-2 definitions and QA pairs from all training splits."""
+    """``train.grad_alignment_statistic``: authors - per d1consis / d2consis variable (sorted, at most
+    ``train.grad_alignment_variables``), its definition (from any ``train_*`` split, trained or kept
+    as a probe) and its questions (the subset's eval split), one datapoint each; mean_gradient - up to
+    ``size`` tag-1 definitions, tag-2 definitions and QA pairs from all training splits."""
     import datasets
     import torch
 
     from metaocl.data.qa import DEFINITIONS
     from metaocl.engine import lm as engine
+    from metaocl.engine.grad_alignment import PairedProbes
 
     train = datasets.concatenate_datasets([dataset[k] for k in dataset if k.startswith("train_")])
-    tags = [DEFINITIONS.get(s, ("", True))[0] if d else "qa" for s, d in zip(train["subset"], train["is_definition"])]
-    rng = torch.Generator().manual_seed(config.stage1_seed)
     enc = engine.encode(train, loaded.tokenizer, loaded.is_seq2seq)
     start = getattr(loaded.model.config, "decoder_start_token_id", None)
+
+    def batch(e: engine.Encoded, idx: list[int]) -> engine.Batch:
+        return engine.collate(e, idx, loaded.pad_id, start, config.train.faithful_padding,
+                              config.train.block_size).to(device)
+
+    if config.train.grad_alignment_statistic == "authors":
+        def paired(subset: str) -> PairedProbes | None:
+            if subset not in dataset or not len(dataset[subset]):
+                return None
+            defs = {v: i for i, (v, s, d) in enumerate(zip(train["variable"], train["subset"], train["is_definition"]))
+                    if d and s == subset}
+            qs = dataset[subset]
+            enc_q = engine.encode(qs, loaded.tokenizer, loaded.is_seq2seq)
+            questions: dict[str, list[int]] = {}
+            for j, v in enumerate(qs["variable"]):
+                questions.setdefault(v, []).append(j)
+            variables = sorted(v for v in defs if v in questions)
+            if config.train.grad_alignment_variables:
+                variables = variables[: config.train.grad_alignment_variables]
+            pairs = [(batch(enc, [defs[v]]), [batch(enc_q, [j]) for j in questions[v]]) for v in variables]
+            return PairedProbes(pairs) if pairs else None
+
+        def1 = paired("d1consis")
+        return None if def1 is None else _AlignmentProbes(def1, paired("d2consis"), None, use_autocast, device)
+
+    tags = [DEFINITIONS.get(s, ("", True))[0] if d else "qa" for s, d in zip(train["subset"], train["is_definition"])]
+    rng = torch.Generator().manual_seed(config.stage1_seed)
 
     def pick(tag: str) -> engine.Batch | None:
         idx = [i for i, t in enumerate(tags) if t == tag]
         if not idx:
             return None
-        chosen = [idx[j] for j in torch.randperm(len(idx), generator=rng)[:size].tolist()]
-        return engine.collate(enc, chosen, loaded.pad_id, start, config.train.faithful_padding,
-                              config.train.block_size).to(device)
+        return batch(enc, [idx[j] for j in torch.randperm(len(idx), generator=rng)[:size].tolist()])
 
     def1, def2, qa = pick("1"), pick("2"), pick("qa")
     if def1 is None or qa is None:

@@ -58,6 +58,8 @@ def key(config: LMConfig) -> str:
         what["epochs"] = config.epochs[: shared_stages(config)]
     if t.stage2_from_epoch is not None:
         what["stage2_from_epoch"] = t.stage2_from_epoch
+    if t.grad_accumulation != 1:  # (only when set, so the keys of earlier caches stay valid)
+        what["train"]["grad_accumulation"] = t.grad_accumulation
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
