@@ -43,6 +43,12 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                    "pinned to that value; --set seed=N runs seed N only")
 
 
+def _fetch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fetch", action="store_true", help="do not download missing data or models (they are "
+                   "fetched once before the first trial by default; HF_HUB_OFFLINE=1 does the same): anything "
+                   "missing is an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metaocl", description="Reproduce and extend meta-out-of-context learning: "
                      "every experiment of the paper is one sweep file, run on Ray Tune and tracked in MLflow.")
@@ -64,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "trials are kept, unfinished ones resume from their last checkpoint")
     p.add_argument("--max-failures", type=int, metavar="N",
                    help="retries per failing trial (default: the sweep file's max_failures)")
+    _fetch_arg(p)
 
     p = sub.add_parser("run", help="run one trial of a sweep in this process, without Ray",
                        description="Run one trial of a sweep in this process, without Ray: the first trial "
@@ -73,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", help="trial id from `metaocl sweep NAME --dry-run` (default: the first)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    _fetch_arg(p)
 
     for module in ("metaocl.data.cli", "metaocl.report.cli", "metaocl.ui"):  # sub-commands that live beside their area
         if importlib.util.find_spec(module) is not None:
@@ -123,7 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = run_sweep(sweep, uri, address=args.address, storage=args.storage, resume=args.resume,
                         tracking_explicit=bool(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
-                        max_failures=args.max_failures)  # prints the end-of-sweep summary
+                        max_failures=args.max_failures, fetch=not args.no_fetch)  # prints the end-of-sweep summary
     print()
     print(outcome.table())
     print(f"MLflow store: {describe_store(uri)}")
@@ -151,10 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri:
         check_reachable(uri)
-    from metaocl.experiments.local import check_trial, run_single
+    from metaocl.experiments.local import prepare_trial, run_single
     from metaocl.report.summary import summarize_trial
 
-    check_trial(trial, sweep)  # inputs and device before anything is written
+    prepare_trial(trial, sweep, fetch=not args.no_fetch)  # inputs fetched and checked before anything is written
     print(f"run {sweep.name} trial {trial.trial_id} (seed {trial.seed}) in this process")
     result = run_single(trial, sweep, uri)
     print()
