@@ -220,6 +220,32 @@ def _size(info, patterns: list[str]) -> int:
                if any(fnmatch.fnmatch(s.rfilename, p) for p in patterns))
 
 
+def _verify(snapshot: Path, info, patterns: list[str], name: str, fieldname: str) -> None:
+    """Every downloaded file against the hub's listing: the sha256 of LFS files (the weights), the git
+    blob id of the others. huggingface_hub itself does not check what it wrote."""
+    import fnmatch
+    import hashlib
+
+    for s in info.siblings or []:
+        if not any(fnmatch.fnmatch(s.rfilename, p) for p in patterns):
+            continue
+        path = snapshot / s.rfilename
+        if s.lfs is not None:
+            algorithm, expected = "sha256", s.lfs.sha256
+            digest = hashlib.sha256()
+        elif s.blob_id:
+            algorithm, expected = "git blob sha1", s.blob_id
+            digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+        else:
+            continue
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise ConfigError(f"{fieldname}: {name}/{s.rfilename} from {hub_endpoint()}: checksum mismatch "
+                              f"({algorithm} {digest.hexdigest()} != listed {expected}); nothing was kept")
+
+
 def _folder_bytes(folder: Path) -> int:
     total = 0
     for root, _, names in os.walk(folder):
@@ -302,11 +328,12 @@ def fetch_model(name: str, what: str = "model", progress: bool | None = None, fi
         if not terminal:
             disable_progress_bars()
         try:
-            snapshot_download(name, allow_patterns=patterns, cache_dir=str(work), endpoint=endpoint,
-                              etag_timeout=TIMEOUT_S)
+            folder = snapshot_download(name, allow_patterns=patterns, cache_dir=str(work), endpoint=endpoint,
+                                       etag_timeout=TIMEOUT_S)
         finally:
             if not terminal and not was_disabled:
                 enable_progress_bars()
+        _verify(Path(folder), info, patterns, name, fieldname)
         _move_into_place(work / _repo_folder(name), cache / _repo_folder(name))
     except ConfigError:
         raise
