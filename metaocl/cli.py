@@ -35,8 +35,8 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{where}{message} (see {self.prog} --help)")
 
 
-def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep", help="sweep name (see `metaocl list`) or path to a sweep YAML file")
+def _sweep_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("sweep", nargs="?" if optional else None, help="sweep name (see `metaocl list`) or path to a sweep YAML file")
     p.add_argument("--smoke", action="store_true", help="the sweep's reduced variant (CPU, minutes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.lr=0.001 (repeatable); a grid key is "
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the sweeps with their descriptions")
 
     p = sub.add_parser("sweep", help="run a sweep: grid x seeds as Ray Tune trials, tracked in MLflow")
-    _sweep_args(p)
+    _sweep_args(p, optional=True)
+    p.add_argument("--all", action="store_true", help="every paper sweep, one after another: the plan first, "
+                   "inputs fetched once, resumable as one unit (--resume), one report at the end")
     p.add_argument("--seeds", type=int, help="number of seeds (overrides the sweep file)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and run nothing")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
@@ -115,6 +117,15 @@ def _trial_table(sweep) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from metaocl.tracking import check_reachable, describe_store, tracking_uri
 
+    if args.all or not args.sweep:
+        if args.all == bool(args.sweep):
+            raise ConfigError("metaocl sweep: name one sweep, or --all for every paper sweep (see metaocl sweep --help)")
+        from metaocl.sweep.paper import run_all
+
+        uri = tracking_uri(args.tracking_uri)
+        if not args.dry_run:
+            check_reachable(uri)
+        return run_all(args, uri)
     sweep = load_sweep(args.sweep, smoke=args.smoke, seeds=args.seeds, overrides=args.overrides)
     if args.max_failures is not None and args.max_failures < 0:
         raise ConfigError(f"--max-failures {args.max_failures}: must be at least 0")

@@ -265,3 +265,43 @@ def test_sweep_on_an_empty_cache_fetches_once_and_trials_run_offline(hub, tmp_pa
     gets = [q for q in hub.requests if q.startswith("GET /tiny-org/tiny-neox/resolve/")]
     assert len(gets) == len(set(gets)) == len(hub.repos[REPO])
     assert "trials: 1 done, 0 failed" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# metaocl sweep --all --smoke: every paper sweep, one invocation, one report, resumable as a unit
+# ------------------------------------------------------------------------------------------------
+ALL_TINY = ["--all", "--smoke", "--set", "seed=0", "--set", "data.n_entities=20", "--set", "data.n_variables=60",
+            "--set", "train.stage1_epochs=1", "--set", "train.steps=100"]
+
+
+def test_all_dry_run_prints_the_plan_for_every_paper_sweep(tmp_path):
+    from metaocl.sweep.paper import PAPER_SWEEPS
+
+    r = cli(["sweep", *ALL_TINY, "--dry-run"], tmp_path, {"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    for name in PAPER_SWEEPS:
+        assert f"\n{name} " in r.stdout
+    assert f"{len(PAPER_SWEEPS)} sweeps, " in r.stdout and not list(tmp_path.iterdir())
+
+
+def test_all_refuses_a_key_no_sweep_has(tmp_path):
+    r = cli(["sweep", "--all", "--smoke", "--dry-run", "--set", "train.no_such_key=1"], tmp_path, {"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no paper sweep accepts it" in r.stderr
+
+
+@pytest.mark.slow
+def test_all_smoke_runs_every_sweep_then_one_report_and_resume_skips_them(tmp_path):
+    from metaocl.sweep.paper import PAPER_SWEEPS
+
+    env = {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "METAOCL_PROGRESS_INTERVAL": "0",
+           "METAOCL_DATA": str(tmp_path / "data")}
+    r = cli(["sweep", *ALL_TINY], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = (tmp_path / "reports" / "paper-smoke" / "verdicts.md").read_text()
+    for name in PAPER_SWEEPS:
+        assert f"\n## {name}: " in report
+    assert "no report" not in report
+    state = json.loads((tmp_path / "metaocl-results" / "metaocl-all-smoke.json").read_text())
+    assert {n: s["status"] for n, s in state["sweeps"].items()} == {n: "done" for n in PAPER_SWEEPS}
+    again = cli(["sweep", *ALL_TINY, "--resume"], tmp_path, env)  # nothing left: every sweep is skipped
+    assert again.returncode == 0 and again.stdout.count("finished earlier") == len(PAPER_SWEEPS)
