@@ -110,7 +110,22 @@ def needs(kind: str, configs: Iterable) -> Needs:
         elif kind == "mnist":
             if config.data.digits == "mnist" and "mnist" not in out.data:
                 out.data.append("mnist")
+            if config.model.pretrained:  # timm loads pretrained weights from its hub repo
+                hub_id = _timm_hub_id(config.model.name)
+                if hub_id:
+                    out.add_model("model.pretrained", hub_id, "model")
     return out
+
+
+def _timm_hub_id(name: str) -> str | None:
+    """The hub repo timm reads ``name``'s pretrained weights from (``timm/convnextv2_tiny...``), if any."""
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        return (getattr(cfg, "hf_hub_id", None) or None) if cfg is not None else None
+    except Exception:  # noqa: BLE001 (an unknown name: required_inputs says so)
+        return None
 
 
 def sweep_needs(sweeps) -> Needs:
