@@ -6,7 +6,11 @@
 #     docker run --gpus all --shm-size=8g -v metaocl-runs:/runs -v metaocl-cache:/cache \
 #         metaocl sweep batch_size
 #
-# works as written. The same image serves every role of a cluster: docker/compose.yaml and
+# works as written, on a new machine with an empty metaocl-cache volume: the sweep first fetches
+# what it needs and is missing (CVDB / T-REx / MNIST, checksummed; each Hugging Face model of the
+# sweep, from $HF_ENDPOINT) into /cache, once, then runs the trials with the hub offline. Nothing
+# manual comes first (no `metaocl data download`); `--no-fetch` uses only what /cache holds.
+# docs/first-run.md. The same image serves every role of a cluster: docker/compose.yaml and
 # docker/kuberay/ override the command with `ray start ...` or `mlflow server ...`; `bash`, `ray`
 # and `mlflow` are on the PATH for them (also in login shells, which KubeRay uses).
 #

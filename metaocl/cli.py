@@ -35,12 +35,18 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{where}{message} (see {self.prog} --help)")
 
 
-def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep", help="sweep name (see `metaocl list`) or path to a sweep YAML file")
+def _sweep_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("sweep", nargs="?" if optional else None, help="sweep name (see `metaocl list`) or path to a sweep YAML file")
     p.add_argument("--smoke", action="store_true", help="the sweep's reduced variant (CPU, minutes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.lr=0.001 (repeatable); a grid key is "
                    "pinned to that value; --set seed=N runs seed N only")
+
+
+def _fetch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fetch", action="store_true", help="do not download missing data or models (they are "
+                   "fetched once before the first trial by default; HF_HUB_OFFLINE=1 does the same): anything "
+                   "missing is an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the sweeps with their descriptions")
 
     p = sub.add_parser("sweep", help="run a sweep: grid x seeds as Ray Tune trials, tracked in MLflow")
-    _sweep_args(p)
+    _sweep_args(p, optional=True)
+    p.add_argument("--all", action="store_true", help="every paper sweep, one after another: the plan first, "
+                   "inputs fetched once, resumable as one unit (--resume), one report at the end")
     p.add_argument("--seeds", type=int, help="number of seeds (overrides the sweep file)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and the plan (GPU-hours, "
                    "memory, checkpoints, downloads) and run nothing")
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "trials are kept, unfinished ones resume from their last checkpoint")
     p.add_argument("--max-failures", type=int, metavar="N",
                    help="retries per failing trial (default: the sweep file's max_failures)")
+    _fetch_arg(p)
 
     p = sub.add_parser("run", help="run one trial of a sweep in this process, without Ray",
                        description="Run one trial of a sweep in this process, without Ray: the first trial "
@@ -76,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", help="trial id from `metaocl sweep NAME --dry-run` (default: the first)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    _fetch_arg(p)
 
     for module in ("metaocl.data.cli", "metaocl.report.cli", "metaocl.ui"):  # sub-commands that live beside their area
         if importlib.util.find_spec(module) is not None:
@@ -124,6 +134,15 @@ def _cluster_of(sweep, address: str | None, gpu_type: str | None):
 def cmd_sweep(args: argparse.Namespace) -> int:
     from metaocl.tracking import check_reachable, describe_store, tracking_uri
 
+    if args.all or not args.sweep:
+        if args.all == bool(args.sweep):
+            raise ConfigError("metaocl sweep: name one sweep, or --all for every paper sweep (see metaocl sweep --help)")
+        from metaocl.sweep.paper import run_all
+
+        uri = tracking_uri(args.tracking_uri)
+        if not args.dry_run:
+            check_reachable(uri)
+        return run_all(args, uri)
     sweep = load_sweep(args.sweep, smoke=args.smoke, seeds=args.seeds, overrides=args.overrides)
     if args.max_failures is not None and args.max_failures < 0:
         raise ConfigError(f"--max-failures {args.max_failures}: must be at least 0")
@@ -150,7 +169,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return run_sweep(part, uri, address=args.address, storage=args.storage, resume=resume,
                          tracking_explicit=bool(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
                          max_failures=args.max_failures, show_plan=True,
-                         gpu_type=args.gpu_type)  # prints the plan first and the end-of-sweep summary
+                         gpu_type=args.gpu_type, fetch=not args.no_fetch)  # prints the plan first and the end-of-sweep summary
 
     if sweep.looks:  # group-sequential: one invocation per look, the next only while undecided
         outcome = _sequential_sweep(sweep, uri, args, run)
@@ -212,10 +231,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri:
         check_reachable(uri)
-    from metaocl.experiments.local import check_trial, run_single
+    from metaocl.experiments.local import prepare_trial, run_single
     from metaocl.report.summary import summarize_trial
 
-    check_trial(trial, sweep)  # inputs and device before anything is written
+    prepare_trial(trial, sweep, fetch=not args.no_fetch)  # inputs fetched and checked before anything is written
     print(f"run {sweep.name} trial {trial.trial_id} (seed {trial.seed}) in this process")
     result = run_single(trial, sweep, uri)
     print()

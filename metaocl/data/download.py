@@ -30,6 +30,8 @@ import json
 import os
 import shutil
 import socket
+import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,6 +51,7 @@ TREX_PAGE = "https://doi.org/10.6084/m9.figshare.5146864"
 MNIST_HOST = "ossci-datasets.s3.amazonaws.com"
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 TIMEOUT_S = 5.0
+LINE_EVERY_S = 30.0  # without a progress bar (no terminal): one progress line this often
 # Dataverse's checksum types (its DataFile.ChecksumType) and figshare's MD5 -> hashlib's name.
 CHECKSUM_TYPES = {"MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512"}
 
@@ -109,15 +112,23 @@ def _fetch(url: str, dest: Path, checksum: tuple[str, str], by_hand: str, progre
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.new(algorithm)
+    bar_shown = progress and sys.stderr.isatty()
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            # disable=None: a progress bar on a terminal only, not in logs
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None if progress else True) as bar:
+            started = last = time.monotonic()
+            done = 0
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not bar_shown) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+                    done += len(chunk)
+                    if progress and not bar_shown and time.monotonic() - last >= LINE_EVERY_S:
+                        last = time.monotonic()  # no terminal: a line now and then, for the logs
+                        print(f"metaocl: downloading {dest.name}: {done / 1e6:,.0f}"
+                              + (f" of {total / 1e6:,.0f}" if total else "") + f" MB, {last - started:.0f} s",
+                              file=sys.stderr, flush=True)
     except (urllib.error.URLError, OSError) as e:
         part.unlink(missing_ok=True)
         raise DataError(f"{url}: download failed ({e}); {by_hand}") from None
@@ -199,6 +210,18 @@ def download_mnist(force: bool = False, progress: bool = True) -> Path:
     except (RuntimeError, OSError, urllib.error.URLError) as e:
         raise DataError(f"MNIST download failed ({str(e).splitlines()[0]}); {by_hand}") from None
     return raw
+
+
+def present(name: str) -> bool:
+    """Whether source ``name`` (cvdb | trex | mnist) is already in :func:`data_home` (what the
+    downloaders check before fetching)."""
+    if name == "cvdb":
+        return (data_home() / "cvdb" / CVDB_FILE).is_file()
+    if name == "trex":
+        folder = data_home() / "trex"
+        return folder.is_dir() and any(folder.rglob("*.json"))
+    raw = data_home() / "MNIST" / "raw"
+    return all((raw / f.removesuffix(".gz")).is_file() for f in MNIST_FILES)
 
 
 DOWNLOADERS = {"cvdb": download_cvdb, "trex": download_trex, "mnist": download_mnist}

@@ -58,9 +58,11 @@ def required_inputs(config: LMConfig) -> list[str]:
     """What a trial reads from outside: the CVDB / T-REx files, and the model (and tokenizer) name.
 
     A model name is fine when it is a builtin tiny model, a local folder, a Pythia architecture
-    trained from scratch (embedded), or a Hugging Face name that is in the local cache; with
-    ``HF_HUB_OFFLINE=1`` a name not in the cache is refused (the trial could not load it), online it
-    is left to the hub.
+    trained from scratch (embedded), or a Hugging Face name that is in the local cache. A hub name
+    not in the cache is refused with ``HF_HUB_OFFLINE=1`` (the trial could not load it); online it is
+    asked of the hub (``$HF_ENDPOINT``, a few seconds at most): a name the hub does not know, or a hub
+    that does not answer, is refused here, before anything is written (:mod:`metaocl.fetch` fetches
+    what the hub has).
     """
     out = []
     data = config.data
@@ -71,18 +73,31 @@ def required_inputs(config: LMConfig) -> list[str]:
         if not path.exists():
             out.append(f"data.path: {data.source} data not found at {path} "
                        f"(run `metaocl data download {data.source}` or set data.path)")
-    m = config.model
-    if m.name not in BUILTIN_MODEL_NAMES:
-        from metaocl.engine.lm_models import pythia_key
+    names = hub_names(config)
+    for field, name, what in names:
+        out += _name_problems(field, name, what)
+    if config.model.name not in BUILTIN_MODEL_NAMES and not out:
+        out += _architecture_problems(config)
+    return out
 
-        if not (m.from_scratch and pythia_key(m.name)):
-            out += _name_problems("model.name", m.name)
-        if m.tokenizer:
-            out += _name_problems("model.tokenizer", m.tokenizer)
-        elif m.from_scratch and pythia_key(m.name):
-            out += _name_problems("model.name", m.name, what="tokenizer")
-        if not out:
-            out += _architecture_problems(config)
+
+def hub_names(config: LMConfig) -> list[tuple[str, str, str]]:
+    """``(field, name, what)`` for each model / tokenizer name the trial loads by name (hub or local
+    folder); ``what`` is ``model`` (weights, config and tokenizer) or ``tokenizer`` (its files only).
+    Builtin tiny models and the weights of an embedded Pythia architecture trained from scratch need none."""
+    from metaocl.engine.lm_models import pythia_key
+
+    m = config.model
+    if m.name in BUILTIN_MODEL_NAMES:
+        return []
+    out = []
+    embedded = m.from_scratch and pythia_key(m.name)
+    if not embedded:
+        out.append(("model.name", m.name, "model"))
+    if m.tokenizer:
+        out.append(("model.tokenizer", m.tokenizer, "tokenizer"))
+    elif embedded:
+        out.append(("model.name", m.name, "tokenizer"))
     return out
 
 
@@ -115,19 +130,20 @@ def _hf_offline() -> bool:
 
 
 def _name_problems(field: str, name: str, what: str = "model") -> list[str]:
-    """``[]`` when ``name`` can be loaded here: a local folder, or a hub name (cached, when offline)."""
+    """``[]`` when ``name`` can be loaded here: a local folder, or a hub name (cached, or known to the
+    hub when online: see :func:`metaocl.fetch.hub_problem`)."""
     local = Path(name).expanduser()
     if local.is_dir():
         return []
     if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
         return [f"{field}: {name!r} is neither a local folder nor a Hugging Face model name"]
-    if not _hf_offline():
-        return []
-    from huggingface_hub import try_to_load_from_cache
+    from metaocl.fetch import hub_problem, in_cache
 
-    wanted = ("config.json",) if what == "model" else ("tokenizer_config.json", "tokenizer.json")
-    if any(isinstance(try_to_load_from_cache(name, f), str) for f in wanted):
+    if in_cache(name, what):
         return []
+    if not _hf_offline():
+        problem = hub_problem(name)
+        return [f"{field}: {problem}"] if problem else []
     return [f"{field}: {what} {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
             f"(a local folder, a builtin ({', '.join(BUILTIN_MODEL_NAMES)}), or a cached hub name)"]
 

@@ -1,7 +1,8 @@
 """``metaocl run``: one trial in this process, no Ray, optionally tracked into MLflow.
 
-For debugging and for GPU machines without Ray. The trial's inputs (data files, model names) and
-device are checked first, so a mistake writes nothing. Tracking goes into an experiment of its own,
+For debugging and for GPU machines without Ray. What the trial reads from outside and is missing
+(data, hub models) is fetched first (:func:`prepare_trial`), then its inputs and device are checked,
+so a mistake writes nothing. Tracking goes into an experiment of its own,
 ``metaocl/NAME-run`` (``metaocl/NAME-smoke-run`` with ``--smoke``): a parent run tagged
 ``metaocl.role=sweep``, ``metaocl.invocation=run`` with one child trial run, so a debugging run can
 never become part of a sweep's verdict (``metaocl report NAME`` reads ``metaocl/NAME``).
@@ -43,6 +44,15 @@ def check_trial(trial: Trial, sweep: Sweep) -> None:
         from metaocl.runtime import resolve_device
 
         resolve_device(device)  # ConfigError when this machine has no CUDA
+
+
+def prepare_trial(trial: Trial, sweep: Sweep, fetch: bool = True) -> None:
+    """Fetch what the trial reads from outside and is missing (:mod:`metaocl.fetch`; ``fetch=False``:
+    only what is here), run the rest of this process with the hub offline, then :func:`check_trial`."""
+    from metaocl.fetch import fetch_needs, needs, use_trial_env
+
+    use_trial_env(fetch_needs(needs(sweep.kind, [trial.config]), no_fetch=not fetch))
+    check_trial(trial, sweep)
 
 
 def run_single(trial: Trial, sweep: Sweep, tracking: str | None, echo: bool = True) -> dict[str, Any]:

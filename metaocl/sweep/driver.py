@@ -38,6 +38,7 @@ from ray import tune
 
 from metaocl.config import ConfigError, Sweep, Trial, kind as kind_of
 from metaocl.experiments.base import ExperimentKind
+from metaocl.fetch import OFFLINE_ENV, fetch_for, use_trial_env
 from metaocl.runtime import simulating_gpus
 from metaocl.sweep import preflight, stage1
 from metaocl.sweep.ledger import Ledger, default_storage, experiment_prefix, find_resumable, fingerprint, is_uri, join
@@ -282,13 +283,16 @@ def _trial_error_text(trial) -> str:
 # --------------------------------------------------------------------------------------------
 def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: str | Path | None = None,
               progress: bool = True, resume: bool = False, tracking_explicit: bool = False,
-              max_failures: int | None = None, show_plan: bool = False, gpu_type: str | None = None) -> SweepOutcome:
+              max_failures: int | None = None, show_plan: bool = False, gpu_type: str | None = None,
+              fetch: bool = True) -> SweepOutcome:
     """Run every trial of ``sweep`` on Ray Tune and track it into MLflow at ``tracking``.
 
     Every user mistake (unreachable cluster, resources no node has, node-local storage on a cluster,
     missing inputs, a config error every trial would hit, nothing to resume) raises ``ConfigError``
     before MLflow or the storage is written; so does a GPU node whose GPUs CUDA cannot use (the GPU
-    probe). ``show_plan``: print the plan (:mod:`metaocl.sweep.plan`) on the cluster found, first.
+    probe). What the trials read from outside and is missing (data, hub models) is fetched first, once
+    (:mod:`metaocl.fetch`; ``fetch=False``: only what is here); the trials then run with the hub
+    offline. ``show_plan``: print the plan (:mod:`metaocl.sweep.plan`) on the cluster found, first.
     ``gpu_type``: the GPUs' type when the probe cannot tell (logical GPUs). When the sweep has
     ended, :func:`_after_sweep` prints the summary.
     """
@@ -320,16 +324,19 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
     tracker = shown = pruner = None
     started = False
     local = not (address or os.environ.get("RAY_ADDRESS"))
-    if local:
-        preflight.check_inputs(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
+    env = fetch_for([sweep], no_fetch=not fetch) if local else dict(OFFLINE_ENV)  # local: before Ray starts
+    restore_env = use_trial_env(env)  # the trials run with the hub offline: nothing downloads in a trial
     try:
-        where = preflight.init_ray(address)
+        if local:
+            preflight.check_inputs(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
+        where = preflight.init_ray(address, env_vars=None if local else env)
         cluster = preflight.probe_gpus(sweep, where, gpu_type)  # a GPU that CUDA cannot use: exit 2 here
         resources = preflight.check_resources(sweep, where, _plan(sweep, cluster, show_plan))
         preflight.check_devices(sweep, trials, resources)
         preflight.check_shared_storage(storage, where)
         if not local:
-            preflight.check_inputs(sweep, trials, local=False)  # asked of the cluster, where trials read them
+            fetch_for([sweep], address_is_cluster=True, no_fetch=not fetch)  # once, into the cache nodes share
+            preflight.check_inputs(sweep, trials, local=False)  # asked of every node, where trials read them
 
         # From here on things are written: the MLflow parent run, the experiment folder.
         if resume:
@@ -431,6 +438,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                 tracker.end(outcome.ok)
         if ray.is_initialized():
             ray.shutdown()
+        restore_env()
     if tracker is not None:
         _after_sweep(tracking, tracker.parent_id, outcome)
     return outcome

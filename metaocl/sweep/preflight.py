@@ -16,7 +16,7 @@ MLflow parent run or the Ray experiment folder exists:
 - :func:`check_shared_storage`: on a multi-node cluster, ``--storage`` is seen by every node;
 - :func:`check_inputs`: what each trial needs from outside (data files, model names), through its
   kind's ``required_inputs`` (:class:`~metaocl.experiments.base.ExperimentKind`); on a cluster it is
-  asked of a node, where the trials read them.
+  asked of every node, where the trials read them (a node that does not see the shared cache is named).
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ def _split_address(address: str) -> tuple[str, int] | None:
         raise ConfigError(f"Ray address {address!r}: expected HOST:PORT (or ray://HOST:PORT)") from None
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> str:
+def init_ray(address: str | None, num_cpus: int | None = None, env_vars: dict[str, str] | None = None) -> str:
     """Connect to ``address`` (or ``$RAY_ADDRESS``), else start a local instance bound to loopback.
 
     Returns a few words saying which cluster this is. An address nobody answers on is a one-line
     ``ConfigError`` within seconds (a TCP probe first: Ray itself would retry for a minute).
+    ``env_vars`` (on a cluster): the environment of every task of this driver (the hub offline).
     """
     import ray
 
@@ -71,6 +72,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str:
             if hostport[0].startswith("127.") and not address.startswith("ray://"):
                 extra["_node_ip_address"] = hostport[0]  # a loopback cluster: this driver is on its head
         try:
+            if env_vars:
+                extra["runtime_env"] = {"env_vars": dict(env_vars)}
             ray.init(address=address, **common, **extra)
         except Exception as e:  # Ray raises ConnectionError, RuntimeError, ... for a bad address
             raise ConfigError(f"Ray address {address} is unreachable ({str(e).strip().splitlines()[0]})") from None
@@ -258,10 +261,18 @@ def check_inputs(sweep: Sweep, trials: dict[str, Trial], local: bool) -> None:
     if local:
         missing = _problems(sweep.kind, configs)
     else:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = ray.remote(num_cpus=0)(_problems)
+        refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(sweep.kind, configs) for n in _alive_nodes()}
         try:
-            missing = ray.get(ray.remote(num_cpus=0)(_problems).remote(sweep.kind, configs), timeout=RAY_WAIT_S)
+            answers = dict(zip(refs, ray.get(list(refs.values()), timeout=RAY_WAIT_S)))
         except ray.exceptions.GetTimeoutError:
             raise ConfigError(f"input check: the cluster did not answer within {RAY_WAIT_S} s") from None
+        missing = []
+        for ip, problems in answers.items():
+            missing += [p if len(answers) == 1 else f"node {ip}: {p}" for p in problems]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(f"{sweep.path}: {missing[0]}{more}")
