@@ -16,7 +16,7 @@ each experiment, printed beside the paper's figure and our goal on one H100:
   timed: loading the model from a saved folder (what a trial does from the hub cache) and writing /
   reading one resumable checkpoint (model + optimizer state, ``torch.save``). The projection per
   seed is the sweep's own: 20 + 10 epochs of training and evaluation, one model load, and the
-  checkpoints the sweep's cadence writes (:func:`metaocl.sweep.plan.checkpoint_writes`).
+  checkpoints the sweep's cadence writes on the measured epoch times (:func:`metaocl.sweep.plan.checkpoint_writes`).
 - ``set_inclusion``: :mod:`metaocl.engine.set_inclusion`, the paper's data (8000 variables) and
   Pythia-70M architecture; one stage-1 and one stage-2 epoch plus evaluation.
 - ``mnist``: ConvNeXt V2 Tiny training steps through :class:`metaocl.engine.vision.VisionTrainer`
@@ -347,7 +347,8 @@ def bench_lm(args, out: dict) -> None:
                 "lm/train_tokens_per_s": computed_tokens_per_s, "lm/train_examples_per_s": stats.examples_per_s,
                 "lm/mfu": mfu(computed_tokens_per_s, flops_tok, peak)})
     save_s, read_s, size = _timed_checkpoint(model, optimizer, device)
-    n_checkpoints = sum(checkpoint_writes("lm", config))
+    # the sweep's cadence (train.checkpoint_minutes) on this device's measured epoch times
+    n_checkpoints = sum(checkpoint_writes(config, [train_s, train_s * n_stage2 / n_stage1][: len(config.epochs)]))
     out.update({"lm/checkpoint_save_s": save_s, "lm/checkpoint_load_s": read_s, "lm/checkpoint_bytes": size,
                 "lm/checkpoints_per_seed": n_checkpoints})
     if cuda:

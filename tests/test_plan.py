@@ -79,7 +79,14 @@ def test_two_stage_flops_by_hand():
     train_n, rows = plan.lm_data_sizes(_data_yaml(sweep))
     assert train_n == (16000, 960)
     assert est.eval_flops == pytest.approx(30 * rows * 2 * n * (20 + 8))  # 30 evaluations, 8 new tokens
-    assert est.shared_runs == 1 and est.checkpoints == 10 and est.shared_checkpoints == 20
+    # the cadence (train.checkpoint_minutes, default 30) on the reference clock: an H100 at 30% MFU
+    # runs a stage-1 epoch in 41 s, so stage 1 (to the epoch stage 2 starts from) and stage 2 end
+    # before 30 minutes pass: no checkpoint inside either; every 5 minutes: one in stage 1 (epoch 8)
+    assert plan.unit_seconds([est.shared_flops], [20])[0] == pytest.approx(per_token * 16000 * 48 / (989e12 * 0.3))
+    assert est.shared_runs == 1 and est.checkpoints == 0 and est.shared_checkpoints == 0
+    every5 = plan.plan_sweep(load_sweep("two_stage", seeds=1, overrides=["train.stage1_seed=0",
+                                                                         "train.checkpoint_minutes=5"])).estimates[0]
+    assert (every5.shared_checkpoints, every5.checkpoints) == (1, 0)
     assert round(est.checkpoint_each / GB, 1) == 11.1  # fp32 weights + Adafactor state
 
 

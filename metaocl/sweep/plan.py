@@ -267,29 +267,31 @@ def gpu_fraction(peak_bytes: float, gpu_bytes: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints (today's cadence; the staged-trial skeleton owns the final arithmetic)
+# Checkpoints: the cadence is the staged-trial skeleton's (metaocl.experiments.staged), on unit times
+# estimated here
 # ------------------------------------------------------------------------------------------------
-def checkpoint_writes(kind: str, config) -> list[int]:
-    """Checkpoints written per stage of one trial, by the cadence its config sets today: LM every
-    ``train.checkpoint_every`` epochs and at each stage end; set inclusion every epoch; MNIST every
-    ``train.checkpoint_every`` evaluations and at the last step."""
-    from metaocl.experiments.base import evaluations
-
-    if kind == "lm":
-        every = getattr(config.train, "checkpoint_every", 1)
-        return [evaluations(e, every) if every else 0 for e in config.epochs]
-    if kind == "set_inclusion":
-        t = config.train
-        return [t.stage1_epochs] + ([] if t.joint else [t.stage2_epochs])
-    t = config.train
-    every = t.checkpoint_every
-    return [evaluations(evaluations(t.steps, t.eval_every), every) if every else 0]
+def unit_seconds(train_flops_per_stage: list[float], units_per_stage: list[int]) -> list[float]:
+    """Seconds one unit (epoch, or step block) of each stage takes on the reference GPU (an H100 at
+    :data:`ASSUMED_MFU`), the clock the checkpoint cadence (``train.checkpoint_minutes``) runs on."""
+    rate = peak_flops("H100") * ASSUMED_MFU
+    return [f / max(u, 1) / rate for f, u in zip(train_flops_per_stage, units_per_stage)]
 
 
-def checkpoint_bytes(shape: ModelShape, optimizer: str, weight_bytes: int) -> float:
-    """Bytes of one checkpoint: model weights + optimizer state (RNG states and positions are small)."""
-    state = shape.adafactor_elements if optimizer == "adafactor" else 2 * shape.params
-    return (shape.params + state) * weight_bytes
+def checkpoint_writes(config, seconds_per_unit: list[float], first: int | None = None,
+                      last: int | None = None) -> list[int]:
+    """Checkpoints one trial (its stages ``first..last``) writes per stage, inside it and at its
+    start, under its ``train.checkpoint_minutes`` (:func:`metaocl.experiments.staged.n_checkpoints`)."""
+    from metaocl.experiments.staged import n_checkpoints
+
+    return [inside + at_start for inside, at_start in n_checkpoints(config, seconds_per_unit, first, last)]
+
+
+def checkpoint_bytes(config, shape: ModelShape) -> float:
+    """Bytes of one checkpoint with optimizer state (:func:`metaocl.experiments.staged.checkpoint_bytes`;
+    a stage-boundary checkpoint holds the weights only, so totals are upper bounds)."""
+    from metaocl.experiments.staged import checkpoint_bytes as staged_bytes
+
+    return float(staged_bytes(config, shape.params))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,14 +393,17 @@ def estimate_lm(config, cuda: bool = True) -> TrialEstimate:
     autocast = cuda and config.model.dtype == "auto"
     shared = config.data.n_stages > 1 and config.train.stage1_cache is not None
     n_eval = sum(evaluations(e, config.eval.every) for e in epochs)
-    writes = checkpoint_writes("lm", config)
     new_tokens = config.eval.resolved_max_new_tokens(config.data.source)
     if shape is None:
-        return TrialEstimate([], config.model.name, None, None, micro, None, 0.0, 0.0, 0.0, 0, sum(
-            checkpoint_writes("lm", config)), 0.0, (config.model.name, None),
+        return TrialEstimate([], config.model.name, None, None, micro, None, 0.0, 0.0, 0.0, 0, 0, 0.0,
+            (config.model.name, None),
             note="config not on this machine: parameters unknown until the model is fetched")
     train = [lm_train_flops(shape.matmul_params, shape.layers, shape.hidden, tokens, [n], [e])
              for n, e in zip(train_n, epochs)]
+    secs = unit_seconds(train, epochs)
+    # shared stage 1 (a stage-1 unit) and the stages each trial trains after it
+    writes = (checkpoint_writes(config, secs, 1, 1) + checkpoint_writes(config, secs, 2) if shared
+              else checkpoint_writes(config, secs))
     kw = dict(optimizer=config.train.optimizer, autocast=autocast, tokens=tokens,
               checkpointing=config.model.gradient_checkpointing)
     mem = memory(shape, weight_bytes=weight_bytes, micro_batch=micro, **kw)
@@ -416,7 +421,7 @@ def estimate_lm(config, cuda: bool = True) -> TrialEstimate:
         eval_flops=eval_flops(shape.matmul_params, eval_rows, DYNAMIC_TOKENS, new_tokens, n_eval),
         shared_runs=0, checkpoints=sum(writes[1:]) if shared else sum(writes),
         shared_checkpoints=writes[0] if shared else 0,
-        checkpoint_each=checkpoint_bytes(shape, config.train.optimizer, weight_bytes),
+        checkpoint_each=checkpoint_bytes(config, shape),
         download=_lm_download(config, shape), variants=variants)
 
 
@@ -452,8 +457,10 @@ def estimate_set_inclusion(config, cuda: bool = True) -> TrialEstimate:
         memory=memory(shape, micro_batch=t.batch_size, **kw), micro_batch=t.batch_size,
         static_bytes=memory(shape, micro_batch=1, **kw)["peak"], train_flops=train, shared_flops=0.0,
         eval_flops=eval_flops(shape.matmul_params, n_test, tokens, 0, n_eval), shared_runs=0,
-        checkpoints=sum(checkpoint_writes("set_inclusion", config)),
-        checkpoint_each=checkpoint_bytes(shape, t.optimizer, 4))
+        checkpoints=sum(checkpoint_writes(config, unit_seconds(
+            [lm_train_flops(shape.matmul_params, shape.layers, shape.hidden, tokens, [n], [e])
+             for n, e in zip(stages[1], stages[0])], stages[0]))),
+        checkpoint_each=checkpoint_bytes(config, shape))
 
 
 @functools.lru_cache(maxsize=16)
@@ -499,7 +506,8 @@ def estimate_mnist(config, cuda: bool = True) -> TrialEstimate:
         trials=[], model=config.model.name, shape=shape, memory=mem, micro_batch=b,
         static_bytes=mem["peak"] - mem["activations"] * (b - 1) / b, train_flops=3.0 * fwd * b * t.steps,
         shared_flops=0.0, eval_flops=fwd * eval_images, shared_runs=0,
-        checkpoints=sum(checkpoint_writes("mnist", config)), checkpoint_each=4.0 * (n + state))
+        checkpoints=sum(checkpoint_writes(config, unit_seconds([3.0 * fwd * b * t.steps], [-(-t.steps // t.eval_every)]))),
+        checkpoint_each=4.0 * (n + state))
 
 
 ESTIMATORS = {"lm": estimate_lm, "set_inclusion": estimate_set_inclusion, "mnist": estimate_mnist}
