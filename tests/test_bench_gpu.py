@@ -164,7 +164,9 @@ def test_tiny_cpu_run_prints_throughput_mfu_and_projections(data_home, capsys):
     assert out["lm/real_tokens_per_datapoint"] < 48
     assert out["lm/model_load_s"] > 0 and out["lm/checkpoint_save_s"] > 0 and out["lm/checkpoint_load_s"] > 0
     assert out["lm/checkpoint_bytes"] > 4 * out["lm/matmul_params"]  # fp32 weights (+ optimizer state)
-    assert out["lm/checkpoints_per_seed"] == 30  # two_stage: every epoch of 20 + 10
+    # two_stage at its 30-minute cadence: epochs take well under a minute here, so only the stage
+    # boundary (stage 2's fresh start) is checkpointed
+    assert out["lm/train_epoch_s"] < 60 and out["lm/checkpoints_per_seed"] == 1
     line = out["lm/projection"]
     seconds = gpu.project_lm(out["lm/train_epoch_s"], out["lm/stage1_datapoints"], out["lm/stage2_datapoints"],
                              out["lm/eval_engine_epoch_s_extrapolated"], load_s=out["lm/model_load_s"],
