@@ -223,6 +223,14 @@ def set_dotted(d: dict, dotted: str, value: Any, cls: type, where: str) -> None:
             raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])!r} must be a mapping")
 
 
+def _field_type(cls: type, dotted: str) -> Any:
+    """The annotation of the field at ``dotted`` (a path :func:`set_dotted` accepted)."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        tp = _hints(tp)[part]
+    return tp
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     """A new dict: ``over`` merged into ``base`` section by section."""
     out = copy.deepcopy(base)
@@ -345,6 +353,14 @@ class Sweep:
         """The MLflow experiment ``metaocl run`` tracks into: apart from the sweep's, so that a
         debugging run never enters a sweep's verdict."""
         return self.experiment_name + "-run"
+
+    def origin(self, key: str) -> str:
+        """Where the value of config field ``key`` came from, as the user typed it: ``--set key=value``
+        when an override set it, else the sweep file (for errors found after loading)."""
+        for text in reversed(self.overrides):
+            if text.split("=", 1)[0].strip() == key:
+                return f"--set {text.strip()}"
+        return str(self.path)
 
     def trials(self) -> list[Trial]:
         """Every trial (grid point x seed) with its validated config; built once, then cached."""
@@ -481,6 +497,7 @@ def load_sweep(
             pinned_seed = value
             continue
         set_dotted(base, key, value, cls, f"--set {key}")
+        _coerce(value, _field_type(cls, key), f"--set {text.strip()}")  # a bad value names what was typed
         grid = {k: v for k, v in grid.items() if k != key}  # an explicit --set pins a grid key
         points = [{k: v for k, v in pt.items() if k != key} for pt in points]  # ... and a points key
     for key, values in grid.items():

@@ -25,6 +25,7 @@ from metaocl.report.effects import ConfigurationEffects, analyse, verdict_lines
 from metaocl.report.paper_values import PaperReference, match_reference
 from metaocl.report.runs import Configuration, SweepRuns, load_sweep_runs, split_family
 from metaocl.report.stats import METHOD_NOTE, markdown_effects_table, mean_ci_text
+from metaocl.report.summary import SMOKE_TITLE, smoke_note
 
 GRAD_METRICS = ("grad/cos_def1_qa", "grad/cos_def2_qa")
 
@@ -108,6 +109,7 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
     templates = runs.kind_spec.entity_templates
     written: list[Path] = []
     many = len(reports) > 1
+    smoke = f"\n({SMOKE_TITLE})" if runs.smoke else ""  # every figure title says what a smoke run is
     for r in reports:
         c = r.configuration
         panels = _curve_panels(c, measure, r.paper, templates)
@@ -117,13 +119,13 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         if panels["curves"]:
             r.figures += figures.plot_curves(
                 panels["curves"], c.stage_boundaries(), measure,
-                f"{runs.sweep}{where}: test {measure} per subset ({spread})",
+                f"{runs.sweep}{where}: test {measure} per subset ({spread}){smoke}",
                 out / f"curves_{c.slug}" if many else out / "curves",
             )
         if panels["entity"]:
             r.figures += figures.plot_curves(
                 panels["entity"], c.stage_boundaries(), measure,
-                f"{runs.sweep}{where}: entity attribution ({spread})",
+                f"{runs.sweep}{where}: entity attribution ({spread}){smoke}",
                 out / f"entity_{c.slug}" if many else out / "entity",
             )
         written += r.figures
@@ -154,7 +156,7 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         }
         if any(values.values()):
             written += figures.plot_stage_end_bars(
-                values, measure, f"{runs.sweep}: test {measure} at the end of each stage (mean, 95% CI)",
+                values, measure, f"{runs.sweep}: test {measure} at the end of each stage (mean, 95% CI){smoke}",
                 out / "stage_ends", r.paper.subsets if r.paper else None,
             )
 
@@ -215,6 +217,8 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
            f"{', '.join(f'`{k}`' for k in runs.replicate_keys)}" if runs.replicate_keys else ""),
         f"- generated {_dt.datetime.now().isoformat(timespec='seconds')}",
     ]
+    if runs.smoke:
+        lines[1:1] = [f"> **{smoke_note(runs.sweep)}**", ""]
     if runs.left_out:
         lines.append(f"- {runs.left_out_text()}")
     matched = [r for r in reports if r.paper is not None]

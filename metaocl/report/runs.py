@@ -182,6 +182,7 @@ class SweepRuns:
     parent_run_id: str | None
     configurations: list[Configuration]
     left_out: dict[str, list[str]] = field(default_factory=dict)  # status -> ["s3 (run 1a2b...)", ...]
+    smoke: bool = False  # the sweep's smoke variant (parent tag metaocl.smoke): a plumbing check
 
     @property
     def kind_spec(self):
@@ -390,7 +391,7 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
         sweep=parent.data.tags.get("metaocl.sweep") or name.removeprefix("metaocl/").removesuffix("-smoke"),
         experiment_name=name, tracking_uri=tracking_uri, kind=kind, parent_run_id=pid,
         configurations=group_trials(_trial_from_run(client, chosen[t]) for t in sorted(chosen)),
-        left_out=left_out,
+        left_out=left_out, smoke=parent.data.tags.get("metaocl.smoke") == "true",
     )
     if not runs.configurations and not allow_empty:
         extra = f"; {runs.left_out_text()}" if left_out else ""

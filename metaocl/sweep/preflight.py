@@ -195,4 +195,6 @@ def check_inputs(sweep: Sweep, trials: dict[str, Trial], local: bool) -> None:
             raise ConfigError(f"input check: the cluster did not answer within {RAY_WAIT_S} s") from None
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ConfigError(f"{sweep.path}: {missing[0]}{more}")
+        key = missing[0].split(":", 1)[0]  # a problem starts with the field it is about
+        where = sweep.origin(key)
+        raise ConfigError(f"{where}: {missing[0].split(': ', 1)[1] if where != str(sweep.path) else missing[0]}{more}")
