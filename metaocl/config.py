@@ -362,6 +362,14 @@ class Sweep:
                 return f"--set {text.strip()}"
         return str(self.path)
 
+    def problem_text(self, problems: typing.Sequence[str]) -> str:
+        """One line for problems found after loading (``"data.path: ... not found"``, the field first):
+        the first, named by where its value came from (:meth:`origin`), and how many more."""
+        key, _, what = problems[0].partition(": ")
+        where = self.origin(key)
+        text = f"{where}: {what}" if where.startswith("--set ") and what else f"{where}: {problems[0]}"
+        return text + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
     def trials(self) -> list[Trial]:
         """Every trial (grid point x seed) with its validated config; built once, then cached."""
         if self._trials is None:

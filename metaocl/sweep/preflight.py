@@ -194,7 +194,4 @@ def check_inputs(sweep: Sweep, trials: dict[str, Trial], local: bool) -> None:
         except ray.exceptions.GetTimeoutError:
             raise ConfigError(f"input check: the cluster did not answer within {RAY_WAIT_S} s") from None
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        key = missing[0].split(":", 1)[0]  # a problem starts with the field it is about
-        where = sweep.origin(key)
-        raise ConfigError(f"{where}: {missing[0].split(': ', 1)[1] if where != str(sweep.path) else missing[0]}{more}")
+        raise ConfigError(sweep.problem_text(missing))  # names the --set that gave a bad value
