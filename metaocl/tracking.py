@@ -270,9 +270,10 @@ def _verdicts(analysed, kind) -> dict[str, list[str]]:
 
 def run_description(runs, analysed, parent_run_id: str, so_far: str = "") -> str:
     """The Markdown description (``mlflow.note.content``) of a sweep's parent run or of one
-    configuration run (``analysed`` = its configurations): the verdicts as a table, the seeds they
-    count, and the ``metaocl report`` command that draws the figures. ``so_far`` marks interim verdicts."""
-    from metaocl.report.stats import markdown_effects_table, verdict_line
+    configuration run (``analysed`` = its configurations): the verdict lines, the seeds they count,
+    the ``metaocl report`` command that draws the figures, then the verdicts as a table (MLflow shows
+    the first lines and folds the rest). ``so_far`` marks interim verdicts."""
+    from metaocl.report.stats import format_p, verdict_line
 
     headline = [e for r in analysed for e in r.headline]
     lines = []
@@ -282,8 +283,7 @@ def run_description(runs, analysed, parent_run_id: str, so_far: str = "") -> str
         lines += [f"**{smoke_note(runs.sweep)}**", ""]
     summary = "; ".join(verdict_line(e, with_context=False).split(":", 1)[0] for e in headline)
     lines += [f"### {summary or 'no verdict'}{so_far}", ""]
-    if headline:
-        lines += [markdown_effects_table(headline), ""]
+    lines += [f"- {verdict_line(e)}" for e in headline]
     for r in analysed:
         c = r.configuration
         seeds = sorted({t.seed for t in c.trials})
@@ -295,6 +295,12 @@ def run_description(runs, analysed, parent_run_id: str, so_far: str = "") -> str
         lines.append(f"- {runs.left_out_text()}")
     smoke = " --smoke" if getattr(runs, "smoke", False) else ""
     lines += ["", f"Figures and statistics: `metaocl report {runs.sweep}{smoke} --parent {parent_run_id}`"]
+    if headline:
+        lines += ["", "| configuration | effect | stage | gap | 95% CI | p | seeds | verdict |", "|---" * 8 + "|"]
+        for e in headline:
+            ci = f"[{e.lo:.3f}, {e.hi:.3f}]" if math.isfinite(e.lo) and math.isfinite(e.hi) else "n/a"
+            lines.append(f"| {e.configuration or '(all)'} | {e.name}: {e.a} - {e.b} | {e.stage} | {e.mean:+.3f} | {ci} "
+                         f"| {format_p(e.p).removeprefix('p=')} | {e.n} | {e.outcome} |")
     return "\n".join(lines)
 
 

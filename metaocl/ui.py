@@ -161,19 +161,20 @@ def sweep_view(client, exp, parent) -> SweepView:
     return SweepView(exp.experiment_id, exp.name, pid, parent.info.run_name, len(trials), key)
 
 
-def home_link(base_url: str) -> str:
-    """MLflow's home page in its model-training view. MLflow 3.17 picks the GenAI or the model-training
-    pages per browser, not per experiment: the ``workflowType`` URL parameter, else the sidebar's
-    "GenAI | Model training" switch (remembered in the browser), else GenAI. The experiment-kind tag
-    is not read, and no server setting changes the default."""
-    return f"{base_url.rstrip('/')}/#/?workflowType=machine_learning"
+# MLflow 3.17 picks its GenAI or model-training pages per browser, not per experiment: the
+# ``workflowType`` URL parameter of the page at hand, else the sidebar's "GenAI | Model training" switch
+# (remembered in the browser's local storage), else GenAI. The experiment-kind tag is not read for
+# that, no server setting changes the default, and the home page drops the URL parameter on the way to
+# an experiment. So the printed links carry ``workflowType=machine_learning``, and the way in from the
+# home page is the switch, once per browser.
+HOME_HINT = ('from MLflow\'s home page: switch the sidebar to "Model training" (once; the browser remembers it), '
+             "open the experiment, then the sweep's run: its description holds the verdicts")
 
 
 def describe(views: list[SweepView], base_url: str) -> str:
     """What ``metaocl ui`` prints: the newest sweep and the link to its charts, then the other experiments."""
     if not views:
-        return (f"no sweep in this store yet (run `metaocl sweep NAME`); experiments (model-training view): "
-                f"{home_link(base_url)}")
+        return f"no sweep in this store yet (run `metaocl sweep NAME`); experiments: {base_url}"
     first = views[0]
     lines = [f"newest sweep: run {first.run_name} in experiment {first.experiment_name} ({first.n_trials} trial runs)",
              "its charts (per epoch: mean and 95% CI over seeds on the sweep's run, every trial beside it):",
@@ -181,8 +182,7 @@ def describe(views: list[SweepView], base_url: str) -> str:
     if len(views) > 1:
         lines.append("the newest sweep of each other experiment:")
         lines += [f"  {v.experiment_name}: {v.link(base_url)}" for v in views[1:]]
-    lines.append(f"all experiments, model-training view (the verdict is the sweep run's description): "
-                 f"{home_link(base_url)}")
+    lines.append(HOME_HINT)
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from scipy import stats
 from metaocl.config import load_sweep
 from metaocl.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, SWEEP_RUN_TAG, SweepTracker,
                               log_sweep_aggregates)
-from metaocl.ui import VIEW_TAG_PREFIX, sweep_views
+from metaocl.ui import HOME_HINT, VIEW_TAG_PREFIX, sweep_views
 
 SWEEP_YAML = """\
 name: uigrid
@@ -102,7 +102,8 @@ def test_parent_carries_means_t_cis_and_verdicts(tmp_path):
     # the run's page: its description (Markdown) holds the verdict table, the seeds and the report command
     note = parent.data.tags[NOTE_TAG]
     assert note.startswith("### OCL inconclusive; meta-OCL reproduced\n")
-    assert "| (all) | meta-OCL | acc/d1consis - acc/d2consis | 1 | +0.070 |" in note
+    assert "- meta-OCL reproduced: d1consis - d2consis = +0.070 [" in note
+    assert "| (all) | meta-OCL: d1consis - d2consis | 1 | +0.070 |" in note
     assert "- 3 seeds counted (3 finished trial runs; seeds 0, 1, 2)" in note
     assert f"`metaocl report uigrid --parent {tracker.parent_id}`" in note
     assert exp.tags[NOTE_TAG] == "tiny set-inclusion grid for the UI aggregates test"  # the experiment's page
@@ -139,7 +140,7 @@ def test_grid_gets_one_configuration_run_per_grid_point(tmp_path):
     assert "train.batch_size" not in parent.data.params
     assert "train.batch_size=32: 3 seeds counted" in parent.data.tags[NOTE_TAG]
     note = r64.data.tags[NOTE_TAG]  # each configuration's page: its own verdicts
-    assert "| train.batch_size=64 | meta-OCL |" in note and "train.batch_size=32" not in note
+    assert "| train.batch_size=64 | meta-OCL: d1consis - d2consis |" in note and "train.batch_size=32" not in note
     assert "- 3 seeds counted (3 finished trial runs; seeds 0, 1, 2)" in note
 
     # the report reads only trials: the configuration runs never count as seeds
@@ -261,7 +262,7 @@ def test_ui_serves_the_store_and_sigterm_stops_every_process(tmp_path):
         link = next(line for line in out.lines if "viewStateShareKey=" in line).strip()
         assert link.startswith(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs?")
         assert any("newest sweep: run uigrid-" in line and "metaocl/uigrid (3 trial runs)" in line for line in out.lines)
-        assert out.lines[-2].endswith(f"http://127.0.0.1:{port}/#/?workflowType=machine_learning")
+        assert out.lines[-2] == HOME_HINT and out.lines[-1].startswith("MLflow UI is up")
         base = f"http://127.0.0.1:{port}"
         for _ in range(3):
             with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=metaocl/uigrid",
