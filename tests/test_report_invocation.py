@@ -190,3 +190,12 @@ def test_summary_of_one_trial_from_its_history():
     assert lines[2].split() == ["qd1consis", "0.800", "0.800"]
     assert lines[-2] == ("OCL inconclusive: qd1consis - qd2incons = +0.200 [no CI], p=n/a, 1 seed "
                          "(need at least 2 seeds for a CI and a test) (acc, end of stage 1)")
+
+
+def test_a_single_stage_summary_shows_only_its_stage():
+    """A single-stage run (every epoch stage 1, as the quickstart) has no 'after stage 2' column."""
+    rows = [{"epoch": float(e), "stage": 1.0, "acc/qd1consis": 0.6, "acc/qd2incons": 0.5, "acc/d1consis": 0.55,
+             "acc/d2consis": 0.5} for e in (1, 2, 3)]
+    text = summarize_trial("set_inclusion", "s0", {}, 0, rows)
+    assert "after stage 1" in text and "after stage 2" not in text
+    assert text.splitlines()[1].split() == ["split", "after", "stage", "1"]
