@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIST_WIDTH = 100  # `metaocl list` fits a terminal this wide
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    import textwrap
+
     sweeps = known_sweeps()
     if not sweeps:
         raise ConfigError("no sweep files found (set METAOCL_SWEEPS to the folder that holds them)")
@@ -101,12 +106,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, path in sweeps.items():
         try:
             data = read_yaml(path)
-            desc = str(data.get("description", "")).strip().replace("\n", " ")
+            desc = " ".join(str(data.get("description", "")).split())
             kind = data.get("kind", "?")
         except ConfigError as e:
             desc, kind = f"(invalid: {e})", "?"
-        print(f"{name:<{width}}  [{kind}]  {desc}")
+        print(f"{name:<{width}}  [{kind}]")
+        for line in textwrap.wrap(desc, LIST_WIDTH - 4) or [""]:
+            print(f"    {line}")
     return 0
+
+
+def _named_path(name: str):
+    """The sweep file ``metaocl sweep NAME`` reads (None when NAME is not a known sweep)."""
+    return known_sweeps().get(name)
 
 
 def _trial_table(sweep) -> str:
@@ -180,6 +192,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"MLflow store: {describe_store(uri)}")
     print(f"experiment: {sweep.experiment_name}; figures and statistics: metaocl report {sweep.name}"
           f"{' --smoke' if sweep.smoke else ''}")
+    if sweep.smoke:
+        from metaocl.report.summary import smoke_note
+
+        print(smoke_note(sweep.name if sweep.path == _named_path(sweep.name) else str(sweep.path)))
     if outcome.interrupted:
         print(f"metaocl: interrupted; {len(outcome.unfinished())} trial(s) unfinished. Resume with:\n"
               f"  {outcome.resume_command}", file=sys.stderr)

@@ -223,6 +223,14 @@ def set_dotted(d: dict, dotted: str, value: Any, cls: type, where: str) -> None:
             raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])!r} must be a mapping")
 
 
+def _field_type(cls: type, dotted: str) -> Any:
+    """The annotation of the field at ``dotted`` (a path :func:`set_dotted` accepted)."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        tp = _hints(tp)[part]
+    return tp
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     """A new dict: ``over`` merged into ``base`` section by section."""
     out = copy.deepcopy(base)
@@ -384,6 +392,22 @@ class Sweep:
         debugging run never enters a sweep's verdict."""
         return self.experiment_name + "-run"
 
+    def origin(self, key: str) -> str:
+        """Where the value of config field ``key`` came from, as the user typed it: ``--set key=value``
+        when an override set it, else the sweep file (for errors found after loading)."""
+        for text in reversed(self.overrides):
+            if text.split("=", 1)[0].strip() == key:
+                return f"--set {text.strip()}"
+        return str(self.path)
+
+    def problem_text(self, problems: typing.Sequence[str]) -> str:
+        """One line for problems found after loading (``"data.path: ... not found"``, the field first):
+        the first, named by where its value came from (:meth:`origin`), and how many more."""
+        key, _, what = problems[0].partition(": ")
+        where = self.origin(key)
+        text = f"{where}: {what}" if where.startswith("--set ") and what else f"{where}: {problems[0]}"
+        return text + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
     def trials(self) -> list[Trial]:
         """Every trial (grid point x seed) with its validated config; built once, then cached."""
         if self._trials is None:
@@ -521,6 +545,7 @@ def load_sweep(
             pinned_seed = value
             continue
         set_dotted(base, key, value, cls, f"--set {key}")
+        _coerce(value, _field_type(cls, key), f"--set {text.strip()}")  # a bad value names what was typed
         grid = {k: v for k, v in grid.items() if k != key}  # an explicit --set pins a grid key
         points = [{k: v for k, v in pt.items() if k != key} for pt in points]  # ... and a points key
     for key, values in grid.items():

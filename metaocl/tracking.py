@@ -39,6 +39,8 @@ EXPERIMENT_KIND = "custom_model_development"
 SWEEP_RUN_TAG = "metaocl.sweep_run_id"
 STAGE1_RUN_TAG = "metaocl.stage1_run"  # on a trial run: the run of the stage-1 unit it branched from
 CONFIGURATION_ROLE = "configuration"
+# MLflow's UI shows this run (and experiment) tag as the page's Markdown "Description".
+NOTE_TAG = "mlflow.note.content"
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -140,7 +142,13 @@ class SweepTracker:
         tracker = cls(uri, sweep.experiment_name, f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                       {"metaocl.role": "sweep", "metaocl.sweep": sweep.name, "metaocl.kind": sweep.kind,
                        "metaocl.smoke": str(sweep.smoke).lower()})
+        if sweep.description:  # the experiment page's description: what the sweep is
+            tracker.client.set_experiment_tag(tracker.experiment_id, NOTE_TAG, sweep.description)
         tracker.start_parent()
+        if sweep.smoke:  # until the sweep ends, its page says at least what a smoke run is
+            from metaocl.report.summary import smoke_note
+
+            tracker.client.set_tag(tracker.parent_id, NOTE_TAG, f"**{smoke_note(sweep.name)}**")
         tracker.client.log_text(tracker.parent_id, sweep.path.read_text(), f"sweep/{sweep.path.name}")
         tracker.client.log_text(tracker.parent_id, yaml.safe_dump(
             {"base": sweep.base, "grid": sweep.grid, "seeds": sweep.seeds}, sort_keys=False), "sweep/resolved.yaml")
@@ -264,6 +272,42 @@ def _verdicts(analysed, kind) -> dict[str, list[str]]:
     return verdicts
 
 
+def run_description(runs, analysed, parent_run_id: str, so_far: str = "") -> str:
+    """The Markdown description (``mlflow.note.content``) of a sweep's parent run or of one
+    configuration run (``analysed`` = its configurations): the verdict lines, the seeds they count,
+    the ``metaocl report`` command that draws the figures, then the verdicts as a table (MLflow shows
+    the first lines and folds the rest). ``so_far`` marks interim verdicts."""
+    from metaocl.report.stats import format_p, verdict_line
+
+    headline = [e for r in analysed for e in r.headline]
+    lines = []
+    if getattr(runs, "smoke", False):
+        from metaocl.report.summary import smoke_note
+
+        lines += [f"**{smoke_note(runs.sweep)}**", ""]
+    summary = "; ".join(verdict_line(e, with_context=False).split(":", 1)[0] for e in headline)
+    lines += [f"### {summary or 'no verdict'}{so_far}", ""]
+    lines += [f"- {verdict_line(e)}" for e in headline]
+    for r in analysed:
+        c = r.configuration
+        seeds = sorted({t.seed for t in c.trials})
+        where = f"{c.label}: " if c.label and len(analysed) > 1 else ""
+        lines.append(f"- {where}{len(c.clusters())} seed{'s' if len(c.clusters()) != 1 else ''} counted "
+                     f"({len(c.trials)} finished trial run{'s' if len(c.trials) != 1 else ''}; seeds "
+                     f"{', '.join(map(str, seeds))}); {runs.measure} at the end of each stage, paired over seeds")
+    if runs.left_out:
+        lines.append(f"- {runs.left_out_text()}")
+    smoke = " --smoke" if getattr(runs, "smoke", False) else ""
+    lines += ["", f"Figures and statistics: `metaocl report {runs.sweep}{smoke} --parent {parent_run_id}`"]
+    if headline:
+        lines += ["", "| configuration | effect | stage | gap | 95% CI | p | seeds | verdict |", "|---" * 8 + "|"]
+        for e in headline:
+            ci = f"[{e.lo:.3f}, {e.hi:.3f}]" if math.isfinite(e.lo) and math.isfinite(e.hi) else "n/a"
+            lines.append(f"| {e.configuration or '(all)'} | {e.name}: {e.a} - {e.b} | {e.stage} | {e.mean:+.3f} | {ci} "
+                         f"| {format_p(e.p).removeprefix('p=')} | {e.n} | {e.outcome} |")
+    return "\n".join(lines)
+
+
 def log_interim_verdicts(uri: str, parent_run_id: str, finished: int, total: int) -> None:
     """While a sweep runs: the verdicts over its trials finished so far, in the parent's verdict tags,
     each line ending ``(so far: 2 of 6 trials)``, so the MLflow UI's runs table shows the result
@@ -277,8 +321,10 @@ def log_interim_verdicts(uri: str, parent_run_id: str, finished: int, total: int
         return
     client = _client(uri)
     note = f" (so far: {finished} of {total} trials)"
-    for key, lines in _verdicts(analyse(runs), runs.kind_spec).items():
+    analysed = analyse(runs)
+    for key, lines in _verdicts(analysed, runs.kind_spec).items():
         client.set_tag(parent_run_id, key, "\n".join(line + note for line in lines)[:MAX_TAG_LENGTH])
+    client.set_tag(parent_run_id, NOTE_TAG, run_description(runs, analysed, parent_run_id, note))
 
 
 def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
@@ -322,6 +368,7 @@ def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
         client.set_tag(parent_run_id, key, "\n".join(lines)[:MAX_TAG_LENGTH])
     seeds = sorted({t.seed for t in all_trials})
     client.set_tag(parent_run_id, "metaocl.seeds", ",".join(map(str, seeds)))
+    client.set_tag(parent_run_id, NOTE_TAG, run_description(runs, analysed, parent_run_id))
 
     # One run per configuration of a grid (made afresh on every call, so it never holds stale curves).
     old = client.search_runs([parent.info.experiment_id],
@@ -338,6 +385,7 @@ def log_sweep_aggregates(uri: str, parent_run_id: str) -> list[str]:
                     "metaocl.seeds": ",".join(str(t.seed) for t in c.trials),
                     "metaocl.trials": ",".join(t.trial_id for t in c.trials)}
             tags.update({key: "\n".join(lines)[:MAX_TAG_LENGTH] for key, lines in _verdicts([r], kind).items()})
+            tags[NOTE_TAG] = run_description(runs, [r], parent_run_id)
             run = client.create_run(parent.info.experiment_id, run_name=c.label, tags=tags)
             params = _common_params(c.trials, {SEED_PARAM, *replicate})
             _log_batch(client, run.info.run_id, aggregate_metrics(c, kind), params.items())

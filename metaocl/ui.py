@@ -41,6 +41,7 @@ from metaocl.tracking import CONFIGURATION_ROLE, SWEEP_RUN_TAG, check_reachable,
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI: experiment tag of a shared view
 STOP_GRACE_S = 5.0
+SERVER_LOG = "mlflow-ui.log"  # beside the store: the server's own output, out of the terminal
 
 
 def register(sub) -> None:
@@ -160,6 +161,16 @@ def sweep_view(client, exp, parent) -> SweepView:
     return SweepView(exp.experiment_id, exp.name, pid, parent.info.run_name, len(trials), key)
 
 
+# MLflow 3.17 picks its GenAI or model-training pages per browser, not per experiment: the
+# ``workflowType`` URL parameter of the page at hand, else the sidebar's "GenAI | Model training" switch
+# (remembered in the browser's local storage), else GenAI. The experiment-kind tag is not read for
+# that, no server setting changes the default, and the home page drops the URL parameter on the way to
+# an experiment. So the printed links carry ``workflowType=machine_learning``, and the way in from the
+# home page is the switch, once per browser.
+HOME_HINT = ('from MLflow\'s home page: switch the sidebar to "Model training" (once; the browser remembers it), '
+             "open the experiment, then the sweep's run: its description holds the verdicts")
+
+
 def describe(views: list[SweepView], base_url: str) -> str:
     """What ``metaocl ui`` prints: the newest sweep and the link to its charts, then the other experiments."""
     if not views:
@@ -171,6 +182,7 @@ def describe(views: list[SweepView], base_url: str) -> str:
     if len(views) > 1:
         lines.append("the newest sweep of each other experiment:")
         lines += [f"  {v.experiment_name}: {v.link(base_url)}" for v in views[1:]]
+    lines.append(HOME_HINT)
     return "\n".join(lines)
 
 
@@ -261,26 +273,46 @@ def _health_url(host: str, port: int) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
-def serve(cmd: list[str], base_url: str) -> int:
-    """Run the server until it exits or this process gets SIGTERM/SIGINT; always leave nothing behind."""
+def _tail(path: str, n: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def serve(cmd: list[str], base_url: str, log_path: str | None = None, ready_text: str = "") -> int:
+    """Run the server until it exits or this process gets SIGTERM/SIGINT; always leave nothing behind.
+
+    The server's own output goes to ``log_path`` (so the terminal keeps the link, not the server's
+    log lines); once it answers, "MLflow UI is up" and ``ready_text`` (the links) are printed."""
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     proc = None
+    log = open(log_path, "a") if log_path else None
     try:
-        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent,
+                                stdout=log, stderr=subprocess.STDOUT if log else None)
         ready = False
         while proc.poll() is None:
             if not ready:
                 try:
                     with urllib.request.urlopen(f"{base_url}/health", timeout=2):
                         ready = True
+                        if ready_text:
+                            print(ready_text, flush=True)
                         print(f"MLflow UI is up at {base_url} (Ctrl-C stops it)", flush=True)
                 except OSError:
                     pass
             time.sleep(0.5)
+        if log_path and proc.returncode:
+            print(f"metaocl: the MLflow server exited with status {proc.returncode}; the end of {log_path}:\n"
+                  f"{_tail(log_path)}", file=sys.stderr)
         return proc.returncode or 0
     except _Stop:
         return 0
     finally:
+        if log is not None:
+            log.close()
         for s in previous:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(s, signal.SIG_IGN)
         if proc is not None:
@@ -306,7 +338,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     base_url = _health_url(args.host, args.port)
     views = sweep_views(MlflowClient(tracking_uri=uri))
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", str(args.workers)]
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (starting; Ctrl-C stops it and every process it started)")
-    print(describe(views, base_url), flush=True)
-    return serve(cmd, base_url)
+           "--port", str(args.port), "--workers", str(args.workers), "--uvicorn-opts", "--no-access-log"]
+    folder = os.path.dirname(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else os.getcwd()
+    log_path = os.path.join(folder or ".", SERVER_LOG)
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (starting; Ctrl-C stops it and every process it "
+          f"started; the server's log: {log_path})", flush=True)
+    return serve(cmd, base_url, log_path, describe(views, base_url))

@@ -18,7 +18,8 @@ def test_console_script_help():
 def test_list_shows_sweeps_with_descriptions(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "quickstart" in out and "set_inclusion" in out and "section 3.1" in out
+    assert "quickstart" in out and "set_inclusion" in out and "section 3.1" in " ".join(out.split())
+    assert max(len(line) for line in out.splitlines()) <= 100  # fits a 100-column terminal
 
 
 def test_dry_run_prints_trials_and_writes_nothing(capsys, in_tmp):
@@ -85,14 +86,21 @@ BAD_FILES = {
         (["sweep", "quickstart", "--tracking-uri", "http://127.0.0.1:9"], "MLflow tracking URI http://127.0.0.1:9 is unreachable"),
         (["sweep", "quickstart", "--tracking-uri", "sqlite:////nonexistent-dir/m.db"], "is unreachable (no folder"),
         (["sweep", "two_stage", "--smoke", "--set", "data.source=cvdb", "--set", "data.path={d}/no-cvdb.csv"],
-         "data.path: cvdb data not found at"),
+         "--set data.path={d}/no-cvdb.csv: cvdb data not found at"),
         (["run", "two_stage", "--smoke", "--set", "data.source=cvdb", "--set", "data.path={d}/no-cvdb.csv"],
-         "data.path: cvdb data not found at"),  # metaocl run checks inputs before MLflow is touched
+         "--set data.path={d}/no-cvdb.csv: cvdb data not found at"),  # metaocl run checks inputs before MLflow is touched
         (["sweep", "two_stage", "--smoke", "--set", "model.name=EleutherAI/pythia-70mm"],
-         "model.name: model 'EleutherAI/pythia-70mm' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"),
+         "--set model.name=EleutherAI/pythia-70mm: model 'EleutherAI/pythia-70mm' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"),
         (["run", "two_stage", "--smoke", "--set", "model.name=./no-such-model"],
-         "model.name: './no-such-model' is neither a local folder nor a Hugging Face model name"),
-        (["sweep", "mnist", "--smoke", "--set", "model.name=convnextv2_atoo"], "model.name: unknown timm model"),
+         "--set model.name=./no-such-model: './no-such-model' is neither a local folder nor a Hugging Face model name"),
+        (["sweep", "mnist", "--smoke", "--set", "model.name=convnextv2_atoo"],
+         "--set model.name=convnextv2_atoo: unknown timm model"),
+        # a bad value names the --set typed, not the sweep file it was merged into
+        (["sweep", "quickstart", "--set", "train.lr=abc"], "error: --set train.lr=abc: expected float | null, got 'abc'"),
+        (["sweep", "quickstart", "--smoke", "--set", "train.lr=abc"], "error: --set train.lr=abc: expected"),
+        (["sweep", "two_stage", "--set", "data.path=3", "--dry-run"], "error: --set data.path=3: expected a string"),
+        (["sweep", "two_stage", "--smoke", "--set", "data.path={d}/x.csv"],
+         "error: --set data.path={d}/x.csv: source 'cvdb_sample' generates its own file; leave data.path empty"),
         (["sweep", "quickstart", "--set", "seed=3", "--seeds", "2"], "--set seed=3 pins one seed; drop --seeds 2"),
         (["sweep", "quickstart", "--resume"], "--resume: no started sweep metaocl/quickstart"),
         (["sweep", "quickstart", "--max-failures", "-1"], "--max-failures -1: must be at least 0"),

@@ -1,9 +1,9 @@
 """A non-editable install (`pip install .`, as from a wheel) ships every sweep file.
 
-The package is built from a copy of the source tree and installed into a fresh virtual environment
-(its dependencies come from the host through --system-site-packages); `metaocl` then runs from a
-directory outside any checkout, with METAOCL_SWEEPS unset, so only the installed package data can
-answer.
+The package is built as a wheel from a copy of the source tree by the interpreter running the tests
+(from a venv made as the README says, or the system's: no dependence on what a venv's base
+interpreter holds) and installed into a folder of its own; `metaocl` then runs from a directory
+outside any checkout, with METAOCL_SWEEPS unset, so only the installed package data can answer.
 """
 
 from __future__ import annotations
@@ -50,27 +50,35 @@ def test_non_editable_install_has_every_sweep(tmp_path):
     for name in ("metaocl", "sweeps"):  # symlinks stay links, as in a git checkout
         shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=ignore)
 
-    env = {k: v for k, v in os.environ.items() if k not in ("METAOCL_SWEEPS", "PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if k not in ("METAOCL_SWEEPS", "PYTHONPATH")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], tmp_path, env)
-    py = venv / "bin" / "python"  # pip, setuptools and the dependencies come from the host's site-packages
-    run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)], tmp_path, env)
+    # The wheel is built by the interpreter running the tests, with its own setuptools (a venv made as
+    # the README says holds the pinned one), never by whatever the base interpreter of a venv holds;
+    # it is installed into a folder of its own, and the dependencies are the running environment's.
+    wheels = tmp_path / "wheels"
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        tmp_path, env)
+    (wheel,) = wheels.glob("metaocl-*.whl")
+    target = tmp_path / "installed"
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(target), str(wheel)],
+        tmp_path, env)
     shutil.rmtree(src)  # nothing may be read from the source tree from here on
+    env["PYTHONPATH"] = str(target)  # ahead of any editable install of a checkout
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = run([str(py), "-c", "import metaocl, metaocl.config as c; print(metaocl.__file__); print(c.sweeps_dir())"],
+    where = run([sys.executable, "-c", "import metaocl, metaocl.config as c; print(metaocl.__file__); print(c.sweeps_dir())"],
                 elsewhere, env).split()
     installed = Path(where[1])
-    assert Path(where[0]).is_relative_to(venv) and installed.is_relative_to(venv)
+    assert Path(where[0]).is_relative_to(target) and installed.is_relative_to(target)
     assert installed.is_dir() and not installed.is_symlink()
     assert sorted(p.stem for p in installed.glob("*.yaml")) == SWEEPS
     assert (installed / "quickstart.yaml").read_bytes() == (ROOT / "sweeps" / "quickstart.yaml").read_bytes()
 
-    metaocl = str(venv / "bin" / "metaocl")
-    listed = [line.split()[0] for line in run([metaocl, "list"], elsewhere, env).splitlines() if line.strip()]
+    metaocl = str(target / "bin" / "metaocl")  # the wheel's console script
+    listed = [line.split()[0] for line in run([metaocl, "list"], elsewhere, env).splitlines()
+              if line.strip() and not line.startswith(" ")]  # descriptions are indented under each name
     assert listed == SWEEPS
     out = run([metaocl, "sweep", "quickstart", "--dry-run"], elsewhere, env)
-    assert "sweep quickstart:" in out and "trials (set_inclusion)" in out
+    assert "sweep quickstart" in out and "trials (set_inclusion)" in out
     assert list(elsewhere.iterdir()) == []  # a dry run writes nothing

@@ -84,7 +84,7 @@ def build_store(
     name = f"metaocl/{sweep}" + ("-smoke" if smoke else "")
     exp_id = client.create_experiment(name, artifact_location=str(tmp_path / "artifacts" / name.replace("/", "_")))
     parent = client.create_run(exp_id, run_name=sweep, tags={
-        "metaocl.role": "sweep", "metaocl.sweep": sweep, "metaocl.kind": "lm"})
+        "metaocl.role": "sweep", "metaocl.sweep": sweep, "metaocl.kind": "lm", "metaocl.smoke": str(smoke).lower()})
     base_params = {"model.name": "EleutherAI/pythia-70m", "data.source": "cvdb_sample", "data.stages": "two_stage",
                    "train.lr": "5e-05", "train.batch_size": "128"}
     base_params.update(params or {})
@@ -179,8 +179,8 @@ def test_report_grid_sweep_statistics_figures_and_artifacts(store, tmp_path):
     assert f"[{lo:.3f}, {hi:.3f}]" in meta_128
 
     names = {p.name for p in out.iterdir()}
-    for stem in ("curves_batch_size-128", "curves_batch_size-0", "entity_batch_size-128", "summary_batch_size",
-                 "grad_alignment"):
+    for stem in ("gaps_batch_size-128", "gaps_batch_size-0", "curves_batch_size-128", "curves_batch_size-0",
+                 "entity_batch_size-128", "summary_batch_size", "grad_alignment"):
         for ext in ("png", "pdf"):
             assert f"{stem}.{ext}" in names, f"missing {stem}.{ext}; have {sorted(names)}"
             assert (out / f"{stem}.{ext}").stat().st_size > 1000
@@ -188,6 +188,12 @@ def test_report_grid_sweep_statistics_figures_and_artifacts(store, tmp_path):
     assert "## Verdicts" in summary and meta_128 in summary
     assert "| train.batch_size=128 | meta-OCL | em/d1consis - em/d2consis | 2 |" in summary
     assert "![summary_batch_size](summary_batch_size.png)" in summary
+    # the paired gaps, per configuration, are the summary's first figures (right under the verdicts)
+    images = [line for line in summary.splitlines() if line.startswith("![")]
+    assert sorted(images[:2]) == ["![gaps_batch_size-0](gaps_batch_size-0.png)",
+                                  "![gaps_batch_size-128](gaps_batch_size-128.png)"]
+    assert summary.index(images[0]) < summary.index("## Effects at the end of each stage")
+    assert "SMOKE RUN" not in summary
     assert [p.name for p in tmp_path.iterdir()] == ["report"], "temporary folder left behind"
 
     # Logged as artifacts of the parent run.
@@ -207,7 +213,9 @@ def test_report_single_configuration_matches_paper_values(store, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "paper (approx.)" in summary and "Pythia-2.8B, CVDB" in summary
     assert "(paper ~0.51)" in summary  # qd1consis at the end of stage 1, beside ours
-    for stem in ("curves", "entity", "stage_ends"):
+    # a smoke run says what it is, first thing, with the command that gives real results
+    assert summary.splitlines()[2].startswith("> **SMOKE RUN: a plumbing check") and "metaocl sweep headline" in summary
+    for stem in ("gaps", "curves", "entity", "stage_ends"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.pdf").stat().st_size > 1000
     assert not (out / "grad_alignment.png").exists()
 
@@ -262,3 +270,51 @@ def test_seed_grid_keys_are_replicates_and_each_value_is_one_unit(store, tmp_pat
     mean, p = _expected(ocl_units)
     assert f"qd1consis - qd2incons = +{mean:.3f} [" in verdicts[0] and f"p={p:.3f}, 3 seeds (6 runs)" in verdicts[0]
     assert "replicate axes" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_paired_gaps_are_each_seeds_gap_with_the_verdicts_mean_and_ci(store):
+    """The gaps figure draws what the verdict computes: per seed a - b at each stage end (known
+    planted values), the effect's mean and CI, the verdict's stage; per epoch the same differences."""
+    from metaocl.report.build import ConfigurationReport, _paired_gaps
+    from metaocl.report.effects import analyse
+    from metaocl.report.runs import load_sweep_runs
+
+    runs = load_sweep_runs("headline", store, smoke=True)
+    r = analyse(runs)[0]
+    gaps = _paired_gaps(ConfigurationReport(r.configuration, r.stages, r.effects, r.headline), runs)
+    assert [g.name for g in gaps] == ["OCL", "meta-OCL"]
+    ocl, meta = gaps
+    assert (ocl.verdict_stage, meta.verdict_stage) == (1, 2)
+    end2 = next(e for e in meta.ends if e.stage == 2)
+    assert end2.diffs == pytest.approx(HEADLINE[None][1])  # each seed's planted meta-OCL gap
+    assert end2.mean == pytest.approx(np.mean(HEADLINE[None][1]))
+    assert (end2.lo, end2.hi) == pytest.approx(_expected_ci(HEADLINE[None][1]))
+    last = meta.steps.index(STAGE1_EPOCHS + STAGE2_EPOCHS)
+    assert meta.matrix[:, last] == pytest.approx(HEADLINE[None][1])
+    first_end = ocl.steps.index(STAGE1_EPOCHS)
+    assert ocl.matrix[:, first_end] == pytest.approx(HEADLINE[None][0])
+
+
+def test_report_takes_a_sweep_file_as_sweep_does(store, tmp_path, capsys):
+    from metaocl.cli import main
+
+    (tmp_path / "mine.yaml").write_text("name: s\ndescription: d\nkind: lm\n")
+    out = tmp_path / "r"
+    for form in (str(tmp_path / "mine.yaml"), "./mine.yaml"):
+        rc = main(["report", form, "--tracking-uri", store, "--out", str(out), "--no-log"]) if form.startswith("/") \
+            else _in(tmp_path, lambda: main(["report", form, "--tracking-uri", store, "--out", str(out), "--no-log"]))
+        printed = capsys.readouterr().out
+        assert rc == 0 and printed.startswith("metaocl/s: sweep invocation "), printed
+    assert main(["report", str(tmp_path / "nope.yaml"), "--tracking-uri", store]) == 2
+    assert "nope.yaml: no such sweep file" in capsys.readouterr().err
+
+
+def _in(folder, fn):
+    import os
+
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        return fn()
+    finally:
+        os.chdir(old)

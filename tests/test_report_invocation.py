@@ -223,3 +223,12 @@ def test_trials_branching_from_a_stage1_unit_are_read_whole(tmp_path):
     for t in trials:
         assert t.history["acc/qd1consis"] == {1: 0.8, 2: 0.8, 3: 0.6}
         assert t.at_stage_end("acc/qd1consis", 1) == 0.8 and t.stage_ends() == {1: 2, 2: 3}
+
+
+def test_a_single_stage_summary_shows_only_its_stage():
+    """A single-stage run (every epoch stage 1, as the quickstart) has no 'after stage 2' column."""
+    rows = [{"epoch": float(e), "stage": 1.0, "acc/qd1consis": 0.6, "acc/qd2incons": 0.5, "acc/d1consis": 0.55,
+             "acc/d2consis": 0.5} for e in (1, 2, 3)]
+    text = summarize_trial("set_inclusion", "s0", {}, 0, rows)
+    assert "after stage 1" in text and "after stage 2" not in text
+    assert text.splitlines()[1].split() == ["split", "after", "stage", "1"]

@@ -22,8 +22,9 @@ import pytest
 from scipy import stats
 
 from metaocl.config import load_sweep
-from metaocl.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, SWEEP_RUN_TAG, SweepTracker, log_sweep_aggregates
-from metaocl.ui import VIEW_TAG_PREFIX, sweep_views
+from metaocl.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, SWEEP_RUN_TAG, SweepTracker,
+                              log_sweep_aggregates)
+from metaocl.ui import HOME_HINT, VIEW_TAG_PREFIX, sweep_views
 
 SWEEP_YAML = """\
 name: uigrid
@@ -98,6 +99,15 @@ def test_parent_carries_means_t_cis_and_verdicts(tmp_path):
     assert parent.data.tags[SWEEP_RUN_TAG] == tracker.parent_id
     assert parent.data.params["train.stage1_epochs"] == "2" and "seed" not in parent.data.params
 
+    # the run's page: its description (Markdown) holds the verdict table, the seeds and the report command
+    note = parent.data.tags[NOTE_TAG]
+    assert note.startswith("### OCL inconclusive; meta-OCL reproduced\n")
+    assert "- meta-OCL reproduced: d1consis - d2consis = +0.070 [" in note
+    assert "| (all) | meta-OCL: d1consis - d2consis | 1 | +0.070 |" in note
+    assert "- 3 seeds counted (3 finished trial runs; seeds 0, 1, 2)" in note
+    assert f"`metaocl report uigrid --parent {tracker.parent_id}`" in note
+    assert exp.tags[NOTE_TAG] == "tiny set-inclusion grid for the UI aggregates test"  # the experiment's page
+
     # a second call (e.g. --resume of an ended sweep) does not append a second curve
     log_sweep_aggregates(uri, tracker.parent_id)
     assert len(client.get_metric_history(tracker.parent_id, "gap/meta_ocl")) == 2
@@ -128,6 +138,10 @@ def test_grid_gets_one_configuration_run_per_grid_point(tmp_path):
     verdicts = parent.data.tags["metaocl.verdict.meta_ocl"].splitlines()
     assert [v.split(":")[0] for v in verdicts] == ["train.batch_size=32", "train.batch_size=64"]
     assert "train.batch_size" not in parent.data.params
+    assert "train.batch_size=32: 3 seeds counted" in parent.data.tags[NOTE_TAG]
+    note = r64.data.tags[NOTE_TAG]  # each configuration's page: its own verdicts
+    assert "| train.batch_size=64 | meta-OCL: d1consis - d2consis |" in note and "train.batch_size=32" not in note
+    assert "- 3 seeds counted (3 finished trial runs; seeds 0, 1, 2)" in note
 
     # the report reads only trials: the configuration runs never count as seeds
     from metaocl.report.runs import load_invocation
@@ -242,14 +256,22 @@ def test_ui_serves_the_store_and_sigterm_stops_every_process(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = _Lines(proc.stdout)
     try:
-        link = out.wait_for("viewStateShareKey=", proc, 60).strip()
+        out.wait_for("MLflow UI is up", proc, 240)
+        # once the server answers: the links (the newest sweep's charts, the home page in the
+        # model-training view), and nothing of the server's own log in between
+        link = next(line for line in out.lines if "viewStateShareKey=" in line).strip()
         assert link.startswith(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs?")
         assert any("newest sweep: run uigrid-" in line and "metaocl/uigrid (3 trial runs)" in line for line in out.lines)
-        out.wait_for("MLflow UI is up", proc, 240)
+        assert out.lines[-2] == HOME_HINT and out.lines[-1].startswith("MLflow UI is up")
         base = f"http://127.0.0.1:{port}"
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=metaocl/uigrid",
-                                    timeout=10) as r:
-            assert b"custom_model_development" in r.read()
+        for _ in range(3):
+            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=metaocl/uigrid",
+                                        timeout=10) as r:
+                assert b"custom_model_development" in r.read()
+        log = tmp_path / "mlflow-ui.log"
+        assert log.exists()
+        assert not [line for line in out.lines if "GET /" in line or "HTTP/1.1" in line]  # no access log
+        assert "get-by-name" not in log.read_text()  # access logs off, not moved
         # what the server started: the MLflow CLI, uvicorn, MLflow's job runner and its consumers
         started = psutil.Process(proc.pid).children(recursive=True)
         assert len(started) >= 3, [p.cmdline() for p in started]
@@ -291,6 +313,8 @@ def test_interim_verdicts_count_the_finished_trials_then_the_final_ones_replace_
     # seeds 0 and 1 at epoch 2: gaps 0.05 and 0.07
     assert tag.startswith("meta-OCL inconclusive: d1consis - d2consis = +0.060 ") and ", 2 seeds " in tag
     assert tag.endswith(" (so far: 2 of 3 trials)")
+    assert client.get_run(tracker.parent_id).data.tags[NOTE_TAG].startswith(
+        "### OCL inconclusive; meta-OCL inconclusive (so far: 2 of 3 trials)")
     client.set_terminated(running, "FINISHED")
     log_sweep_aggregates(uri, tracker.parent_id)
     tag = client.get_run(tracker.parent_id).data.tags["metaocl.verdict.meta_ocl"]

@@ -7,7 +7,11 @@ the sweep's run and its trials are listed, the parent's `gap/meta_ocl` chart has
 metrics page shows `acc/d1consis` over epochs, the report's PNG is among the parent's artifacts, and
 the grid sweep's link lists one run per configuration with their own `gap/meta_ocl` curves.
 
-Screenshots go to the test's tmp dir (and, with METAOCL_UI_SCREENSHOTS=DIR, to DIR too).
+A second path starts at MLflow's home page, as a person who did not see the printed link would:
+the "Model training" switch, the experiment, the sweep's run, whose description holds the verdicts.
+
+Screenshots of each step go to the test's tmp dir and test-artifacts/ui-browser/ (git-ignored; and,
+with METAOCL_UI_SCREENSHOTS=DIR, to DIR too).
 METAOCL_UI_QUICKSTART_ARGS (default ``--smoke``) replaces the quickstart's arguments, e.g. ``--seeds 3``
 for the full quickstart that took the README's screenshot (docs/figures/mlflow-ui-quickstart.png). The browser
 is the system's (`chromium`, as `.ci/run` installs it): no browser is downloaded. Without one the test
@@ -113,13 +117,18 @@ def ui(store):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui-browser"  # git-ignored
+
+
 def _shoot(page, tmp_path: Path, name: str) -> Path:
+    """A screenshot of each step: in the test's tmp dir, in test-artifacts/ui-browser/ (kept after the
+    run, git-ignored) and, with METAOCL_UI_SCREENSHOTS=DIR, in DIR too."""
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path))
-    extra = os.environ.get("METAOCL_UI_SCREENSHOTS")
-    if extra:
-        Path(extra).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(extra) / path.name)
+    for extra in (str(ARTIFACTS), os.environ.get("METAOCL_UI_SCREENSHOTS")):
+        if extra:
+            Path(extra).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(extra) / path.name)
     return path
 
 
@@ -142,9 +151,10 @@ def _points(card, at_least: int, timeout_s: float = WAIT_MS / 1000) -> int:
 
 def _close_assistant(page) -> None:
     """MLflow 3 opens its 'MLflow Assistant' side panel on a first visit; a person closes it."""
-    close = page.get_by_role("button", name="Close")
+    close = page.get_by_role("button", name="Close", exact=True)  # not "Close alert"
     if close.count():
         close.first.click()
+        page.get_by_placeholder("Ask a question...").first.wait_for(state="hidden")  # the panel, not its button
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +201,6 @@ def test_the_printed_link_shows_the_sweep_its_gaps_trials_and_report(store, ui, 
     legend = gap.inner_text()
     assert f"{parent.info.run_name} (gap/meta_ocl)" in legend and f"{parent.info.run_name} (gap/meta_ocl_lo)" in legend
     _close_assistant(page)
-    page.wait_for_timeout(500)
     _shoot(page, tmp_path, "sweep-charts")
 
     # a trial's metrics page: acc/d1consis over the epochs
@@ -227,8 +236,47 @@ def test_a_grid_sweep_compares_its_configurations(store, ui, browser, tmp_path):
     legend = gap.inner_text()
     assert all(f"{name} (gap/meta_ocl)" in legend for name in names)
     _close_assistant(page)
-    page.wait_for_timeout(500)
     _shoot(page, tmp_path, "grid-charts")
+
+
+def test_from_the_home_page_to_the_verdict(store, ui, browser, tmp_path):
+    """The path a person takes who opens MLflow's home page instead of the printed link: switch the
+    sidebar to "Model training" (MLflow 3.17 opens experiments in its GenAI pages otherwise), open the
+    experiment, the sweep's run; its description holds the verdicts, the seeds and the report command.
+    A screenshot of each step (test-artifacts/ui-browser/home-*.png)."""
+    base = next(re.search(r"http://127\.0\.0\.1:\d+", line).group(0) for line in ui if "MLflow UI is up" in line)
+    assert any('switch the sidebar to "Model training"' in line for line in ui), "\n".join(ui)
+    parent, trials, _ = _runs(store, QUICKSTART_EXPERIMENT)
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()  # a fresh browser: GenAI first
+    page.set_default_timeout(WAIT_MS)
+    page.goto(base + "/")
+    experiment = page.get_by_role("link", name=QUICKSTART_EXPERIMENT, exact=True).first
+    experiment.wait_for()
+    _close_assistant(page)
+    _shoot(page, tmp_path, "home-1-home-page")
+
+    page.get_by_text("Model training", exact=True).first.click()
+    page.get_by_role("link", name="Model registry").first.wait_for()  # the model-training sidebar
+    _shoot(page, tmp_path, "home-2-model-training")
+
+    experiment.click()
+    run_link = page.get_by_role("link", name=parent.info.run_name, exact=True).first
+    run_link.wait_for()  # the runs list, not the GenAI overview
+    assert "workflowType=machine_learning" in page.url
+    _shoot(page, tmp_path, "home-3-runs")
+
+    run_link.click()
+    page.wait_for_url(re.compile(f"/runs/{parent.info.run_id}"))
+    verdict = parent.data.tags["metaocl.verdict.meta_ocl"]
+    page.get_by_text(verdict.split(" (")[0], exact=False).first.wait_for()  # the description: the verdict line
+    page.get_by_text(f"{len(trials)} seeds counted", exact=False).first.wait_for()
+    page.get_by_text(f"metaocl report quickstart{' --smoke' if SMOKE else ''} --parent {parent.info.run_id}",
+                     exact=False).first.wait_for()
+    if SMOKE:
+        page.get_by_text("SMOKE RUN: a plumbing check", exact=False).first.wait_for()
+    page.get_by_text("Metrics (", exact=False).first.wait_for()  # the page laid out in full
+    _close_assistant(page)
+    _shoot(page, tmp_path, "home-4-verdict")
 
 
 def _history(store: Path, run_id: str, key: str):

@@ -73,6 +73,8 @@ def required_inputs(config: LMConfig) -> list[str]:
         if not path.exists():
             out.append(f"data.path: {data.source} data not found at {path} "
                        f"(run `metaocl data download {data.source}` or set data.path)")
+    elif data.path:  # the *_sample sources generate their own file
+        out.append(f"data.path: source {data.source!r} generates its own file; leave data.path empty")
     names = hub_names(config)
     for field, name, what in names:
         out += _name_problems(field, name, what)

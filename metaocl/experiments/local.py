@@ -37,8 +37,7 @@ def check_trial(trial: Trial, sweep: Sweep) -> None:
     kind = kind_of(sweep.kind)
     problems = kind.required_inputs(trial.config)
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(f"{sweep.path}: {problems[0]}{more}")
+        raise ConfigError(sweep.problem_text(problems))  # names the --set that gave a bad value
     device = str(getattr(trial.config, "device", "auto"))
     if device.startswith("cuda"):
         from metaocl.runtime import resolve_device

@@ -25,6 +25,7 @@ from metaocl.report.effects import ConfigurationEffects, analyse, verdict_lines
 from metaocl.report.paper_values import PaperReference, match_reference
 from metaocl.report.runs import Configuration, SweepRuns, load_sweep_runs, split_family
 from metaocl.report.stats import METHOD_NOTE, markdown_effects_table, mean_ci_text
+from metaocl.report.summary import SMOKE_TITLE, smoke_note
 
 GRAD_METRICS = ("grad/cos_def1_qa", "grad/cos_def2_qa")
 
@@ -82,6 +83,32 @@ def _curve_panels(c: Configuration, measure: str, paper: PaperReference | None,
     return out
 
 
+def _paired_gaps(r: ConfigurationReport, runs: SweepRuns) -> list[figures.PairedGaps]:
+    """OCL and meta-OCL (in-distribution) of one configuration: the effects at each stage end, and
+    each seed's gap per epoch (a - b, or the logged gap when only it is there)."""
+    from metaocl.report.effects import verdict_stages
+
+    c = r.configuration
+    measure = runs.measure
+    names = c.metric_names()
+    steps = c.steps()
+    wanted = verdict_stages(r.stages) if r.stages else {}
+    out = []
+    for pair in runs.kind_spec.effect_pairs:
+        if pair.template is not None:
+            continue
+        ends = [e for e in r.effects if e.name == pair.name]
+        if not ends:
+            continue
+        ma, mb = f"{measure}/{pair.a}", f"{measure}/{pair.b}"
+        if ma in names and mb in names:
+            matrix = c.unit_matrix(ma, steps) - c.unit_matrix(mb, steps)
+        else:
+            matrix = c.unit_matrix(pair.metric, steps)
+        out.append(figures.PairedGaps(pair.name, ends, wanted.get(pair.effect), steps, matrix))
+    return out
+
+
 def _coupled_keys(key: str, grids: list[dict]) -> set[str]:
     """Keys whose value (or absence) follows from ``key``'s, e.g. the epochs of each batch size in a
     sweep file's coupled ``points``: they label no separate panel of the summary figure."""
@@ -108,6 +135,16 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
     templates = runs.kind_spec.entity_templates
     written: list[Path] = []
     many = len(reports) > 1
+    smoke = f"\n({SMOKE_TITLE})" if runs.smoke else ""  # every figure title says what a smoke run is
+    for r in reports:  # first: the paired gaps, as the verdicts compute them
+        c = r.configuration
+        gaps = _paired_gaps(r, runs)
+        if gaps:
+            where = f" — {c.label}" if c.label else ""
+            r.figures += figures.plot_paired_gaps(
+                gaps, c.stage_boundaries(), measure,
+                f"{runs.sweep}{where}: the paired gaps the verdicts test{smoke}",
+                out / f"gaps_{c.slug}" if many else out / "gaps")
     for r in reports:
         c = r.configuration
         panels = _curve_panels(c, measure, r.paper, templates)
@@ -117,13 +154,13 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         if panels["curves"]:
             r.figures += figures.plot_curves(
                 panels["curves"], c.stage_boundaries(), measure,
-                f"{runs.sweep}{where}: test {measure} per subset ({spread})",
+                f"{runs.sweep}{where}: test {measure} per subset ({spread}){smoke}",
                 out / f"curves_{c.slug}" if many else out / "curves",
             )
         if panels["entity"]:
             r.figures += figures.plot_curves(
                 panels["entity"], c.stage_boundaries(), measure,
-                f"{runs.sweep}{where}: entity attribution ({spread})",
+                f"{runs.sweep}{where}: entity attribution ({spread}){smoke}",
                 out / f"entity_{c.slug}" if many else out / "entity",
             )
         written += r.figures
@@ -154,7 +191,7 @@ def _write_figures(runs: SweepRuns, reports: list[ConfigurationReport], out: Pat
         }
         if any(values.values()):
             written += figures.plot_stage_end_bars(
-                values, measure, f"{runs.sweep}: test {measure} at the end of each stage (mean, 95% CI)",
+                values, measure, f"{runs.sweep}: test {measure} at the end of each stage (mean, 95% CI){smoke}",
                 out / "stage_ends", r.paper.subsets if r.paper else None,
             )
 
@@ -215,6 +252,8 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
            f"{', '.join(f'`{k}`' for k in runs.replicate_keys)}" if runs.replicate_keys else ""),
         f"- generated {_dt.datetime.now().isoformat(timespec='seconds')}",
     ]
+    if runs.smoke:
+        lines[2:2] = [f"> **{smoke_note(runs.sweep)}**", ""]
     if runs.left_out:
         lines.append(f"- {runs.left_out_text()}")
     matched = [r for r in reports if r.paper is not None]
@@ -222,6 +261,11 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
         lines.append(f"- paper values: {matched[0].paper.title}; {matched[0].paper.source}")
     lines += ["", "## Verdicts", ""]
     lines += [f"- {v}" for v in verdicts] or ["- no OCL / meta-OCL subsets were logged; no verdict"]
+    gap_figures = [p for p in figure_paths if p.suffix == ".png" and p.stem.split("_")[0] == "gaps"]
+    if gap_figures:
+        lines += ["", "What the verdicts test: each seed's gap (OCL: qd1consis - qd2incons; meta-OCL: "
+                  "d1consis - d2consis) as a dot, the mean and its 95% CI; the verdict reads the marked stage.", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in gap_figures]
     lines += ["", "## Effects at the end of each stage", ""]
     all_effects = [e for r in reports for e in r.effects]
     paper = {}
@@ -238,7 +282,7 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
         lines += [_subset_table(r, measure, runs.kind_spec.entity_templates), ""]
     lines += ["## Figures", ""]
     for p in figure_paths:
-        if p.suffix == ".png":
+        if p.suffix == ".png" and p not in gap_figures:
             lines.append(f"![{p.stem}]({p.name})")
     lines += ["", "## Method", "", METHOD_NOTE, ""]
     return "\n".join(lines)

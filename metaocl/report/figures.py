@@ -11,6 +11,9 @@ What each figure shows and which paper figure it mirrors:
   batch size (Fig. 6), tag-consistency p (section 2.6), word order (Fig. 4b), model size (Fig. 4c),
   in-context, number of variable-entity pairs (MNIST, Fig. 20 right); any other key gets the same
   plot with a plain axis.
+- ``gaps_{config}``: the paired gaps the verdicts test, OCL and meta-OCL: each seed's gap as a dot,
+  the mean and its t-based 95% CI at the end of each stage (the verdict's stage marked), and the same
+  over epochs (each seed a thin line, the mean with its CI band). The report's first figure.
 - ``stage_ends``: per-subset value at the end of each stage (bar chart; sweeps without a grid).
 - ``grad_alignment``: cosine between the mean gradient of tag-1 (tag-2) definitions and of QA pairs
   over training, and, for a grid, its average against the swept key (gradient-alignment
@@ -322,6 +325,84 @@ def plot_gaps_vs_key(key: str, points: Sequence[GapPoint], measure: str, base: P
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
     if len(panels) > 1:
         fig.suptitle(style.title, fontsize=11)
+    fig.tight_layout()
+    return save(fig, base)
+
+
+# --------------------------------------------------------------------------------------------
+# Paired gaps: what the verdicts test
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PairedGaps:
+    """One effect (``OCL``, ``meta-OCL``) of one configuration, paired over seeds.
+
+    ``ends``: the effects at the end of every stage (:class:`~metaocl.report.stats.Effect`, whose
+    ``diffs`` are each seed's gap and whose mean/CI the verdict uses); ``verdict_stage``: the stage
+    whose end the verdict reads; ``steps``/``matrix``: each seed's gap (a - b) per epoch."""
+
+    name: str
+    ends: list[Effect]
+    verdict_stage: int | None
+    steps: list[int]
+    matrix: np.ndarray  # seeds x steps
+
+
+def plot_paired_gaps(gaps: Sequence[PairedGaps], boundaries: Sequence[float], measure: str, title: str,
+                     base: Path) -> list[Path]:
+    """Left: at each stage end, each seed's gap as a dot, the mean and its t-based 95% CI (the numbers
+    of the verdict, whose stage is marked). Right: the same over epochs (each seed a thin line, the
+    mean with its 95% CI band). One colour per effect; 0 = no effect."""
+    from metaocl.report.stats import DIFFERENCE, mean_ci
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.2), gridspec_kw={"width_ratios": [1, 1.5]})
+    stages = sorted({e.stage for g in gaps for e in g.ends})
+    width = 0.8 / max(1, len(gaps))
+    rng = np.random.default_rng(0)  # fixed jitter: the same report draws the same figure
+    for j, g in enumerate(gaps):
+        colour, marker = GAP_STYLE.get(g.name, (_EXTRA_COLOURS[j % len(_EXTRA_COLOURS)], "D"))
+        for e in g.ends:
+            x0 = stages.index(e.stage) + (j - (len(gaps) - 1) / 2) * width
+            d = e.diffs[np.isfinite(e.diffs)]
+            left.scatter(x0 + rng.uniform(-0.12, 0.12, d.size) * width / 0.4, d, s=16, color=colour, alpha=0.45,
+                         linewidths=0, zorder=2)
+            if math.isfinite(e.mean):
+                lo = e.lo if math.isfinite(e.lo) else e.mean
+                hi = e.hi if math.isfinite(e.hi) else e.mean
+                verdict = e.stage == g.verdict_stage
+                left.errorbar([x0 + 0.2 * width], [e.mean], yerr=[[e.mean - lo], [hi - e.mean]], color=colour,
+                              marker=marker, markersize=7 if verdict else 5, capsize=4, linewidth=2 if verdict else 1,
+                              markerfacecolor=colour if verdict else "white", zorder=3)
+        x = np.asarray(g.steps, dtype=float)
+        for row in g.matrix:
+            ok = np.isfinite(row)
+            right.plot(x[ok], row[ok], color=colour, alpha=0.18, linewidth=0.8)
+        stats = [mean_ci(g.matrix[:, k], bounds=DIFFERENCE) for k in range(len(g.steps))] if g.steps else []
+        mean = np.array([m for m, _, _ in stats], dtype=float)
+        lo = np.array([a for _, a, _ in stats], dtype=float)
+        hi = np.array([b for _, _, b in stats], dtype=float)
+        ok = np.isfinite(mean)
+        n = g.matrix.shape[0]
+        right.plot(x[ok], mean[ok], color=colour, linewidth=2, marker=marker, markersize=3,
+                   label=f"{g.name}: mean of {n} seed{'s' if n != 1 else ''}, 95% CI")
+        band = np.isfinite(lo) & np.isfinite(hi)
+        if band.any():
+            right.fill_between(x[band], lo[band], hi[band], color=colour, alpha=0.2, linewidth=0)
+    for ax in (left, right):
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.grid(alpha=0.25)
+    left.set_xticks(range(len(stages)))
+    marks = {g.verdict_stage: g.name for g in gaps}
+    left.set_xticklabels([f"end of stage {s}" + "".join(f"\n({n} verdict)" for v, n in marks.items() if v == s)
+                          for s in stages], fontsize=9)
+    left.set_xlim(-0.6, len(stages) - 0.4)
+    left.set_ylabel(f"gap in test {_measure_label(measure)} (a - b, per seed)")
+    left.set_title("each seed's gap (dots), mean and 95% CI", fontsize=10)
+    right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    right.set_xlabel("epoch")
+    right.set_title("over training: each seed (thin), mean and 95% CI", fontsize=10)
+    _stage_lines(right, boundaries)
+    right.legend(fontsize=8, frameon=False, loc="best")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save(fig, base)
 

@@ -186,6 +186,7 @@ class SweepRuns:
     # parent runs whose trials are joined here (the looks so far, oldest first); "" for an ordinary sweep.
     sequential: str = ""
     looks_parents: list[str] = field(default_factory=list)
+    smoke: bool = False  # the sweep's smoke variant (parent tag metaocl.smoke): a plumbing check
 
     @property
     def kind_spec(self):
@@ -433,7 +434,7 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
         experiment_name=name, tracking_uri=tracking_uri, kind=kind, parent_run_id=pid,
         configurations=group_trials(_trial_from_run(client, chosen[t], units) for t in sorted(chosen)),
         left_out=left_out, sequential=parent.data.tags.get("metaocl.sequential", ""),
-        looks_parents=looks_parents if len(looks_parents) > 1 else [],
+        looks_parents=looks_parents if len(looks_parents) > 1 else [], smoke=parent.data.tags.get("metaocl.smoke") == "true",
     )
     if not runs.configurations and not allow_empty:
         extra = f"; {runs.left_out_text()}" if left_out else ""

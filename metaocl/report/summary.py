@@ -25,10 +25,22 @@ def _split_order(split: str) -> tuple[int, str]:
     return (ALL_SUBSETS.index(split) if split in ALL_SUBSETS else len(ALL_SUBSETS), split)
 
 
+def smoke_note(sweep: str) -> str:
+    """What a smoke run is, and the command that gives real results (sweep output, report, MLflow)."""
+    return (f"SMOKE RUN: a plumbing check (tiny data, a few epochs, 2 seeds) that every part is wired; "
+            f"its accuracies stay near chance and its verdicts inconclusive by design. "
+            f"Real results: metaocl sweep {sweep}, then metaocl report {sweep}")
+
+
+SMOKE_TITLE = "smoke run: plumbing check, near chance by design"  # appended to the report's figure titles
+
+
 def summary_text(runs: SweepRuns) -> str:
     """Text of the summary of ``runs`` (one block per configuration, then the verdict lines)."""
     measure = runs.measure
     lines = []
+    if runs.smoke:
+        lines += [smoke_note(runs.sweep), ""]
     if runs.parent_run_id:
         lines.append(f"{runs.experiment_name}: sweep invocation {runs.parent_run_id}, "
                      f"{runs.n_trials} finished trial run{'s' if runs.n_trials != 1 else ''}")

@@ -274,5 +274,4 @@ def check_inputs(sweep: Sweep, trials: dict[str, Trial], local: bool) -> None:
         for ip, problems in answers.items():
             missing += [p if len(answers) == 1 else f"node {ip}: {p}" for p in problems]
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ConfigError(f"{sweep.path}: {missing[0]}{more}")
+        raise ConfigError(sweep.problem_text(missing))  # names the --set that gave a bad value
