@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from processes import wait_for
+from processes import free_port, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -48,12 +47,6 @@ def docker_reachable() -> bool:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
     except subprocess.TimeoutExpired:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def store_runs(db: Path, experiment: str | None = EXPERIMENT) -> list[dict]:

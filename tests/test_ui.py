@@ -24,6 +24,7 @@ from scipy import stats
 from metaocl.config import load_sweep
 from metaocl.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, SWEEP_RUN_TAG, SweepTracker, log_sweep_aggregates
 from metaocl.ui import VIEW_TAG_PREFIX, sweep_views
+from processes import free_port, wait_for
 
 SWEEP_YAML = """\
 name: uigrid
@@ -148,7 +149,8 @@ def test_link_opens_the_newest_sweep_in_chart_view(tmp_path):
 
     uri, grid = _write_sweep(tmp_path, "{train.batch_size: [32, 64]}")
     log_sweep_aggregates(uri, grid.parent_id)
-    time.sleep(0.01)
+    grid_start = MlflowClient(uri).get_run(grid.parent_id).info.start_time  # ms: the next sweep starts later
+    wait_for(lambda: time.time() * 1000 > grid_start + 1, "the clock to pass the first sweep's start")
     sweep = load_sweep("quickstart", smoke=True)
     single = SweepTracker.for_sweep(sweep, uri)  # newer, in another experiment
     client = MlflowClient(uri)
@@ -192,12 +194,6 @@ def test_ui_without_a_store_is_one_line_and_writes_nothing(in_tmp):
 # --------------------------------------------------------------------------------------------
 # The server: up on loopback, and gone after SIGTERM
 # --------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -255,15 +251,12 @@ def test_ui_serves_the_store_and_sigterm_stops_every_process(tmp_path):
         assert len(started) >= 3, [p.cmdline() for p in started]
         assert not [p for p in started if p.pid != proc.pid and os.getsid(p.pid) == os.getsid(proc.pid)]
 
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)  # to `metaocl ui` alone, as `docker stop` or `kill` does
         assert proc.wait(timeout=30) == 0
         left = [p for p in started if _alive(p)]
         port_open = _port_open(port)
-        took = time.monotonic() - t0
         assert not left, [p.cmdline() for p in left]
         assert not port_open
-        assert took < 20, f"stopping took {took:.1f} s"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -84,16 +84,10 @@ def store(tmp_path_factory):
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(store):
     """`metaocl ui` on the store: yields its printed lines once the server answers; SIGTERM at the end."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "metaocl.cli", "ui", "--port", str(port)], cwd=store, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -145,6 +139,7 @@ def _close_assistant(page) -> None:
     close = page.get_by_role("button", name="Close")
     if close.count():
         close.first.click()
+        close.first.wait_for(state="hidden")  # the panel has gone before anything is read or shot
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +186,6 @@ def test_the_printed_link_shows_the_sweep_its_gaps_trials_and_report(store, ui, 
     legend = gap.inner_text()
     assert f"{parent.info.run_name} (gap/meta_ocl)" in legend and f"{parent.info.run_name} (gap/meta_ocl_lo)" in legend
     _close_assistant(page)
-    page.wait_for_timeout(500)
     _shoot(page, tmp_path, "sweep-charts")
 
     # a trial's metrics page: acc/d1consis over the epochs
@@ -227,7 +221,6 @@ def test_a_grid_sweep_compares_its_configurations(store, ui, browser, tmp_path):
     legend = gap.inner_text()
     assert all(f"{name} (gap/meta_ocl)" in legend for name in names)
     _close_assistant(page)
-    page.wait_for_timeout(500)
     _shoot(page, tmp_path, "grid-charts")
 
 
