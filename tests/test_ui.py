@@ -288,3 +288,30 @@ def test_interim_verdicts_count_the_finished_trials_then_the_final_ones_replace_
     log_sweep_aggregates(uri, tracker.parent_id)
     tag = client.get_run(tracker.parent_id).data.tags["metaocl.verdict.meta_ocl"]
     assert tag.startswith("meta-OCL reproduced: d1consis - d2consis = +0.070") and "so far" not in tag
+
+
+@pytest.mark.slow
+def test_ui_killed_with_sigkill_takes_its_server_down(tmp_path):
+    """`metaocl ui` itself gets SIGKILL (no handler runs): the kernel's parent-death signal stops the
+    MLflow server it started, and with it every process the server started; the port closes."""
+    _write_sweep(tmp_path, "{}")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "metaocl.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = _Lines(proc.stdout)
+    started = []
+    try:
+        out.wait_for("MLflow UI is up", proc, 240)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert started and _port_open(port)
+        proc.kill()  # SIGKILL to `metaocl ui` alone: the server is in a session of its own
+        proc.wait(timeout=30)
+        wait_for(lambda: not [p for p in started if _alive(p)] and not _port_open(port),
+                 "the server's processes to end and its port to close", timeout=120, every=0.5)
+    finally:
+        for p in started:  # never leave a server behind
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
