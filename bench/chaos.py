@@ -130,17 +130,35 @@ class Cluster:
         return [f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={self.temp_dir}", "--block"]
 
     def up(self) -> None:
-        self.nodes[HEAD_IP] = start(["ray", "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={self.port}",
-                                     "--include-dashboard=false", *self._common(0)], self.base / "head.log")
-        wait_for(lambda: tcp_open(HEAD_IP, self.port), "the Ray head")
+        self.nodes[HEAD_IP] = self._start_node(
+            "head", ["ray", "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={self.port}",
+                     "--include-dashboard=false", *self._common(0)])
         for ip in WORKER_IPS:
             self.start_worker(ip)
         self.wait_alive(1 + len(WORKER_IPS))
 
     def start_worker(self, ip: str) -> None:
-        self.nodes[ip] = start(["ray", "start", f"--address={self.address}", f"--node-ip-address={ip}",
-                                *self._common(self.cpus)], self.base / f"worker-{ip}.log")
-        wait_for(lambda: self.raylet(ip) is not None, f"the raylet of {ip}", timeout=180)
+        self.nodes[ip] = self._start_node(f"worker-{ip}", ["ray", "start", f"--address={self.address}",
+                                                           f"--node-ip-address={ip}", *self._common(self.cpus)])
+
+    def _start_node(self, name: str, cmd: list[str], tries: int = 4) -> subprocess.Popen:
+        """``ray start --block``, until it says the node started: on a loaded machine a node can miss
+        Ray's fixed 30 s start-up window and exit; then it is started again."""
+        logfile = self.base / f"{name}.log"
+        for attempt in range(1, tries + 1):
+            offset = logfile.stat().st_size if logfile.exists() else 0
+            proc = start(cmd, logfile)
+
+            def started():
+                with logfile.open("rb") as f:
+                    f.seek(offset)
+                    return b"Ray runtime started" in f.read()
+            wait_for(lambda: proc.poll() is not None or started(), f"the Ray node {name}", timeout=600)
+            if proc.poll() is None:
+                return proc
+            stop(proc)
+            log(f"the Ray node {name} did not start (attempt {attempt}, see {logfile}); starting it again")
+        raise RuntimeError(f"the Ray node {name} did not start in {tries} attempts (see {logfile})")
 
     def raylet(self, ip: str):
         import psutil
@@ -293,8 +311,11 @@ def run_sweep(base: Path, path: Path, cluster: Cluster, mlflow: MlflowServer, st
             if code is not None:
                 break
             now = time.monotonic()
-            if now - t0 > timeout_s:
-                raise RuntimeError(f"the sweep did not end within {timeout_s:.0f} s (see {logs[-1]})")
+            if now - t0 > timeout_s:  # stopped: the figures say how far it got
+                log(f"the sweep did not end within {timeout_s:.0f} s (see {logs[-1]}); stopping it")
+                stop(driver, first=signal.SIGINT)
+                code = None
+                break
             in_chaos = chaos and now - t0 < chaos_s
             done = len(finished_markers(storage))
             if in_chaos and kill_driver and not driver_kills and done >= max(1, n_trials // 3):
@@ -325,7 +346,7 @@ def run_sweep(base: Path, path: Path, cluster: Cluster, mlflow: MlflowServer, st
         if driver.poll() is None:
             stop(driver)
     wall = time.monotonic() - t0
-    return {"name": name, "trials": n_trials, "exit_code": code, "wall_s": wall, "events": events,
+    return {"name": name, "finished": len(finished_markers(storage)), "trials": n_trials, "exit_code": code, "wall_s": wall, "events": events,
             "raylet_kills": kills, "driver_kills": driver_kills, "mlflow_restarts": mlflow_restarts,
             "logs": [str(p) for p in logs]}
 
@@ -391,9 +412,13 @@ def summary(run: dict, got: dict, calm: dict | None) -> str:
              f"(each loses at most its unfinished epoch: <= {(got['replayed_evals'] + got['attempts'] - n) / got['evals']:.1%} "
              f"of the epochs)",
              f"driver output: {got['retry_lines']} retry lines, {got['traceback_lines']} tracebacks"]
-    if calm is not None:
+    if calm is not None and calm["exit_code"] is not None:
         lines.append(f"wall time: {run['wall_s']:.0f} s under chaos, {calm['wall_s']:.0f} s without "
                      f"(x{run['wall_s'] / calm['wall_s']:.2f})")
+    elif calm is not None:  # stopped at its time limit: compare the rates
+        lines.append(f"wall time: {run['wall_s']:.0f} s under chaos ({n / run['wall_s'] * 60:.2f} trials/min); "
+                     f"without chaos {calm['finished']} of {n} trials finished in {calm['wall_s']:.0f} s before "
+                     f"its time limit ({calm['finished'] / calm['wall_s'] * 60:.2f} trials/min)")
     else:
         lines.append(f"wall time: {run['wall_s']:.0f} s under chaos")
     return "\n".join(lines)
@@ -423,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder, removed)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout-minutes", type=float, default=180.0)
+    ap.add_argument("--timeout-minutes", type=float, default=180.0, help="per sweep: stop it after this")
     a = ap.parse_args(argv)
     epochs = tuple(int(x) for x in a.epochs.split(","))
     kill_every = tuple(float(x) for x in a.kill_every.split(","))
@@ -445,6 +470,10 @@ def main(argv: list[str] | None = None) -> dict:
         path = sweep_file(base, "chaos", a.trials, epochs, a.max_failures)
         run = run_sweep(base, path, cluster, mlflow, storage, chaos=True, **common)
         got = check(mlflow.uri, "chaos", a.trials, n_evals, storage, run["logs"])
+        result.update(run=run, check=got)
+        print(summary(run, got, None), flush=True)
+        if a.json:
+            a.json.write_text(json.dumps(result, indent=1, default=str))
         calm = None
         if not a.no_calm:
             log("the same sweep without chaos")
@@ -463,4 +492,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill`: the cluster and the server are stopped too
     main()
