@@ -62,8 +62,9 @@ def in_tmp(tmp_path, monkeypatch):
 # docker/browser), so `-m "not slow and not docker and not browser"` is the quick tier. Checked, not
 # trusted: every other test runs with RAY_TMPDIR set to a folder of its own, inherited by every
 # process it starts (in-process ray.init, `ray start`, a `metaocl sweep` subprocess all create a Ray
-# session there), and with a torch hook that counts optimizer steps taken in the test's process; a
-# test that did either fails, naming the marker it lacks.
+# session there), and with a torch hook that counts optimizer steps with gradients taken in the
+# test's process; a test that did either fails, naming the marker it lacks. Not seen: training in a
+# subprocess without Ray (`metaocl run` as a command); such tests are marked by hand.
 _TIERS = ("slow", "docker", "browser")
 
 
@@ -79,7 +80,11 @@ def _slow_rule(request, monkeypatch):
     if "torch" in sys.modules:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+        def count(opt, args, kwargs):  # a step that moved parameters by their gradients (not a schedule test's)
+            if any(q.grad is not None for group in opt.param_groups for q in group["params"]):
+                steps.append(1)
+
+        hook = register_optimizer_step_post_hook(count)
     ray_was_up = _ray_up()
     try:
         yield

@@ -426,10 +426,11 @@ def _one_line_node_deaths() -> None:
         return
 
     def print_to_stdstream(data, *args, **kwargs):
-        lines = data.get("lines") or [] if isinstance(data, dict) else []
-        first = str(lines[0]) if lines else ""
-        if first.startswith("Raylet is terminated") and " Last " in first:
-            print(f"(raylet) a Ray node died: {first.split(' Last ', 1)[0].strip()} (its log: raylet.out on that node)",
+        lines = (data.get("lines") or []) if isinstance(data, dict) else []
+        text = "\n".join(str(line) for line in lines).strip()
+        if data.get("pid") == "raylet" and "\n" in text:  # a node's death (killed, or its heartbeats missed)
+            first = text.splitlines()[0].split(" Last ", 1)[0].strip()
+            print(f"(raylet) {first if len(first) <= 300 else first[:297] + '...'} (more: the node's raylet.out)",
                   file=sys.stderr, flush=True)
             return
         original(data, *args, **kwargs)
