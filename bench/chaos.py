@@ -124,6 +124,7 @@ class Cluster:
         self.port = free_port(HEAD_IP)
         self.address = f"{HEAD_IP}:{self.port}"
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.started: list[subprocess.Popen] = []  # every `ray start` ever launched (stopped at the end)
         self.restarts = Counter()
 
     def _common(self, cpus: int) -> list[str]:
@@ -148,6 +149,7 @@ class Cluster:
         for attempt in range(1, tries + 1):
             offset = logfile.stat().st_size if logfile.exists() else 0
             proc = start(cmd, logfile)
+            self.started.append(proc)
 
             def started():
                 with logfile.open("rb") as f:
@@ -195,9 +197,8 @@ class Cluster:
         self.start_worker(ip)
 
     def down(self) -> None:
-        for ip in [*WORKER_IPS, HEAD_IP]:
-            if ip in self.nodes:
-                stop(self.nodes[ip])
+        for proc in reversed(self.started):  # a leader that exited may leave its session's processes
+            stop(proc)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
