@@ -15,6 +15,7 @@ def bench(tmp_path, monkeypatch):
     return load_bench("lm_epoch")
 
 
+@pytest.mark.slow
 def test_one_epoch_prints_every_figure_and_evaluators_agree(bench, capsys):
     figures = bench.main(["--entities", "20", "--max-eval-per-split", "3", "--batch-size", "16",
                           "--pretrain-epochs", "2"])
@@ -39,6 +40,7 @@ def test_bad_arguments_exit_with_usage(bench, argv, capsys):
 
 
 @pytest.mark.parametrize("pretrain_epochs", [0, 2])
+@pytest.mark.slow
 def test_our_side_evaluates_every_split_as_each_split_alone(bench, pretrain_epochs, tmp_path):
     """The bench's side (one pooled evaluation over every split) gives, split by split, the EM and
     predictions of evaluating each split alone, on the bench's real prompts (different token lengths,
