@@ -432,7 +432,8 @@ def summary(run: dict, got: dict, calm: dict | None) -> str:
 def cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+        model = f"{fields['Model name']} (family {fields.get('CPU family', '?')} model {fields.get('Model', '?')})"
     except Exception:
         model = platform.processor() or "?"
     return f"{model}, {os.cpu_count()} CPUs"
