@@ -19,8 +19,10 @@ consumers); a signal to ``mlflow ui`` alone does not reliably take them down (is
 still served after ``kill`` and after a SIGTERM to the process group). So the server runs in a
 session of its own, and on SIGTERM or SIGINT (Ctrl-C, ``docker stop``) ``metaocl ui`` terminates every
 process of that session and every descendant, waits, kills what is left, and only then exits. If
-``metaocl ui`` itself is killed with SIGKILL, the kernel sends the server SIGTERM (``PR_SET_PDEATHSIG``
-on Linux), which MLflow forwards to uvicorn.
+``metaocl ui`` itself is killed with SIGKILL, the kernel sends SIGTERM (``PR_SET_PDEATHSIG`` on Linux)
+to the server and to a small guard process, which then terminates the server's whole process group
+(SIGTERM, then SIGKILL): MLflow forwards the signal to uvicorn but leaves its job runner's consumers
+running when they are still starting up.
 """
 
 from __future__ import annotations
@@ -207,6 +209,37 @@ def _die_with_parent() -> None:
         pass
 
 
+# The guard: started beside the server (not in its session), it gets SIGTERM when `metaocl ui` dies,
+# even by SIGKILL, and takes the server's process group down; it exits by itself once that group is gone.
+_GUARD = """
+import os, signal, sys, time
+pgid, parent = int(sys.argv[1]), int(sys.argv[2])
+def down(*_):
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                sys.exit(0)
+            time.sleep(0.2)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, down)
+if os.getppid() != parent:  # `metaocl ui` died before the parent-death signal was armed
+    down()
+while True:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        sys.exit(0)
+    time.sleep(1)
+"""
+
+
 def server_processes(pid: int) -> list:
     """The server (``pid``, leader of its own session) and every process it started: its descendants
     and whatever else runs in its session (a child whose parent already exited)."""
@@ -287,11 +320,13 @@ def serve(cmd: list[str], base_url: str, log_path: str | None = None, ready_text
     The server's own output goes to ``log_path`` (so the terminal keeps the link, not the server's
     log lines); once it answers, "MLflow UI is up" and ``ready_text`` (the links) are printed."""
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    proc = None
+    proc = guard = None
     log = open(log_path, "a") if log_path else None
     try:
         proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent,
                                 stdout=log, stderr=subprocess.STDOUT if log else None)
+        guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(proc.pid), str(os.getpid())],
+                                 start_new_session=True, preexec_fn=_die_with_parent)
         ready = False
         while proc.poll() is None:
             if not ready:
@@ -317,6 +352,9 @@ def serve(cmd: list[str], base_url: str, log_path: str | None = None, ready_text
             signal.signal(s, signal.SIG_IGN)
         if proc is not None:
             stop_server(proc)
+        if guard is not None:
+            guard.terminate()  # the group is gone: it exits at once
+            guard.wait(timeout=30)
         for s, handler in previous.items():
             signal.signal(s, handler)
 

@@ -1,6 +1,11 @@
-"""Shared test settings: one torch thread (the suite runs on 2 cores), no network, temp stores."""
+"""Shared test settings: one torch thread (the suite runs on 2 cores), no network, temp stores, and
+the rule that decides the quick tier (pyproject.toml, ``slow`` marker), checked on every test."""
 
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +56,53 @@ def in_tmp(tmp_path, monkeypatch):
     for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "METAOCL_RESULTS"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+# The `slow` rule (pyproject.toml): a test that starts Ray or trains a model is marked slow (or
+# docker/browser), so `-m "not slow and not docker and not browser"` is the quick tier. Checked, not
+# trusted: every other test runs with RAY_TMPDIR set to a folder of its own, inherited by every
+# process it starts (in-process ray.init, `ray start`, a `metaocl sweep` subprocess all create a Ray
+# session there), and with a torch hook that counts optimizer steps with gradients taken in the
+# test's process; a test that did either fails, naming the marker it lacks. Not seen: training in a
+# subprocess without Ray (`metaocl run` as a command); such tests are marked by hand.
+_TIERS = ("slow", "docker", "browser")
+
+
+@pytest.fixture(autouse=True)
+def _slow_rule(request, monkeypatch):
+    if any(request.node.get_closest_marker(m) for m in _TIERS):
+        yield
+        return
+    ray_tmp = tempfile.mkdtemp(prefix="rq", dir="/tmp")  # short: Ray's socket paths live under it
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    steps = []
+    hook = None
+    if "torch" in sys.modules:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        def count(opt, args, kwargs):  # a step that moved parameters by their gradients (not a schedule test's)
+            if any(q.grad is not None for group in opt.param_groups for q in group["params"]):
+                steps.append(1)
+
+        hook = register_optimizer_step_post_hook(count)
+    ray_was_up = _ray_up()
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
+        sessions = sorted(p.name for p in Path(ray_tmp, "ray").glob("session_*"))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    did = []
+    if sessions or (_ray_up() and not ray_was_up):
+        did.append("started Ray")
+    if steps:
+        did.append(f"trained a model ({len(steps)} optimizer steps)")
+    if did:
+        pytest.fail(f"{request.node.nodeid} {' and '.join(did)}: mark it @pytest.mark.slow "
+                    "(the rule in pyproject.toml keeps such tests out of the quick tier)", pytrace=False)
+
+
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())

@@ -1,4 +1,5 @@
-"""Start, wait for and stop the processes a test launches (Ray nodes, sweep drivers, servers).
+"""The helpers tests share: start, wait for and stop the processes a test launches (Ray nodes,
+sweep drivers, servers), wait for a condition (never a fixed sleep), pick a free port.
 
 Every process is started in its own session and stopped by process group, so nothing it spawned
 (raylets, Ray workers) outlives the test; every wait is bounded.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -52,6 +54,13 @@ def kill_session(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=60)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it; a server started right after binds it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def wait_for(check, what: str, timeout: float = WAIT_S, every: float = 0.2):

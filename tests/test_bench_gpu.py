@@ -148,6 +148,7 @@ def test_dry_run_sizes_the_data_and_the_physical_limit(data_home, capsys):
     assert out["dry/peak_tflops"] == pytest.approx(989)  # no GPU: the H100's, for the estimate
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_prints_throughput_mfu_and_projections(data_home, capsys):
     out = gpu.main(["--device", "cpu", "--tiny", "--peak-tflops", "1"])
     printed = capsys.readouterr().out

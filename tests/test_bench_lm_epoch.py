@@ -15,6 +15,7 @@ def bench(tmp_path, monkeypatch):
     return load_bench("lm_epoch")
 
 
+@pytest.mark.slow
 def test_one_epoch_prints_every_figure_and_evaluators_agree(bench, capsys):
     figures = bench.main(["--entities", "20", "--max-eval-per-split", "3", "--batch-size", "16",
                           "--pretrain-epochs", "2"])
@@ -39,11 +40,12 @@ def test_bad_arguments_exit_with_usage(bench, argv, capsys):
 
 
 @pytest.mark.parametrize("pretrain_epochs", [0, 2])
-def test_our_side_evaluates_every_split_as_per_split_and_plain_generate(bench, pretrain_epochs, tmp_path):
-    """Our side (one pooled ``evaluate_splits`` over every split, left-padded continuations) gives,
-    split by split, the EM, loss and predictions of evaluating each split alone, and the predictions
-    of one-at-a-time ``generate``, on the bench's real prompts (different token lengths, so rows are
-    padded), untrained (every example generates) and partly trained."""
+@pytest.mark.slow
+def test_our_side_evaluates_every_split_as_each_split_alone(bench, pretrain_epochs, tmp_path):
+    """The bench's side (one pooled evaluation over every split) gives, split by split, the EM and
+    predictions of evaluating each split alone, on the bench's real prompts (different token lengths,
+    so rows are padded), untrained (every example generates) and partly trained. That the pooled
+    evaluation equals plain per-example ``generate`` is tested once, in tests/test_lm_engine.py."""
     from metaocl.engine import lm_evaluate as ev
     from metaocl.engine import lm as engine
     from metaocl.engine.lm_models import load_pretrained
@@ -57,11 +59,10 @@ def test_our_side_evaluates_every_split_as_per_split_and_plain_generate(bench, p
     assert len({len(p) for enc in encs.values() for p in enc.prompt_ids}) > 1
     ours = bench.evaluate_all(loaded.model, loaded.tokenizer, encs, args)
     kwargs = dict(max_new_tokens=8, device="cpu", is_seq2seq=False, batch_size=4)
-    pooled = ev.evaluate_splits(loaded.model, loaded.tokenizer, encs, **kwargs)
-    assert list(ours) == list(encs) == list(pooled)
+    assert list(ours) == list(encs)
+    generated = 0
     for name, enc in encs.items():
         alone = ev.evaluate_split(loaded.model, loaded.tokenizer, enc, **kwargs)
-        assert pooled[name] == alone, name
         assert ours[name] == (alone.em, alone.predictions), name
-        assert alone.predictions == ev.greedy_reference(loaded.model, loaded.tokenizer, enc, 8, "cpu", False), name
-    assert sum(r.n_generated for r in pooled.values()) > 0
+        generated += alone.n_generated
+    assert generated > 0

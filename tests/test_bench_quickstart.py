@@ -7,6 +7,7 @@ from bench_scripts import load_bench
 bench = load_bench("quickstart_cost")
 
 
+@pytest.mark.slow
 def test_quick_mode_measures_both_configurations(capsys):
     out = bench.main(["--quick"])
     printed = capsys.readouterr().out

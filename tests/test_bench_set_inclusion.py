@@ -7,6 +7,7 @@ from bench_scripts import load_bench
 bench = load_bench("set_inclusion")
 
 
+@pytest.mark.slow
 def test_tiny_epoch_prints_ours_and_the_trainer_baseline(capsys):
     out = bench.main(["--variables", "20", "--batch-size", "16"])
     printed = capsys.readouterr().out
@@ -22,6 +23,7 @@ def test_tiny_epoch_prints_ours_and_the_trainer_baseline(capsys):
     assert s1 == pytest.approx(out["stage1_examples"] / -(-out["stage1_examples"] // 16))
 
 
+@pytest.mark.slow
 def test_no_baseline_skips_the_trainer(capsys):
     out = bench.main(["--variables", "20", "--batch-size", "64", "--no-baseline"])
     assert "speedup_train" not in out and "trainer_stage1_steps_per_s" not in capsys.readouterr().out

@@ -23,17 +23,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from processes import WAIT_S, ray_env, start, stop, wait_for
+from processes import WAIT_S, free_port, ray_env, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def tcp_open(host: str, port: int) -> bool:

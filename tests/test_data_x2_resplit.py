@@ -50,6 +50,7 @@ def test_stage1_view_is_shared_and_later_stages_see_the_trial_seeds_x2_split():
     assert x2_assignment(lm_runner.engine_dataset(off, stage=2)) == x2_assignment(lm_runner.engine_dataset(off))
 
 
+@pytest.mark.slow
 def test_a_stage2_seed_branched_from_the_stage1_cache_equals_its_uncached_run(tmp_path):
     c0, c1 = two_stage("train.epochs=[2,1]")
     lm_runner.run(c0, PrintReporter())  # trains stage 1 and fills the cache

@@ -15,6 +15,8 @@ from metaocl.experiments import lm, set_inclusion
 
 torch.set_num_threads(1)
 
+pytestmark = pytest.mark.slow  # every test here trains a runner (the rule in pyproject.toml)
+
 TINY = {
     "device": "cpu", "seed": 3,
     "data": {"n_variables": 60, "train_questions": 8, "test_questions": 8},

@@ -218,6 +218,7 @@ def test_quickstart_pins_what_it_uses_so_changed_defaults_cannot_change_it():
     assert load_sweep("quickstart", smoke=True).trials()[0].config.train.schedule == raw["schedule"]
 
 
+@pytest.mark.slow
 def test_set_inclusion_default_optimizer_is_hf_trainer_adafactor_with_linear_decay():
     """Known answer: the Trainer's Adafactor (no relative step, no parameter scaling) at 5e-5, linear to 0."""
     import torch

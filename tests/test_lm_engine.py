@@ -64,6 +64,7 @@ def tiny(name: str, split: datasets.Dataset, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt-neox", "tiny-t5"])
+@pytest.mark.slow
 def test_loss_decreases_and_tiny_model_overfits_qa_pairs_to_em_1(name):
     seq2seq = name == "tiny-t5"
     split = toy_split(6, seq2seq=seq2seq, definitions=False)
@@ -80,6 +81,7 @@ def test_loss_decreases_and_tiny_model_overfits_qa_pairs_to_em_1(name):
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt-neox", "tiny-t5"])
+@pytest.mark.slow
 def test_fast_exact_match_equals_plain_greedy_generate(name):
     """At several points of training (untrained: generation everywhere; later: mostly teacher
     forcing), the fast path predicts exactly the strings of per-example `generate`."""
@@ -114,6 +116,7 @@ def test_squad_normalization():
     assert not ev.exact_match("19 century BC", "19 century")
 
 
+@pytest.mark.slow
 def test_padding_modes_dynamic_and_faithful():
     split = toy_split(4)
     loaded = tiny("tiny-gpt-neox", split)
@@ -150,6 +153,7 @@ def test_padding_modes_dynamic_and_faithful():
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt-neox", "tiny-t5"])
+@pytest.mark.slow
 def test_gradient_accumulation_gives_the_full_batch_update(name):
     """Micro-batches 5 + 5 + 2 give the update of one batch of 12 (loss = mean over the whole
     batch's target tokens). Plain SGD makes the update the clipped gradient itself; Adafactor
@@ -179,6 +183,7 @@ def test_gradient_accumulation_gives_the_full_batch_update(name):
     assert moved > 1e-4  # the step did change the weights
 
 
+@pytest.mark.slow
 def test_linear_schedule_decays_to_zero_without_warmup():
     split = toy_split(2)
     loaded = tiny("tiny-gpt-neox", split)

@@ -40,6 +40,7 @@ def _metric_rows(history):
     return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in history]
 
 
+@pytest.mark.slow
 def test_two_stage_smoke_runs_end_to_end_and_stage2_seeds_branch_from_one_stage1(tmp_path, monkeypatch):
     monkeypatch.setenv("METAOCL_DATA", str(tmp_path))
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")  # run() sets torch threads from it
@@ -71,6 +72,7 @@ def test_two_stage_smoke_runs_end_to_end_and_stage2_seeds_branch_from_one_stage1
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a)
 
 
+@pytest.mark.slow
 def test_stage2_starts_from_the_weights_at_the_end_of_stage1(monkeypatch):
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
     config = load_sweep("two_stage", smoke=True, overrides=FAST + ["train.stage1_cache=null"]).trials()[0].config
@@ -89,6 +91,7 @@ def test_stage2_starts_from_the_weights_at_the_end_of_stage1(monkeypatch):
         torch.testing.assert_close(b.detach(), a, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_gradient_alignment_is_logged_when_enabled(monkeypatch):
     monkeypatch.setenv("METAOCL_TRIAL_CPUS", "1")
     config = load_sweep("grad_alignment", smoke=True, overrides=FAST).trials()[0].config  # the sweep turns it on

@@ -42,6 +42,7 @@ def test_output_is_three_classes_per_cell(task):
     assert trainer.predict(b.images).shape == (4, 9)
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_cpu_in_a_few_steps(task):
     trainer = make_trainer(task)
     b = task.sample_train(32)
@@ -112,6 +113,7 @@ def test_evaluate_scores_models_with_one_constant_answer(task):
     assert a["gap/ocl"] + b["gap/ocl"] == pytest.approx(0.0)  # A's advantage is B's disadvantage
 
 
+@pytest.mark.slow
 def test_runner_reports_every_metric_at_each_evaluation(monkeypatch):
     from metaocl.experiments.mnist import run
 

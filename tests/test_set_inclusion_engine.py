@@ -37,6 +37,7 @@ def test_encode_pads_and_appends_eos():
     assert batch[0, 4] == tok.token_to_id("<eos>") and (batch[0, 5:] == 0).all()
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter_and_loss_decreases():
     torch.manual_seed(0)
     ds, tok = small()
@@ -135,6 +136,7 @@ def test_gaps_from_known_subset_values():
     assert KIND.gaps({"acc/qd1consis": 0.75}) == {}  # a gap needs both of its subsets
 
 
+@pytest.mark.slow
 def test_run_reports_every_epoch_with_gaps():
     cfg = from_dict(SetInclusionConfig, {
         "data": {"n_variables": 60}, "model": {"hidden_size": 32, "num_hidden_layers": 1,
@@ -148,6 +150,7 @@ def test_run_reports_every_epoch_with_gaps():
         assert key in final
 
 
+@pytest.mark.slow
 def test_grad_alignment_metrics_are_finite_cosines():
     cfg = from_dict(SetInclusionConfig, {
         "data": {"n_variables": 60}, "model": {"hidden_size": 32, "num_hidden_layers": 1,
@@ -174,6 +177,7 @@ def test_tie_embeddings_shares_input_and_output_matrix():
     assert n_untied - n_tied == 50 * TINY.hidden_size
 
 
+@pytest.mark.slow
 def test_joint_run_reports_one_stage_with_both_gaps():
     cfg = from_dict(SetInclusionConfig, {
         "data": {"n_variables": 60, "max_number": 19, "list_length": 4},

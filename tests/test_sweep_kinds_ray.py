@@ -11,6 +11,7 @@ running side by side on 2 cores.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 

@@ -71,3 +71,34 @@ def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
     state.write_text(state.read_text())
     os.utime(state, ns=(state.stat().st_mtime_ns + 10**9,) * 2)
     assert pruner.prune() == 1 and not (trial_dirs[0] / "checkpoint_000000").exists()
+
+
+def test_resume_tries_a_failed_trial_again_in_its_own_run(in_tmp, capsys):
+    """A sweep ends with one trial FAILED (device meta: torch cannot train there, in every attempt);
+    `--resume` tries that trial again (the finished one is not trained again), in the same MLflow run:
+    no second run, still FAILED with its error, one sweep run."""
+    from mlflow.tracking import MlflowClient
+
+    path = in_tmp / "halffails.yaml"
+    path.write_text("name: halffails\ndescription: one trial fails\nkind: set_inclusion\n"
+                    "base:\n  data: {n_variables: 60}\n"
+                    "  model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}\n"
+                    "  train: {stage1_epochs: 1, stage2_epochs: 1, batch_size: 128}\n"
+                    "grid: {device: [cpu, meta]}\nseeds: 1\nresources: {cpu: 1, gpu: 0}\nmax_failures: 0\n")
+    assert main(["sweep", str(path)]) == 1
+    first = capsys.readouterr().out
+    assert "trials: 1 done, 1 failed" in first, first
+    assert main(["sweep", str(path), "--resume"]) == 1
+    out = capsys.readouterr().out
+    assert "trials: 1 done, 1 failed" in out, out
+
+    tries = [json.loads(p.read_text())["trial_id"] for p in sorted(in_tmp.glob("metaocl-results/*/metaocl/attempts/*.json"))]
+    assert sorted(tries) == ["p00_s0", "p01_s0", "p01_s0"]  # the failed one again, the finished one never
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("metaocl/halffails")
+    runs = client.search_runs([exp.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("metaocl.role") == "sweep"]) == 1
+    trials = {r.data.tags["metaocl.trial_id"]: r for r in runs if r.data.tags.get("metaocl.role") == "trial"}
+    assert sorted(trials) == ["p00_s0", "p01_s0"]  # one run each: the retry reattached, never duplicated
+    assert trials["p00_s0"].info.status == "FINISHED"
+    assert trials["p01_s0"].info.status == "FAILED" and "meta tensors" in trials["p01_s0"].data.tags["metaocl.error"]

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -88,16 +88,10 @@ def store(tmp_path_factory):
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(store):
     """`metaocl ui` on the store: yields its printed lines once the server answers; SIGTERM at the end."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "metaocl.cli", "ui", "--port", str(port)], cwd=store, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []

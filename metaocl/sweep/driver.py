@@ -58,6 +58,7 @@ class SweepOutcome:
     histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     retried: dict[str, int] = field(default_factory=dict)
+    replayed: dict[str, int] = field(default_factory=dict)  # evaluations reported again by a retried attempt
     finished: set[str] = field(default_factory=set)
     interrupted: bool = False
     resume_command: str = ""
@@ -194,6 +195,9 @@ class MlflowDriverCallback(tune.Callback):
         if step > d.last_step.get(tid, 0):  # an epoch replayed by a retry is logged once
             d.tracker.log_metrics(self._run(d, tid), result)
             d.last_step[tid] = step
+        elif tid in d.tracker.trial_runs:  # counted: the work a retry redid (tag metaocl.replayed)
+            d.outcome.replayed[tid] = d.outcome.replayed.get(tid, 0) + 1
+            d.tracker.client.set_tag(d.tracker.trial_runs[tid], "metaocl.replayed", str(d.outcome.replayed[tid]))
         history = d.outcome.histories.setdefault(tid, [])
         _history_put(history, row)
         d.progress.report(tid, len(history), row)
@@ -207,6 +211,7 @@ class MlflowDriverCallback(tune.Callback):
         d.tracker.client.set_tag(run_id, "metaocl.retries", str(d.outcome.retried[tid]))
         error = _trial_error_text(trial)
         d.tracker.client.log_text(run_id, error, f"errors/attempt-{d.outcome.retried[tid]}.txt")
+        d.progress.trial_retried(tid, d.outcome.retried[tid], _last_line(error))  # one line; Tune's traceback is off
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         d, tid = self._driver(), self._tid(trial)
@@ -300,6 +305,9 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # A failed attempt is one progress line (trial, attempt, cause), not Tune's whole traceback between
+    # the progress lines: the traceback goes to the trial's MLflow run (errors/attempt-N.txt).
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     kind = kind_of(sweep.kind)
     storage = str(storage) if storage else default_storage()
     if not is_uri(storage):
@@ -330,6 +338,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         if local:
             preflight.check_inputs(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
         where = preflight.init_ray(address, env_vars=None if local else env)
+        _one_line_node_deaths()
         cluster = preflight.probe_gpus(sweep, where, gpu_type)  # a GPU that CUDA cannot use: exit 2 here
         resources = preflight.check_resources(sweep, where, _plan(sweep, cluster, show_plan))
         preflight.check_devices(sweep, trials, resources)
@@ -364,6 +373,9 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             retries = int(tracker.trial_tags.get(tid, {}).get("metaocl.retries", "0"))
             if retries:
                 outcome.retried[tid] = retries
+            replayed = int(tracker.trial_tags.get(tid, {}).get("metaocl.replayed", "0"))
+            if replayed:
+                outcome.replayed[tid] = replayed
         for tid in finished_before:
             outcome.finished.add(tid)
             if tracker.trial_status.get(tid) != "FINISHED" and tid in tracker.trial_runs:
@@ -461,6 +473,31 @@ def _plan(sweep: Sweep, cluster, show: bool):
     if show:
         print(planning.render(the_plan), flush=True)
     return the_plan
+
+
+def _one_line_node_deaths() -> None:
+    """When a node of the cluster dies (preempted, killed), Ray's driver prints its raylet's last 20 log
+    lines between the progress lines; one line says it (the log stays in the node's raylet.out). Ray
+    prints these through ``ray._private.worker.print_to_stdstream`` (its error listener thread); any
+    other message passes through unchanged, and a Ray without that function is left alone."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "metaocl_one_line", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        lines = (data.get("lines") or []) if isinstance(data, dict) else []
+        text = "\n".join(str(line) for line in lines).strip()
+        if data.get("pid") == "raylet" and "\n" in text:  # a node's death (killed, or its heartbeats missed)
+            first = text.splitlines()[0].split(" Last ", 1)[0].strip()
+            print(f"(raylet) {first if len(first) <= 300 else first[:297] + '...'} (more: the node's raylet.out)",
+                  file=sys.stderr, flush=True)
+            return
+        original(data, *args, **kwargs)
+
+    print_to_stdstream.metaocl_one_line = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -> None:

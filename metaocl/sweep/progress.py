@@ -126,6 +126,20 @@ class SweepProgress:
                 self.last_line[tid] = now
                 self._print(f"{self.describe(tid, row)} | {self.name}: {self.counts()}; ETA {self.eta()}")
 
+    def trial_retried(self, tid: str, failures: int, cause: str) -> None:
+        """Attempt ``failures`` of trial ``tid`` failed and Ray retries it: one line, always printed
+        (the traceback is in the trial's MLflow run, ``errors/attempt-N.txt``)."""
+        self.running.discard(tid)
+        if not self.enabled:
+            return
+        cause = cause if len(cause) <= 160 else cause[:157] + "..."
+        line = f"[{tid}] attempt {failures} failed, retrying from its last checkpoint: {cause}"
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+            self._refresh()
+        else:
+            self._print(f"{line} | {self.name}: {self.counts()}")
+
     def trial_ended(self, tid: str, ok: bool, error: str = "") -> None:
         self.running.discard(tid)
         (self.finished if ok else self.failed).add(tid)
