@@ -49,7 +49,7 @@ def requirement_pins() -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if "==" in line:
             name, version = line.split("==", 1)
-            pins[re.sub(r"\[.*\]", "", name).strip().lower()] = version.strip()
+            pins[re.sub(r"\[.*\]", "", name).strip().lower()] = version.split(";", 1)[0].strip()  # marker dropped
     return pins
 
 
