@@ -83,7 +83,8 @@ def mlflow_auth(tmp_path_factory):
     password = secrets.token_urlsafe(18)
     port = free_port()
     env = ray_env(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=password,
-                  MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+                  MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+                  MLFLOW_SERVER_ALLOWED_HOSTS=f"{HOST},{HOST}:*")  # MLflow checks the Host header
     proc = start(["mlflow", "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port), "--workers", "1",
                   "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                   "--artifacts-destination", str(folder / "artifacts")], folder / "server.log", env=env)
