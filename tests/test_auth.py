@@ -205,8 +205,13 @@ def test_ray_refuses_job_submit_and_driver_without_the_token(ray_token_head, tmp
 
 def test_ray_with_the_token_runs_a_job_and_a_sweep(ray_token_head, tmp_path):
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_token_head["token"])}
-    out = subprocess.run(["ray", "job", "submit", "--address", ray_token_head["dashboard"], "--", "echo", "hello-job"],
-                         env=ray_env(**env), capture_output=True, text=True, timeout=300)
+
+    def submitted():  # the head's job agent registers a while after the dashboard answers
+        out = subprocess.run(["ray", "job", "submit", "--address", ray_token_head["dashboard"], "--", "echo", "hello-job"],
+                             env=ray_env(**env), capture_output=True, text=True, timeout=300)
+        return None if "No available agent" in out.stdout + out.stderr else out
+
+    out = wait_for(submitted, "the head's job agent", timeout=600, every=5)
     assert out.returncode == 0 and "hello-job" in out.stdout, out.stdout + out.stderr
     path = sweep_file(tmp_path, "tokened")
     out = sweep([str(path), "--address", ray_token_head["address"], "--storage", str(tmp_path / "results"),
