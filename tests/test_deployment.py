@@ -51,7 +51,8 @@ def http(url: str, body: dict | None = None, auth: tuple[str, str] | None = None
         request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
-            return r.status, json.load(r)
+            text = r.read().decode()
+            return r.status, json.loads(text) if text.startswith("{") else {}
     except urllib.error.HTTPError as e:
         return e.code, {}
 
