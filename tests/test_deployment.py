@@ -209,10 +209,11 @@ def test_s3_sweep_with_killed_driver_resumes_from_the_store(stack):
     continues from the store, and the pruner leaves one checkpoint per finished trial there."""
     args = TINY + " --set train.lr=2e-4"  # a sweep of its own (another fingerprint)
     driver = f"{stack.project}-killed"
+    before = {p.split("/")[2] for p in stack.store("ray-results") if p.count("/") >= 2}  # earlier sweeps' folders
     stack.sweep(args, driver)
 
     def finished():
-        return [p for p in stack.store("ray-results") if "/metaocl/finished/" in p]
+        return [p for p in stack.store("ray-results") if "/metaocl/finished/" in p and p.split("/")[2] not in before]
     wait_for(finished, "a finished trial in the store", 900, every=3)
     sh("docker", "kill", driver)
     sh("docker", "rm", "-f", driver, check=False)
@@ -223,7 +224,8 @@ def test_s3_sweep_with_killed_driver_resumes_from_the_store(stack):
     assert "trials: 2 done, 0 failed" in logs, logs[-3000:]
     keys = stack.store("ray-results")
     experiments = {k.split("/")[2] for k in keys if "/metaocl/sweep.json" in k}
-    resumed = [e for e in experiments if any(k.startswith(f"metaocl/ray-results/{e}/metaocl/finished/") for k in keys)]
+    resumed = [e for e in experiments - before]
+    assert len(resumed) == 1, (experiments, before)
     checkpoints: dict[str, list[str]] = {}
     for k in keys:
         parts = k.split("/")
