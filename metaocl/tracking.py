@@ -410,3 +410,35 @@ def check_reachable(uri: str) -> None:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ConfigError(f"MLflow tracking URI {uri} is unreachable ({reason})") from None
+    check_credentials(uri)
+
+
+def check_credentials(uri: str) -> None:
+    """An MLflow server with authentication (``mlflow server --app-name basic-auth``) must accept the
+    credentials in ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (or
+    ``MLFLOW_TRACKING_TOKEN``), as every MLflow client here sends them; else one line. One read request."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 401 and not (user and password) and not token:
+            raise ConfigError(f"MLflow server {uri} asks for credentials: set MLFLOW_TRACKING_USERNAME and "
+                              "MLFLOW_TRACKING_PASSWORD") from None
+        if e.code == 401:
+            who = f"user {user!r}" if user and password else "MLFLOW_TRACKING_TOKEN"
+            raise ConfigError(f"MLflow server {uri} refused the credentials of {who} (MLFLOW_TRACKING_USERNAME / "
+                              "MLFLOW_TRACKING_PASSWORD)") from None
+        if e.code == 403:
+            raise ConfigError(f"MLflow server {uri}: user {user!r} may not read experiments there") from None
+    except OSError:  # reachable a moment ago (/health): MLflow's own client reports what follows
+        pass

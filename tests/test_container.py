@@ -282,9 +282,14 @@ class Compose:
         return self("ps", "-q", service).stdout.strip()
 
     def api(self, path: str, body: dict | None = None):
+        """MLflow's REST API as its admin (the server has authentication: docs/deployment.md)."""
+        import base64
+
+        password = self("exec", "-T", "mlflow", "cat", "/secrets/mlflow-admin-password").stdout.strip()
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"http://127.0.0.1:{self.mlflow_port}{path}", data=data,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", "Authorization":
+                                                  "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()})
         with urllib.request.urlopen(request, timeout=20) as r:
             return json.load(r)
 
@@ -302,12 +307,16 @@ class Compose:
         return runs
 
     def up(self):
-        self("up", "-d", "--no-build", "mlflow", "ray-head", "ray-cpu-worker")
+        if sh("docker", "image", "inspect", "metaocl-postgres:latest", check=False).returncode != 0:
+            base = os.environ.get("METAOCL_BASE_IMAGE") or sh(str(ROOT / "docker" / "local-base.sh"), timeout=900).stdout.strip()
+            self("build", "postgres", env={"METAOCL_BASE_IMAGE": base})
+        self("up", "-d", "--no-build", "mlflow", "ray-head", "ray-cpu-worker", check=False)
 
         def ready():
+            self("up", "-d", "--no-build", "ray-cpu-worker", check=False)  # once the head is healthy
             try:
                 self.api("/api/2.0/mlflow/experiments/search?max_results=1")
-            except OSError:
+            except (OSError, AssertionError):
                 return False
             status = self("exec", "-T", "ray-head", "ray", "status", check=False, timeout=60).stdout
             return status.count("node_") >= 2  # head and worker joined
@@ -316,15 +325,18 @@ class Compose:
 
 def attempts(compose: Compose, sweep_name: str, with_finished: bool = False):
     """Every attempt of every trial of `sweep_name` (the sweep ledger's attempts/*.json: trial,
-    node_ip, from_checkpoint), read from the shared runs volume; ``with_finished``: also the trials
-    finished (ledger's finished/ markers), read at the same moment."""
-    script = ("import json, pathlib, sys\n"
-              "root = pathlib.Path('/runs/metaocl-results')\n"
-              "for p in root.glob(f'metaocl-{sys.argv[1]}-*/metaocl/attempts/*.json'):\n"
-              "    print(p.read_text())\n"
-              "print(json.dumps({'finished': [p.name for p in root.glob(f'metaocl-{sys.argv[1]}-*/metaocl/finished/*')]}))\n")
-    out = sh("docker", "run", "--rm", "-v", f"{compose.project}_runs:/runs", "--entrypoint", "python", IMAGE,
-             "-c", script, sweep_name).stdout
+    node_ip, from_checkpoint), read from the S3 store (METAOCL_RESULTS) with the stack's keys;
+    ``with_finished``: also the trials finished (the ledger's finished/ markers), read at the same moment."""
+    script = ("import fnmatch, json, sys; from pyarrow import fs\n"
+              "f, root = fs.FileSystem.from_uri('s3://metaocl/ray-results')\n"
+              "done = []\n"
+              "for i in f.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True)):\n"
+              "    if fnmatch.fnmatch(i.path, f'*/metaocl-{sys.argv[1]}-*/metaocl/attempts/*.json'):\n"
+              "        print(f.open_input_stream(i.path).read().decode())\n"
+              "    elif fnmatch.fnmatch(i.path, f'*/metaocl-{sys.argv[1]}-*/metaocl/finished/*'):\n"
+              "        done.append(i.path.rsplit('/', 1)[1])\n"
+              "print(json.dumps({'finished': done}))\n")
+    out = compose("exec", "-T", "ray-head", "python", "-c", script, sweep_name).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     tried = [r for r in rows if "finished" not in r]
     return (tried, set(rows[-1]["finished"])) if with_finished else tried

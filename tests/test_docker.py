@@ -29,6 +29,10 @@ KUBERAY = ROOT / "docker" / "kuberay"
 SMOKE = ROOT / "docker" / "smoke.sh"
 DOCKER_README = ROOT / "docker" / "README.md"
 IMAGE = "metaocl:latest"
+COMPOSE_IMAGE = "${METAOCL_IMAGE:-metaocl:latest}"  # compose's image: metaocl:latest unless METAOCL_IMAGE names another
+# Compose services that run no metaocl code: the database (its own image, docker/postgres/) and the
+# one-shot service that makes the secrets.
+SUPPORT_SERVICES = {"postgres", "secrets"}
 
 # CUDA version of the default Linux x86_64 wheel of each torch release on PyPI (what
 # `pip install torch==X` installs, and what the pytorch/pytorch image of the same tag carries).
@@ -49,7 +53,7 @@ def requirement_pins() -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if "==" in line:
             name, version = line.split("==", 1)
-            pins[re.sub(r"\[.*\]", "", name).strip().lower()] = version.strip()
+            pins[re.sub(r"\[.*\]", "", name).strip().lower()] = version.split(";", 1)[0].strip()  # marker dropped
     return pins
 
 
@@ -310,8 +314,9 @@ def test_volume_mount_points_exist_in_the_image_and_belong_to_the_user(dockerfil
     made = set(prepare.split("mkdir -p", 1)[1].split("&&")[0].split())
     targets = {
         mount.split(":")[1]
-        for service in compose["services"].values()
+        for name, service in compose["services"].items()
         for mount in service.get("volumes", [])
+        if name not in SUPPORT_SERVICES and not mount.startswith("secrets:")  # made (root) by the secrets service
     }
     missing = {t for t in targets if not any(d == t or d.startswith(t + "/") for d in made)}
     assert not missing, f"compose mounts {missing}, which the image does not create for its user"
@@ -325,16 +330,28 @@ def test_volume_mount_points_exist_in_the_image_and_belong_to_the_user(dockerfil
 
 def test_compose_services_use_the_one_image(compose):
     for name, service in compose["services"].items():
-        assert service["image"] == IMAGE, name
+        if name == "postgres":
+            assert service["build"]["context"] == "postgres" and (COMPOSE.parent / "postgres" / "Dockerfile").is_file()
+            continue
+        assert service["image"] == COMPOSE_IMAGE, name
         assert service["build"]["context"] == ".." and service["build"]["dockerfile"] == "Dockerfile", name
         assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
+
+
+def _argv(service: dict) -> list[str]:
+    """What a service runs; a `bash -c SCRIPT NAME` entrypoint (a wrapper that ends in `exec NAME "$@"`)
+    counts as NAME."""
+    entrypoint = service.get("entrypoint", [])
+    if entrypoint[:2] == ["bash", "-c"] and len(entrypoint) == 4 and f'exec {entrypoint[3]} "$$@"' in entrypoint[2]:
+        entrypoint = entrypoint[3:]
+    return entrypoint + service.get("command", [])
 
 
 def _service_with_command(compose: dict, *words: str) -> tuple[str, dict]:
     found = [
         (name, s)
         for name, s in compose["services"].items()
-        if (s.get("entrypoint", []) + s.get("command", []))[: len(words)] == list(words)
+        if _argv(s)[: len(words)] == list(words)
     ]
     assert len(found) == 1, f"expected one service running {' '.join(words)}"
     return found[0]
@@ -354,7 +371,7 @@ def test_compose_addresses_name_the_services_and_ports(compose):
 
     # every Ray/metaocl container gets both
     for name, service in compose["services"].items():
-        if name != mlflow_name:
+        if service.get("entrypoint") == ["ray"] or name == "sweep":
             assert {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"} <= set(envs[name]), name
 
     worker_name, worker = _service_with_command(compose, "ray", "start", f"--address={head_name}:{head_port}")
@@ -445,7 +462,7 @@ def test_compose_cpu_override_starts_no_gpu_service(compose):
                if s.get("entrypoint") == ["ray"] and ray_start_flags(s["command"]).get("address")]
     assert workers == ["ray-cpu-worker"], workers
     worker = merged["services"]["ray-cpu-worker"]
-    assert worker["image"] == IMAGE and worker["environment"] == compose["services"]["ray-worker"]["environment"]
+    assert worker["image"] == COMPOSE_IMAGE and worker["environment"] == compose["services"]["ray-worker"]["environment"]
     assert ray_start_flags(worker["command"])["address"] == compose["services"]["ray-worker"]["environment"]["RAY_ADDRESS"]
     assert worker["volumes"] == compose["services"]["ray-worker"]["volumes"]
     # the head keeps its role (port, dashboard) and takes trials too, with as many CPUs as a worker

@@ -32,8 +32,11 @@ STATE_DIR = "metaocl"  # our files inside the Ray experiment folder
 
 
 def default_storage() -> str:
-    """Where Ray keeps trial state: ``$METAOCL_RESULTS`` or ``./metaocl-results``."""
-    return str(Path(os.environ.get("METAOCL_RESULTS", Path.cwd() / "metaocl-results")).resolve())
+    """Where Ray keeps trial state: ``$METAOCL_RESULTS`` (a folder or a storage URI) or ``./metaocl-results``."""
+    value = os.environ.get("METAOCL_RESULTS")
+    if value and is_uri(value):
+        return value.rstrip("/")
+    return str(Path(value or Path.cwd() / "metaocl-results").resolve())
 
 
 def is_uri(path: str) -> bool:

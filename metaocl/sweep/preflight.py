@@ -69,6 +69,8 @@ def init_ray(address: str | None, num_cpus: int | None = None, env_vars: dict[st
                 socket.create_connection(hostport, timeout=5).close()
             except OSError as e:
                 raise ConfigError(f"Ray address {address} is unreachable ({e.strerror or e})") from None
+            if not address.startswith("ray://"):
+                check_ray_token(address)
             if hostport[0].startswith("127.") and not address.startswith("ray://"):
                 extra["_node_ip_address"] = hostport[0]  # a loopback cluster: this driver is on its head
         try:
@@ -82,6 +84,41 @@ def init_ray(address: str | None, num_cpus: int | None = None, env_vars: dict[st
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              _node_ip_address=LOCAL_NODE_IP, **common)
     return "the local Ray instance"
+
+
+def check_ray_token(address: str) -> None:
+    """A cluster with token authentication (``RAY_AUTH_MODE=token`` on its nodes) refuses a driver
+    without its token: say so in one line at once (``ray.init`` would retry for 20 s and then report
+    only "Failed to connect"). The token comes from ``RAY_AUTH_MODE=token`` plus ``RAY_AUTH_TOKEN``
+    or ``RAY_AUTH_TOKEN_PATH`` (docs/deployment.md). One GCS request; any other failure is left to
+    ``ray.init``."""
+    import threading
+
+    import ray._raylet
+    from ray.exceptions import AuthenticationError
+
+    refused = []
+
+    def probe() -> None:
+        try:
+            ray._raylet.GcsClient(address=address)
+        except AuthenticationError:
+            refused.append(True)
+        except Exception:  # not an authentication problem: ray.init reports it
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout=10)  # a GCS answers in milliseconds; whatever else listens there is ray.init's to report
+    if refused:
+        mode = os.environ.get("RAY_AUTH_MODE", "")
+        if mode != "token":
+            why = "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+        elif os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+            why = "the token in RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH is not the cluster's"
+        else:
+            why = "RAY_AUTH_MODE=token but no token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+        raise ConfigError(f"Ray at {address} refused this driver (token authentication): {why}")
 
 
 def _alive_nodes() -> list[dict]:
