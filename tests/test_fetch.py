@@ -234,7 +234,7 @@ def test_no_fetch_refuses_what_is_not_cached(hub, tmp_path):
     assert r.returncode == 2
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("metaocl: error: ") and line.endswith(
-        f"batch_size.yaml: model.name: model '{REPO}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+        f"--set model.name={REPO}: model '{REPO}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
         "(a local folder, a builtin (tiny-gpt-neox, tiny-t5), or a cached hub name)")
     assert not hub.requests and sorted(p.name for p in runs.iterdir()) == []
 
@@ -279,9 +279,9 @@ def test_all_dry_run_prints_the_plan_for_every_paper_sweep(tmp_path):
 
     r = cli(["sweep", *ALL_TINY, "--dry-run"], tmp_path, {"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
-    for name in PAPER_SWEEPS:
-        assert f"\n{name} " in r.stdout
-    assert f"{len(PAPER_SWEEPS)} sweeps, " in r.stdout and not list(tmp_path.iterdir())
+    for name in PAPER_SWEEPS:  # the plan of every sweep (metaocl.sweep.plan), then the paper's total
+        assert f"\nsweep {name}: " in r.stdout
+    assert "\ntotal: " in r.stdout and not list(tmp_path.iterdir())
 
 
 def test_all_refuses_a_key_no_sweep_has(tmp_path):

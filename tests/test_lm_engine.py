@@ -263,6 +263,7 @@ def hf_trainer_plan(n_rows: int, per_device: int, gas: int, epochs: int) -> list
     return out
 
 
+@pytest.mark.slow  # trains (optimizer steps of a tiny model)
 @pytest.mark.parametrize("n_rows,batch,gas,epochs", [(37, 16, 4, 5), (37, 64, 16, 4), (40, 16, 4, 3), (37, 8, 1, 2)])
 def test_accumulation_takes_the_hf_trainers_steps_across_epochs(n_rows, batch, gas, epochs):
     """Known answer: the steps train_one_epoch takes, and the slices in each, are those of the
@@ -296,6 +297,7 @@ def test_accumulation_takes_the_hf_trainers_steps_across_epochs(n_rows, batch, g
     assert ctx.accumulation.steps == total and ctx.scheduler.last_epoch == total
 
 
+@pytest.mark.slow  # trains
 def test_accumulation_checkpoint_between_epochs_resumes_exactly():
     """A checkpoint taken at an epoch end while slices wait in .grad (37 rows, slices of 4, every 4:
     10 slices per epoch, 2 left over) continues to the same weights as an uninterrupted run."""

@@ -65,6 +65,7 @@ class Saving:
         return None
 
 
+@pytest.mark.slow  # trains (a few optimizer steps of a one-layer model)
 def test_checkpoints_every_minutes_and_at_stage_boundaries_with_a_fake_clock():
     config = from_dict(SetInclusionConfig, {"train": {"stage1_epochs": 5, "stage2_epochs": 3, "checkpoint_minutes": 1},
                                             "eval": {"every": 2}})
@@ -81,6 +82,7 @@ def test_checkpoints_every_minutes_and_at_stage_boundaries_with_a_fake_clock():
     assert reporter.rows[2]["perf/checkpoints"] == 1  # the unit-3 checkpoint, reported with the next evaluation
 
 
+@pytest.mark.slow  # trains (a few optimizer steps of a one-layer model)
 @pytest.mark.parametrize("minutes, expected", [(0, [(4, 0), (2, 1)]), (None, [(0, 0), (0, 0)]), (600, [(0, 0), (0, 1)])])
 def test_checkpoint_counts_of_the_extremes(minutes, expected):
     config = from_dict(SetInclusionConfig, {"train": {"stage1_epochs": 5, "stage2_epochs": 3,
@@ -93,7 +95,9 @@ def test_checkpoint_counts_of_the_extremes(minutes, expected):
 
 
 def test_two_stage_pythia_2_8b_checkpoint_bytes_known_answer():
-    config = load_sweep("two_stage").trials()[0].config  # Pythia-2.8B, fp32 weights, Adafactor
+    # Pythia-2.8B, fp32 weights, Adafactor; a trial that trains stage 1 whole (the sweep's trials start
+    # stage 2 from stage-1 epoch 15, the figure's; a stage-1 unit trains all 20)
+    config = load_sweep("two_stage", overrides=["train.stage2_from_epoch=null"]).trials()[0].config
     n = PYTHIA_2_8B_PARAMS
     assert config.train.checkpoint_minutes == 30
     assert staged.checkpoint_bytes(config, n, optimizer_state=False) == 4 * n == 11_100_835_840
