@@ -308,11 +308,17 @@ def train_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[floa
         try:
             return _accumulate_and_step(ctx, enc, idx)
         except RuntimeError as e:
-            if not (ctx.auto_micro and is_oom(e) and ctx.micro_batch_size > 1):
-                raise
-            ctx.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            ctx.micro_batch_size //= 2
+            _halve_micro_batch_after_oom(ctx, e)
+
+
+def _halve_micro_batch_after_oom(ctx: StepContext, e: RuntimeError) -> None:
+    """After CUDA out-of-memory with an automatic micro-batch: drop the partial gradient, free the
+    cache and halve the micro-batch (the caller redoes the work); any other error is raised again."""
+    if not (ctx.auto_micro and is_oom(e) and ctx.micro_batch_size > 1):
+        raise e
+    ctx.optimizer.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    ctx.micro_batch_size //= 2
 
 
 def _accumulate_and_step(ctx: StepContext, enc: Encoded, idx: Sequence[int]) -> tuple[float, int]:
@@ -377,11 +383,7 @@ def _slice_backward(ctx: StepContext, acc: Accumulation, enc: Encoded, idx: Sequ
                 _backward(ctx, enc, waiting, acc.every)
             return _backward(ctx, enc, idx, acc.every)
         except RuntimeError as e:
-            if not (ctx.auto_micro and is_oom(e) and ctx.micro_batch_size > 1):
-                raise
-            ctx.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            ctx.micro_batch_size //= 2
+            _halve_micro_batch_after_oom(ctx, e)
             replay = list(acc.pending)
 
 
