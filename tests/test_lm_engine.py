@@ -351,3 +351,37 @@ def test_seq2seq_faithful_labels_are_padded_with_the_pad_id_to_label_block_size(
     assert b.decoder_attention_mask.tolist() == [[1] * 4] * 2 and b.n_target == 8
     plain = engine.collate(enc, [0, 1], pad_id=0, decoder_start_id=0)  # ours: answer + EOS only
     assert plain.target.tolist()[0] == [11, 12, 1, engine.IGNORE, engine.IGNORE, engine.IGNORE] and plain.n_target == 9
+
+
+@pytest.mark.slow  # trains
+def test_out_of_memory_halves_an_automatic_micro_batch_and_redoes_the_same_step():
+    """A model that runs out of memory on micro-batches over 2 rows: the step halves 8 -> 4 -> 2 and
+    then takes exactly the step a micro-batch of 2 takes from the start (same weights after it)."""
+    split = toy_split(4, definitions=False)
+    train_rows = list(range(4)) * 2  # a batch of 8 rows: each of the 4 QA pairs twice
+
+    def run(micro: int, auto: bool, limit: int | None):
+        loaded = tiny("tiny-gpt-neox", split)
+        enc = engine.encode(split, loaded.tokenizer, False)
+        ctx = make_ctx(loaded, batch_size=len(train_rows), micro=micro)
+        ctx.auto_micro = auto
+        if limit is not None:
+            forward = loaded.model.forward
+
+            def small_memory(*args, **kwargs):
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                if ids is not None and ids.shape[0] > limit:
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                return forward(*args, **kwargs)
+
+            loaded.model.forward = small_memory
+        loss, _ = engine.train_step(ctx, enc, train_rows)
+        return ctx.micro_batch_size, loss, [p.detach().clone() for p in loaded.model.parameters()]
+
+    micro, loss, weights = run(len(train_rows), True, 2)
+    ref_micro, ref_loss, ref_weights = run(2, False, None)
+    assert micro == ref_micro == 2
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights, ref_weights))
+    with pytest.raises(RuntimeError, match="out of memory"):  # not automatic: the error is the user's to see
+        run(len(train_rows), False, 2)
