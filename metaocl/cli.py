@@ -290,6 +290,9 @@ def console() -> None:
         code = main()
     except SystemExit as e:  # argparse's --help and usage errors
         code = e.code
+    except BrokenPipeError:  # `metaocl list | head`: the reader has gone; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
+        code = 141  # as a shell reports SIGPIPE
     except Exception:  # a bug: the traceback Python would print, and its exit status
         sys.excepthook(*sys.exc_info())
         code = 1

@@ -15,7 +15,7 @@ compare (grid keys, seed, model) and the verdicts. The chart view then shows the
 means and CI bounds beside every trial's curves, one chart per metric.
 
 **The server.** ``mlflow ui`` starts uvicorn, which starts workers, and a job runner (huey
-consumers); a signal to ``mlflow ui`` alone does not reliably take them down (issue 18 saw the port
+consumers); a signal to ``mlflow ui`` alone does not reliably take them down (the port was seen
 still served after ``kill`` and after a SIGTERM to the process group). So the server runs in a
 session of its own, and on SIGTERM or SIGINT (Ctrl-C, ``docker stop``) ``metaocl ui`` terminates every
 process of that session and every descendant, waits, kills what is left, and only then exits. If

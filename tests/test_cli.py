@@ -164,3 +164,18 @@ def test_console_prints_a_bug_as_a_traceback_and_exits_1():
     assert subprocess.run(usage + ["--help"], capture_output=True, text=True, timeout=120).returncode == 0
     bad = subprocess.run(usage + ["frobnicate"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_console_output_cut_short_by_its_reader_is_quiet():
+    """`metaocl list | head -1`: the reader has closed the pipe (here before the command writes at
+    all); no BrokenPipeError traceback, the status a shell gives SIGPIPE."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    try:
+        out = subprocess.run([sys.executable, "-c", "from metaocl.cli import console; console()", "list"],
+                             stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert out.returncode == 141 and "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
