@@ -246,7 +246,8 @@ def test_docker_stop_leaves_killed_runs_and_resume_continues(image, tmp_path):
     assert parent["status"] == "KILLED"
     assert {r["status"] for r in stopped if r["tags"].get("metaocl.role") == "trial"} <= {"KILLED", "FINISHED"}
     killed = {r["id"]: r for r in stopped if r["tags"].get("metaocl.role") == "trial" and r["status"] == "KILLED"}
-    assert killed and all(r["metrics"] > 0 for r in killed.values())  # stopped after it had reported
+    # the stop came after a trial had reported (a trial that had only just started may have nothing yet)
+    assert killed and any(r["metrics"] > 0 for r in killed.values())
     assert "--resume" in logs
 
     sh("docker", "run", "--rm", "--shm-size=1g", *mounts, image, *sweep, "--resume", timeout=900)
