@@ -71,3 +71,12 @@ def wait_for(check, what: str, timeout: float = WAIT_S, every: float = 0.2):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a command (docker, docker-compose, ...) and capture its output; with ``check`` a non-zero
+    exit is an AssertionError carrying the ends of its stdout and stderr."""
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from processes import free_port, wait_for
+from processes import free_port, sh, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -31,13 +31,6 @@ UID = 1000  # the image's user (Dockerfile APP_UID)
 # quickstart --smoke, made tinier: two seeds (two trials), two stages, seconds of training each.
 TINY = ["--smoke", "--set", "data.n_variables=60", "--set", "train.stage1_epochs=1"]
 EXPERIMENT = "metaocl/quickstart-smoke"
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def docker_reachable() -> bool:

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from processes import wait_for
+from processes import free_port, sh, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -29,19 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("METAOCL_IMAGE", "metaocl:latest")
 TINY = "--smoke --set data.n_variables=60 --set train.stage1_epochs=1"
 EXPERIMENT = "metaocl/quickstart-smoke"
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(url: str, body: dict | None = None, auth: tuple[str, str] | None = None) -> tuple[int, dict]:
