@@ -144,7 +144,7 @@ def _cluster_of(sweep, address: str | None, gpu_type: str | None):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from metaocl.tracking import check_reachable, describe_store, tracking_uri
+    from metaocl.mlflow_layout import check_reachable, describe_store, tracking_uri
 
     if args.all or not args.sweep:
         if args.all == bool(args.sweep):
@@ -233,7 +233,7 @@ def _sequential_sweep(sweep, uri: str, args: argparse.Namespace, run):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from metaocl.tracking import check_reachable, describe_store, tracking_uri
+    from metaocl.mlflow_layout import check_reachable, describe_store, tracking_uri
 
     sweep = load_sweep(args.sweep, smoke=args.smoke, seeds=1 if not args.trial else None, overrides=args.overrides)
     trials = sweep.trials()

@@ -373,24 +373,30 @@ class Sweep:
     def sequential_tags(self) -> tuple[tuple[str, str], ...]:
         """Parent-run tags of one look's invocation (none for an ordinary sweep): read back by the
         report (:func:`metaocl.report.runs.load_invocation`) to join the looks and test per look."""
+        from metaocl import mlflow_layout as layout
+
         if not self.look:
             return ()
-        tags = (("metaocl.sequential", f"{self.boundary}:{','.join(map(str, self.looks))}"),
-                ("metaocl.look", str(self.look)))
+        tags = ((layout.SEQUENTIAL_TAG, f"{self.boundary}:{','.join(map(str, self.looks))}"),
+                (layout.LOOK_TAG, str(self.look)))
         if self.previous_invocation:
-            tags += (("metaocl.previous_invocation", self.previous_invocation),)
+            tags += ((layout.PREVIOUS_INVOCATION_TAG, self.previous_invocation),)
         return tags
 
     @property
     def experiment_name(self) -> str:
         """The MLflow experiment this sweep tracks into (smoke runs kept apart)."""
-        return f"metaocl/{self.name}" + ("-smoke" if self.smoke else "")
+        from metaocl.mlflow_layout import experiment_name
+
+        return experiment_name(self.name, self.smoke)
 
     @property
     def run_experiment_name(self) -> str:
         """The MLflow experiment ``metaocl run`` tracks into: apart from the sweep's, so that a
         debugging run never enters a sweep's verdict."""
-        return self.experiment_name + "-run"
+        from metaocl.mlflow_layout import experiment_name
+
+        return experiment_name(self.name, self.smoke, run=True)
 
     def origin(self, key: str) -> str:
         """Where the value of config field ``key`` came from, as the user typed it: ``--set key=value``

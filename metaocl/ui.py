@@ -8,7 +8,7 @@
 experiment tag ``mlflow.sharedViewState.<key>`` holding JSON of the search facets and UI state, opened
 by ``#/experiments/<id>/runs?viewStateShareKey=<key>&compareRunsMode=CHART``. ``metaocl ui`` writes
 one such view per sweep invocation: its runs only (the search filter on ``metaocl.sweep_run_id``, see
-:mod:`metaocl.tracking`), sorted by role so that the flat list reads configurations, the sweep's
+:mod:`metaocl.mlflow_layout`), sorted by role so that the flat list reads configurations, the sweep's
 parent run, then its trials (a search filter with a sort other than "created" shows child runs as
 rows of their own instead of folded under the parent), and table columns for the params people
 compare (grid keys, seed, model) and the verdicts. The chart view then shows the parent's per-epoch
@@ -38,10 +38,10 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from metaocl import mlflow_layout as layout
 from metaocl.config import ConfigError
-from metaocl.tracking import CONFIGURATION_ROLE, SWEEP_RUN_TAG, check_reachable, tracking_uri
+from metaocl.mlflow_layout import VIEW_TAG_PREFIX, check_reachable, tracking_uri
 
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI: experiment tag of a shared view
 STOP_GRACE_S = 5.0
 SERVER_LOG = "mlflow-ui.log"  # beside the store: the server's own output, out of the terminal
 
@@ -78,9 +78,8 @@ class SweepView:
 
 def newest_sweep_run(client, experiment):
     """The newest parent run of a ``metaocl sweep`` (not ``metaocl run``) in ``experiment``, or ``None``."""
-    runs = client.search_runs([experiment.experiment_id], "tags.`metaocl.role` = 'sweep'",
-                              max_results=100, order_by=["attributes.start_time DESC"])
-    return next((r for r in runs if r.data.tags.get("metaocl.invocation", "sweep") == "sweep"), None)
+    runs = layout.sweep_parents(client, experiment.experiment_id)
+    return next((r for r in runs if r.data.tags.get(layout.INVOCATION_TAG, "sweep") == "sweep"), None)
 
 
 def view_state(parent, trials, aggregated: set[str]) -> dict:
@@ -92,20 +91,20 @@ def view_state(parent, trials, aggregated: set[str]) -> dict:
     (a chart marked deleted, which MLflow's UI then does not generate).
     """
     pid = parent.info.run_id
-    if parent.data.tags.get(SWEEP_RUN_TAG) == pid:
-        search = f"tags.`{SWEEP_RUN_TAG}` = '{pid}'"
+    if parent.data.tags.get(layout.SWEEP_RUN_TAG) == pid:
+        search = layout.invocation_filter(pid)
     else:  # a store written before the tag existed: the sweep's runs, every invocation
-        search = f"tags.`metaocl.sweep` = '{parent.data.tags.get('metaocl.sweep', '')}'"
+        search = f"tags.`{layout.SWEEP_TAG}` = '{parent.data.tags.get(layout.SWEEP_TAG, '')}'"
     grid_keys: list[str] = []
     params: set[str] = set()
     for t in trials:
         try:
-            grid_keys += [k for k in json.loads(t.data.tags.get("metaocl.grid") or "{}") if k not in grid_keys]
+            grid_keys += [k for k in json.loads(t.data.tags.get(layout.GRID_TAG) or "{}") if k not in grid_keys]
         except json.JSONDecodeError:
             pass
         params |= set(t.data.params)
     columns = [f"params.`{k}`" for k in grid_keys + ["seed", "model.name"] if k in params]
-    columns += ["metrics.`gap/meta_ocl`", "metrics.`gap/ocl`", "tags.`metaocl.verdict.meta_ocl`"]
+    columns += ["metrics.`gap/meta_ocl`", "metrics.`gap/ocl`", f"tags.`{layout.verdict_tag('gap/meta_ocl')}`"]
     pid8 = pid[:8]
     gaps = [m for m in ("gap/meta_ocl", "gap/ocl") if m in aggregated]
     gaps += sorted(m for m in aggregated if m.startswith("gap/") and m not in gaps)
@@ -122,7 +121,7 @@ def view_state(parent, trials, aggregated: set[str]) -> dict:
             charts.append(_line_chart(f"metaocl-{m}-{pid8}", uuid, m, [m, f"{m}_lo", f"{m}_hi"]))
             for bound in (f"{m}_lo", f"{m}_hi"):
                 charts.append(_line_chart(f"metaocl-{bound}-{pid8}", uuid, bound, [bound], deleted=True))
-    return {"searchFilter": search, "orderByKey": "tags.`metaocl.role`", "orderByAsc": True,
+    return {"searchFilter": search, "orderByKey": f"tags.`{layout.ROLE_TAG}`", "orderByAsc": True,
             "selectedColumns": columns, "compareRunSections": sections, "compareRunCharts": charts,
             "isAccordionReordered": True}
 
@@ -140,7 +139,7 @@ def sweep_views(client) -> list[SweepView]:
     """The view of the newest sweep of every ``metaocl/`` experiment, the newest sweep first."""
     views = []
     for exp in client.search_experiments():
-        if exp.name.startswith("metaocl/"):
+        if exp.name.startswith(layout.EXPERIMENT_PREFIX):
             parent = newest_sweep_run(client, exp)
             if parent is not None:
                 views.append((parent.info.start_time or 0, sweep_view(client, exp, parent)))
@@ -150,11 +149,8 @@ def sweep_views(client) -> list[SweepView]:
 def sweep_view(client, exp, parent) -> SweepView:
     """Write (or refresh) the shared view of one sweep invocation into its experiment."""
     pid = parent.info.run_id
-    trials = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = 'trial'",
-                                max_results=1000)
-    configurations = client.search_runs(
-        [exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = '{CONFIGURATION_ROLE}'",
-        max_results=1000)
+    trials = layout.child_runs(client, exp.experiment_id, pid, layout.TRIAL_ROLE)
+    configurations = layout.child_runs(client, exp.experiment_id, pid, layout.CONFIGURATION_ROLE)
     aggregated = {k[: -len("_lo")] for r in [parent, *configurations] for k in r.data.metrics if k.endswith("_lo")}
     key = f"metaocl-{pid}"
     value = json.dumps(view_state(parent, trials, aggregated), separators=(",", ":"))
@@ -360,25 +356,22 @@ def serve(cmd: list[str], base_url: str, log_path: str | None = None, ready_text
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri(args.tracking_uri)
-    if uri.startswith(("http://", "https://")):  # a server is its own UI
+    store = layout.parse_store(uri)
+    if store.server:  # a server is its own UI
         check_reachable(uri)  # a server that is down: one line, not MLflow's retries and traceback
-        views = sweep_views(MlflowClient(tracking_uri=uri))
-        print(f"{uri} is an MLflow server: it is its own UI")
-        print(describe(views, uri))
+        views = sweep_views(layout.client(uri))
+        print(f"{store.shown} is an MLflow server: it is its own UI")
+        print(describe(views, store.base_url))
         return 0
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep here first, or pass --tracking-uri")
+    layout.require_store(uri)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
     base_url = _health_url(args.host, args.port)
-    views = sweep_views(MlflowClient(tracking_uri=uri))
+    views = sweep_views(layout.client(uri))
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", str(args.workers), "--uvicorn-opts", "--no-access-log"]
-    folder = os.path.dirname(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else os.getcwd()
-    log_path = os.path.join(folder or ".", SERVER_LOG)
+    log_path = os.path.join(layout.log_folder(uri), SERVER_LOG)
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (starting; Ctrl-C stops it and every process it "
           f"started; the server's log: {log_path})", flush=True)
     return serve(cmd, base_url, log_path, describe(views, base_url))

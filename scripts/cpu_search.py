@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from metaocl import mlflow_layout as layout
 from metaocl.config import ConfigError, load_sweep, read_yaml, resolve_sweep_path
 
 DEFAULT_WORKDIR = Path(os.environ.get("METAOCL_SEARCH_DIR", "search-runs"))
@@ -75,8 +76,8 @@ def record_cost(uri: str, name: str, seed: int, cpu_s: float, wall_s: float, exa
 
     client = MlflowClient(uri)
     # `metaocl run` tracks into metaocl/NAME-run (older versions: metaocl/NAME, as a sweep)
-    exp = client.get_experiment_by_name(f"metaocl/{name}-run") or client.get_experiment_by_name(f"metaocl/{name}")
-    runs = client.search_runs([exp.experiment_id], f"tags.`metaocl.trial_id` = 's{seed}' and attributes.status = 'FINISHED'",
+    exp = client.get_experiment_by_name(layout.experiment_name(name, run=True)) or client.get_experiment_by_name(layout.experiment_name(name))
+    runs = client.search_runs([exp.experiment_id], f"tags.`{layout.TRIAL_ID_TAG}` = 's{seed}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise RuntimeError(f"no finished MLflow run of {name} seed {seed} in {uri}")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"cpu_search: error: {e}", file=sys.stderr)
         return 2
-    uri = f"sqlite:///{(args.workdir / 'mlflow.db').resolve()}"
+    uri = layout.sqlite_uri((args.workdir / layout.DEFAULT_STORE).resolve())
     env = dict(os.environ, METAOCL_TRIAL_CPUS="1", PYTHONUNBUFFERED="1")
     pending, running, failed = list(args.seeds), {}, []
     first = True

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from metaocl import mlflow_layout as layout  # noqa: E402
+
 COLORS = {"qd1consis": "tab:blue", "qd2incons": "tab:red", "d1consis": "tab:cyan", "d2consis": "tab:orange"}
 
 
@@ -25,12 +27,12 @@ def main() -> None:
     ap.add_argument("--db", default="mlflow.db")
     ap.add_argument("--experiment", default="metaocl/quickstart")
     args = ap.parse_args()
-    client = MlflowClient(f"sqlite:///{args.db}")
+    client = MlflowClient(layout.sqlite_uri(args.db))
     exp = client.get_experiment_by_name(args.experiment)
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("metaocl.role") == "trial"]
-    parent = max({r.data.tags["mlflow.parentRunId"] for r in runs},
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(layout.ROLE_TAG) == layout.TRIAL_ROLE]
+    parent = max({r.data.tags[layout.PARENT_TAG] for r in runs},
                  key=lambda p: client.get_run(p).info.start_time)  # the latest sweep invocation
-    runs = [r for r in runs if r.data.tags["mlflow.parentRunId"] == parent]
+    runs = [r for r in runs if r.data.tags[layout.PARENT_TAG] == parent]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for subset, color in COLORS.items():
         curves = defaultdict(list)

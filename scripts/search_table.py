@@ -23,6 +23,7 @@ import yaml
 
 from mlflow.tracking import MlflowClient
 
+from metaocl import mlflow_layout as layout
 from metaocl.report.stats import format_p, paired_effect
 
 SUBSETS = ("qd1consis", "qd2incons", "d1consis", "d2consis")
@@ -36,9 +37,9 @@ def candidate_trials(client: MlflowClient, experiment) -> dict[int, dict]:
     out: dict[int, dict] = {}
     for r in runs:
         m = r.data.metrics
-        if "cost/cpu_s" not in m or r.data.tags.get("metaocl.role") != "trial":
+        if "cost/cpu_s" not in m or r.data.tags.get(layout.ROLE_TAG) != layout.TRIAL_ROLE:
             continue
-        seed = int(r.data.params.get("seed", r.data.tags.get("metaocl.trial_id", "s-1")[1:]))
+        seed = int(r.data.params.get("seed", r.data.tags.get(layout.TRIAL_ID_TAG, "s-1")[1:]))
         if seed in out:
             continue
         curves = {s: {h.step: h.value for h in client.get_metric_history(r.info.run_id, f"acc/{s}")} for s in SUBSETS}
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="one row per seed set (seeds grouped by seed // 1000, issue 16's fresh sets), "
                          "and on how many sets each effect was reproduced")
     args = ap.parse_args(argv)
-    client = MlflowClient(f"sqlite:///{args.db}")
+    client = MlflowClient(layout.sqlite_uri(args.db))
     exps = {e.name.removeprefix("metaocl/").removesuffix("-run"): e  # `metaocl run` logs into metaocl/NAME-run
             for e in client.search_experiments() if e.name.startswith("metaocl/")}
     names = args.names or sorted(exps)

@@ -198,7 +198,7 @@ def test_trials_branching_from_a_stage1_unit_are_read_whole(tmp_path):
     import dataclasses
 
     from metaocl.config import Trial
-    from metaocl.tracking import STAGE1_RUN_TAG
+    from metaocl.mlflow_layout import STAGE1_RUN_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = load_sweep("quickstart", smoke=True, seeds=3)

@@ -22,8 +22,9 @@ import pytest
 from scipy import stats
 
 from metaocl.config import load_sweep
-from metaocl.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, SWEEP_RUN_TAG, SweepTracker,
-                              log_sweep_aggregates)
+from metaocl.mlflow_layout import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, SWEEP_RUN_TAG
+from metaocl.report.publish import log_sweep_aggregates
+from metaocl.tracking import SweepTracker
 from metaocl.ui import HOME_HINT, VIEW_TAG_PREFIX, sweep_views
 from processes import free_port, wait_for
 
@@ -295,7 +296,7 @@ def test_interim_verdicts_count_the_finished_trials_then_the_final_ones_replace_
     far (a RUNNING trial is not counted) and say so; the end of the sweep writes the final ones."""
     from mlflow.tracking import MlflowClient
 
-    from metaocl.tracking import log_interim_verdicts
+    from metaocl.report.publish import log_interim_verdicts
 
     uri, tracker = _write_sweep(tmp_path, "{}")
     client = MlflowClient(uri)

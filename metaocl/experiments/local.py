@@ -59,12 +59,12 @@ def run_single(trial: Trial, sweep: Sweep, tracking: str | None, echo: bool = Tr
     check_trial(trial, sweep)
     tracker = run_id = None
     if tracking:
+        from metaocl import mlflow_layout as layout
         from metaocl.tracking import SweepTracker
 
         tracker = SweepTracker(tracking, sweep.run_experiment_name,
                                f"{sweep.name}-{trial.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
-                               {"metaocl.role": "sweep", "metaocl.invocation": "run", "metaocl.sweep": sweep.name,
-                                "metaocl.kind": sweep.kind, "metaocl.smoke": str(sweep.smoke).lower()})
+                               {**layout.parent_tags(sweep.name, sweep.kind, sweep.smoke), layout.INVOCATION_TAG: "run"})
         tracker.start_parent()
         run_id = tracker.start_trial(trial, sweep.name, sweep.kind)
     reporter = TrackedReporter(tracker, run_id, interactive=sys.stderr.isatty(), echo=echo)

@@ -330,7 +330,7 @@ def make_report(
         raise
 
     if log_to_mlflow and runs.parent_run_id is not None:
-        from mlflow.tracking import MlflowClient
+        from metaocl import mlflow_layout as layout
 
-        MlflowClient(tracking_uri=tracking_uri).log_artifacts(runs.parent_run_id, str(out), artifact_path="report")
+        layout.client(tracking_uri).log_artifacts(runs.parent_run_id, str(out), artifact_path="report")
     return verdicts, runs

@@ -49,7 +49,7 @@ def sweep_name(text: str) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from metaocl.report.build import default_out_dir, make_report
-    from metaocl.tracking import check_reachable, tracking_uri
+    from metaocl.mlflow_layout import check_reachable, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     check_reachable(uri)

@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from metaocl import mlflow_layout as layout
 from metaocl.config import ConfigError
 
 USED_STATUS = "FINISHED"
-SEED_PARAM = "seed"
+SEED_PARAM = "seed"  # the param (flattened config) and the tag (layout.SEED_TAG) of a trial's seed
 
 
 @dataclass
@@ -234,32 +234,15 @@ def _short(v: Any) -> str:
     return str(v)
 
 
-def experiment_name(sweep: str, smoke: bool = False) -> str:
-    return f"metaocl/{sweep}" + ("-smoke" if smoke else "")
-
-
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token,
-            order_by=["attributes.start_time DESC"],
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _parse_grid(text: str | None, run_id: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
         grid = json.loads(text)
     except json.JSONDecodeError:
-        raise ConfigError(f"MLflow run {run_id}: tag metaocl.grid is not JSON: {text[:60]!r}") from None
+        raise ConfigError(f"MLflow run {run_id}: tag {layout.GRID_TAG} is not JSON: {text[:60]!r}") from None
     if not isinstance(grid, dict):
-        raise ConfigError(f"MLflow run {run_id}: tag metaocl.grid must be a JSON object, got {text[:60]!r}")
+        raise ConfigError(f"MLflow run {run_id}: tag {layout.GRID_TAG} must be a JSON object, got {text[:60]!r}")
     return grid
 
 
@@ -325,36 +308,24 @@ def _stitch(history: dict[str, dict[int, float]], stage1: dict[str, dict[int, fl
 def _trial_from_run(client, run, stage1_cache: dict | None = None) -> TrialRun:
     """One trial run; a trial that branched from a stage-1 unit (tag ``metaocl.stage1_run``) gets the
     unit's curves before its own, so every trial reads as one whole run."""
-    from metaocl.tracking import STAGE1_RUN_TAG
-
     tags = run.data.tags
     history = _run_history(client, run.info.run_id, run.data.metrics)
-    unit = tags.get(STAGE1_RUN_TAG)
+    unit = tags.get(layout.STAGE1_RUN_TAG)
     if unit:
         cache = {} if stage1_cache is None else stage1_cache
         if unit not in cache:
             cache[unit] = _run_history(client, unit, client.get_run(unit).data.metrics)
         _stitch(history, cache[unit])
-    seed_text = tags.get("seed", run.data.params.get(SEED_PARAM, "0"))
+    seed_text = tags.get(layout.SEED_TAG, run.data.params.get(SEED_PARAM, "0"))
     try:
         seed = int(float(seed_text))
     except ValueError:
         seed = 0
     return TrialRun(
-        run_id=run.info.run_id, trial_id=tags.get("metaocl.trial_id", run.info.run_id),
-        grid=_parse_grid(tags.get("metaocl.grid"), run.info.run_id), seed=seed, status=run.info.status,
+        run_id=run.info.run_id, trial_id=tags.get(layout.TRIAL_ID_TAG, run.info.run_id),
+        grid=_parse_grid(tags.get(layout.GRID_TAG), run.info.run_id), seed=seed, status=run.info.status,
         params=dict(run.data.params), history=history,
     )
-
-
-def _client(tracking_uri: str, what: str):
-    from mlflow.tracking import MlflowClient
-
-    if tracking_uri.startswith("sqlite:///"):
-        path = tracking_uri[len("sqlite:///"):]
-        if not os.path.isfile(path):  # do not let MLflow create an empty store as a side effect
-            raise ConfigError(f"{what}: no MLflow store at {path} (run `metaocl sweep` first, or pass --tracking-uri)")
-    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def load_invocation(tracking_uri: str, experiment: str | None, parent_run_id: str | None = None,
@@ -367,7 +338,7 @@ def load_invocation(tracking_uri: str, experiment: str | None, parent_run_id: st
     experiment, parent or store, for trials of one configuration whose configs differ in more than
     the seed, and, unless ``allow_empty``, when no trial run is usable.
     """
-    client = _client(tracking_uri, f"report {experiment or parent_run_id}")
+    client = layout.client(tracking_uri, f"report {experiment or parent_run_id}")
     if experiment is None:
         if parent_run_id is None:
             raise ValueError("load_invocation needs an experiment or a parent run id")
@@ -385,7 +356,7 @@ def load_invocation(tracking_uri: str, experiment: str | None, parent_run_id: st
 def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty: bool) -> SweepRuns:
     name = exp.name
     if parent_run_id is None:
-        parents = _search_all(client, exp.experiment_id, "tags.`metaocl.role` = 'sweep'")
+        parents = layout.sweep_parents(client, exp.experiment_id)
         if not parents:
             raise ConfigError(f"experiment {name!r} at {tracking_uri} has no sweep (parent) run; "
                               "runs of `metaocl run` are never part of a report")
@@ -397,27 +368,25 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
             raise ConfigError(f"--parent {parent_run_id}: no such run at {tracking_uri}") from None
         if parent.info.experiment_id != exp.experiment_id:
             raise ConfigError(f"--parent {parent_run_id}: that run is not in experiment {name!r}")
-        if parent.data.tags.get("metaocl.role") != "sweep":
-            raise ConfigError(f"--parent {parent_run_id}: not a sweep run (tag metaocl.role="
-                              f"{parent.data.tags.get('metaocl.role')!r}, expected 'sweep')")
+        if parent.data.tags.get(layout.ROLE_TAG) != layout.SWEEP_ROLE:
+            raise ConfigError(f"--parent {parent_run_id}: not a sweep run (tag {layout.ROLE_TAG}="
+                              f"{parent.data.tags.get(layout.ROLE_TAG)!r}, expected {layout.SWEEP_ROLE!r})")
     pid = parent.info.run_id
-    children = _search_all(client, exp.experiment_id,
-                           f"tags.mlflow.parentRunId = '{pid}' and tags.`metaocl.role` = 'trial'")
+    children = layout.child_runs(client, exp.experiment_id, pid, layout.TRIAL_ROLE)
     chosen: dict[str, Any] = {}
     left_out: dict[str, list[str]] = {}
     # A look of a group-sequential sweep: the trials of the looks before it belong to the same test.
     looks_parents = [pid]
-    previous = parent.data.tags.get("metaocl.previous_invocation")
+    previous = parent.data.tags.get(layout.PREVIOUS_INVOCATION_TAG)
     while previous and previous not in looks_parents:
         looks_parents.insert(0, previous)
-        children += _search_all(client, exp.experiment_id,
-                                f"tags.mlflow.parentRunId = '{previous}' and tags.`metaocl.role` = 'trial'")
+        children += layout.child_runs(client, exp.experiment_id, previous, layout.TRIAL_ROLE)
         try:
-            previous = client.get_run(previous).data.tags.get("metaocl.previous_invocation")
+            previous = client.get_run(previous).data.tags.get(layout.PREVIOUS_INVOCATION_TAG)
         except Exception:  # MlflowException: the earlier look's run is gone
             raise ConfigError(f"parent run {pid}: its earlier look {previous} is not at {tracking_uri}") from None
     for run in children:  # newest first: should a trial id occur twice, the newest run counts
-        tid = run.data.tags.get("metaocl.trial_id", run.info.run_id)
+        tid = run.data.tags.get(layout.TRIAL_ID_TAG, run.info.run_id)
         if run.info.status != USED_STATUS:
             left_out.setdefault(run.info.status, []).append(f"{tid} (run {run.info.run_id})")
             continue
@@ -425,16 +394,16 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
     for names in left_out.values():
         names.sort()
     units: dict = {}  # stage-1 unit run id -> its history, read once for all its trials
-    kind = parent.data.tags.get("metaocl.kind") or next(
-        (r.data.tags["metaocl.kind"] for r in children if r.data.tags.get("metaocl.kind")), None)
+    kind = parent.data.tags.get(layout.KIND_TAG) or next(
+        (r.data.tags[layout.KIND_TAG] for r in children if r.data.tags.get(layout.KIND_TAG)), None)
     if kind is None:
-        raise ConfigError(f"parent run {pid} of {name!r} has no tag metaocl.kind; cannot tell the headline measure")
+        raise ConfigError(f"parent run {pid} of {name!r} has no tag {layout.KIND_TAG}; cannot tell the headline measure")
     runs = SweepRuns(
-        sweep=parent.data.tags.get("metaocl.sweep") or name.removeprefix("metaocl/").removesuffix("-smoke"),
+        sweep=parent.data.tags.get(layout.SWEEP_TAG) or layout.sweep_of_experiment(name),
         experiment_name=name, tracking_uri=tracking_uri, kind=kind, parent_run_id=pid,
         configurations=group_trials(_trial_from_run(client, chosen[t], units) for t in sorted(chosen)),
-        left_out=left_out, sequential=parent.data.tags.get("metaocl.sequential", ""),
-        looks_parents=looks_parents if len(looks_parents) > 1 else [], smoke=parent.data.tags.get("metaocl.smoke") == "true",
+        left_out=left_out, sequential=parent.data.tags.get(layout.SEQUENTIAL_TAG, ""),
+        looks_parents=looks_parents if len(looks_parents) > 1 else [], smoke=parent.data.tags.get(layout.SMOKE_TAG) == "true",
     )
     if not runs.configurations and not allow_empty:
         extra = f"; {runs.left_out_text()}" if left_out else ""
@@ -445,13 +414,13 @@ def _load(client, exp, tracking_uri: str, parent_run_id: str | None, allow_empty
 def load_sweep_runs(sweep: str, tracking_uri: str, smoke: bool = False, parent_run_id: str | None = None) -> SweepRuns:
     """:func:`load_invocation` of ``metaocl report NAME [--smoke] [--parent RUN_ID]``, with hints
     naming the experiments the store does hold when ``metaocl/NAME`` is not there."""
-    name = experiment_name(sweep, smoke)
-    client = _client(tracking_uri, f"report {sweep}")
+    name = layout.experiment_name(sweep, smoke)
+    client = layout.client(tracking_uri, f"report {sweep}")
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        known = sorted(e.name for e in client.search_experiments() if e.name.startswith("metaocl/"))
+        known = sorted(e.name for e in client.search_experiments() if e.name.startswith(layout.EXPERIMENT_PREFIX))
         hint = f"; experiments there: {', '.join(known)}" if known else "; it has no metaocl experiments"
-        other = experiment_name(sweep, not smoke)
+        other = layout.experiment_name(sweep, not smoke)
         if other in known:
             hint = f" (it has {other!r}: {'drop' if smoke else 'add'} --smoke)"
         raise ConfigError(f"report {sweep}: no MLflow experiment {name!r} at {tracking_uri}{hint}")

@@ -36,6 +36,7 @@ from typing import Iterator
 
 from ray import tune
 
+from metaocl import mlflow_layout as layout
 from metaocl.config import ConfigError, Sweep, Trial, kind as kind_of
 from metaocl.experiments.base import ExperimentKind
 from metaocl.fetch import OFFLINE_ENV, fetch_for, use_trial_env
@@ -146,15 +147,12 @@ class MlflowDriverCallback(tune.Callback):
     def _run(d: _Driver, tid: str) -> str:
         """The MLflow run of trial ``tid``, created on first use (never twice: see reattach)."""
         if tid not in d.tracker.trial_runs:
-            from metaocl.sweep.stage1 import UNIT_ROLE
-            from metaocl.tracking import STAGE1_RUN_TAG
-
             unit_run = d.tracker.trial_runs.get(d.unit_of.get(tid, ""))
             if tid in d.units:
-                d.tracker.start_trial(d.units[tid].trial, d.sweep.name, d.sweep.kind, role=UNIT_ROLE)
+                d.tracker.start_trial(d.units[tid].trial, d.sweep.name, d.sweep.kind, role=layout.STAGE1_ROLE)
             else:
                 d.tracker.start_trial(d.trials[tid], d.sweep.name, d.sweep.kind,
-                                      extra_tags={STAGE1_RUN_TAG: unit_run} if unit_run else None)
+                                      extra_tags={layout.STAGE1_RUN_TAG: unit_run} if unit_run else None)
             d.tracker.trial_status[tid] = "RUNNING"
             d.last_step[tid] = 0
         return d.tracker.trial_runs[tid]
@@ -173,7 +171,7 @@ class MlflowDriverCallback(tune.Callback):
             self._run(d, tid)
         elif tracker.trial_status.get(tid, "RUNNING") != "RUNNING":
             if tracker.trial_status[tid] == "FAILED":  # failed before, tried again by --resume
-                tracker.client.delete_tag(tracker.trial_runs[tid], "metaocl.error")
+                tracker.client.delete_tag(tracker.trial_runs[tid], layout.ERROR_TAG)
             tracker.set_status(tracker.trial_runs[tid], "RUNNING")  # reattached after --resume
             tracker.trial_status[tid] = "RUNNING"
         d.outcome.failed.pop(tid, None)
@@ -197,7 +195,7 @@ class MlflowDriverCallback(tune.Callback):
             d.last_step[tid] = step
         elif tid in d.tracker.trial_runs:  # counted: the work a retry redid (tag metaocl.replayed)
             d.outcome.replayed[tid] = d.outcome.replayed.get(tid, 0) + 1
-            d.tracker.client.set_tag(d.tracker.trial_runs[tid], "metaocl.replayed", str(d.outcome.replayed[tid]))
+            d.tracker.client.set_tag(d.tracker.trial_runs[tid], layout.REPLAYED_TAG, str(d.outcome.replayed[tid]))
         history = d.outcome.histories.setdefault(tid, [])
         _history_put(history, row)
         d.progress.report(tid, len(history), row)
@@ -208,7 +206,7 @@ class MlflowDriverCallback(tune.Callback):
             return
         d.outcome.retried[tid] = d.outcome.retried.get(tid, 0) + 1
         run_id = self._run(d, tid)
-        d.tracker.client.set_tag(run_id, "metaocl.retries", str(d.outcome.retried[tid]))
+        d.tracker.client.set_tag(run_id, layout.RETRIES_TAG, str(d.outcome.retried[tid]))
         error = _trial_error_text(trial)
         d.tracker.client.log_text(run_id, error, f"errors/attempt-{d.outcome.retried[tid]}.txt")
         d.progress.trial_retried(tid, d.outcome.retried[tid], _last_line(error))  # one line; Tune's traceback is off
@@ -244,7 +242,7 @@ INTERIM_VERDICTS_S = 30.0  # at most this often: each reads every finished trial
 def _interim_verdicts(d: _Driver) -> None:
     """The verdicts over the trials finished so far onto the parent run (the UI's runs table shows
     them while the sweep runs); the end of the sweep overwrites them with the final ones."""
-    from metaocl.tracking import log_interim_verdicts
+    from metaocl.report.publish import log_interim_verdicts
 
     now = time.monotonic()
     if now - d.verdicts_at < INTERIM_VERDICTS_S or d.tracker.parent_id is None:
@@ -349,16 +347,16 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
 
         # From here on things are written: the MLflow parent run, the experiment folder.
         if resume:
-            from metaocl.tracking import check_reachable
-
-            check_reachable(tracking)
+            layout.check_reachable(tracking)
             tracker = SweepTracker.reattach(tracking, state["parent_run_id"])
         else:
-            tracker = SweepTracker.for_sweep(sweep, tracking)
+            from metaocl.report.publish import starting_note
+
+            tracker = SweepTracker.for_sweep(sweep, tracking, note=starting_note(sweep))
             exp_dir = join(storage, experiment_prefix(sweep) + tracker.parent_id[:8])
         outcome.parent_run_id = tracker.parent_id
-        for key, value in (("metaocl.invocation", "sweep"), ("metaocl.fingerprint", print_fingerprint),
-                           ("metaocl.ray_experiment", exp_dir)) + sweep.sequential_tags():
+        for key, value in ((layout.INVOCATION_TAG, "sweep"), (layout.FINGERPRINT_TAG, print_fingerprint),
+                           (layout.RAY_EXPERIMENT_TAG, exp_dir)) + sweep.sequential_tags():
             tracker.client.set_tag(tracker.parent_id, key, value)
         ledger = Ledger(exp_dir)
         if not resume:
@@ -370,10 +368,10 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         for tid in tracker.trial_status:  # reattached runs: what they already hold
             outcome.histories[tid] = tracker.load_history(tracker.trial_runs[tid])
             last_step[tid] = max((int(r.get("epoch", 0)) for r in outcome.histories[tid]), default=0)
-            retries = int(tracker.trial_tags.get(tid, {}).get("metaocl.retries", "0"))
+            retries = int(tracker.trial_tags.get(tid, {}).get(layout.RETRIES_TAG, "0"))
             if retries:
                 outcome.retried[tid] = retries
-            replayed = int(tracker.trial_tags.get(tid, {}).get("metaocl.replayed", "0"))
+            replayed = int(tracker.trial_tags.get(tid, {}).get(layout.REPLAYED_TAG, "0"))
             if replayed:
                 outcome.replayed[tid] = replayed
         for tid in finished_before:
@@ -509,7 +507,7 @@ def _after_sweep(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -
     if text:
         print()
         print(text)
-    from metaocl.tracking import log_interim_verdicts, log_sweep_aggregates
+    from metaocl.report.publish import log_interim_verdicts, log_sweep_aggregates
 
     try:
         if not outcome.interrupted:  # the sweep's result onto its parent run, for the MLflow UI

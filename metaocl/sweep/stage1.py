@@ -30,7 +30,7 @@ from ray.tune.search import Searcher
 from metaocl.config import Trial
 from metaocl.sweep.ledger import STATE_DIR, join
 
-UNIT_ROLE = "stage1"  # spec["role"] of a unit (and the MLflow run's metaocl.role)
+UNIT_ROLE = "stage1"  # spec["role"] of a unit (its MLflow run's role: mlflow_layout.STAGE1_ROLE)
 BRANCH_ROLE = "branch"  # spec["role"] of a trial that starts from a unit's model
 
 
