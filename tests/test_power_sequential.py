@@ -129,3 +129,25 @@ def test_report_joins_the_looks_and_says_which_decided(tmp_path):
     line = [v for v in verdict_lines(analysed) if v.startswith("meta-OCL")][0]
     assert line.startswith("meta-OCL reproduced at look 2 of 2: d1consis - d2consis = +0.031 [")
     assert line.endswith(", 12 seeds (acc, end of stage 1; group-sequential: p < 0.0283 at this look, 97.2% CI)")
+
+
+def test_summaries_say_the_looks_were_joined(tmp_path):
+    from metaocl.report.build import make_report
+    from metaocl.report.summary import summarize_invocation
+
+    look1 = [0.04, 0.01, 0.06, -0.01, 0.05, 0.03]
+    uri, parents = _store_with_looks(tmp_path, look1, [0.02, 0.04, 0.03, 0.05, 0.01, 0.04])
+    joined = f"2 looks joined: sweep invocations {parents[0]} (look 1), {parents[1]} (look 2)"
+    assert summarize_invocation(uri, parents[1]).splitlines()[0] == f"metaocl/quickstart: {joined}, 12 finished trial runs"
+    _, runs = make_report("quickstart", uri, tmp_path / "report", log_to_mlflow=False)
+    line = (tmp_path / "report" / "summary.md").read_text().splitlines()[2]
+    assert line == (f"- MLflow experiment `metaocl/quickstart` at `{uri}`: the finished trial runs of the 2 looks of "
+                    f"this group-sequential sweep, joined: sweep invocations (parent runs) `{parents[0]}` (look 1), "
+                    f"`{parents[1]}` (look 2)")
+
+    uri, parents = _store_with_looks(tmp_path / "one", look1, None)  # one look so far: that invocation only
+    assert summarize_invocation(uri, parents[0]).splitlines()[0] == (
+        f"metaocl/quickstart: sweep invocation {parents[0]}, 6 finished trial runs")
+    make_report("quickstart", uri, tmp_path / "one" / "report", log_to_mlflow=False)
+    assert (tmp_path / "one" / "report" / "summary.md").read_text().splitlines()[2].endswith(
+        f"the finished trial runs of sweep invocation (parent run) `{parents[0]}` only")

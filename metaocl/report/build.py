@@ -240,11 +240,16 @@ def _summary_markdown(runs: SweepRuns, reports: list[ConfigurationReport], verdi
                       figure_paths: list[Path], out: Path) -> str:
     measure = runs.measure
     seeds = sorted({len(r.configuration.clusters()) for r in reports})
+    if runs.looks_parents:  # a group-sequential sweep: this look's invocation and the looks before it
+        looks = ", ".join(f"`{p}` (look {k})" for k, p in enumerate(runs.looks_parents, start=1))
+        which = (f"the finished trial runs of the {len(runs.looks_parents)} looks of this group-sequential sweep, "
+                 f"joined: sweep invocations (parent runs) {looks}")
+    else:
+        which = f"the finished trial runs of sweep invocation (parent run) `{runs.parent_run_id}` only"
     lines = [
         f"# Report: {runs.sweep}",
         "",
-        f"- MLflow experiment `{runs.experiment_name}` at `{runs.tracking_uri}`: the finished trial runs of "
-        f"sweep invocation (parent run) `{runs.parent_run_id}` only",
+        f"- MLflow experiment `{runs.experiment_name}` at `{runs.tracking_uri}`: {which}",
         f"- kind: {runs.kind or 'unknown'}; headline measure: `{measure}`; {runs.n_trials} trial runs in "
         f"{len(reports)} configuration(s), {'/'.join(map(str, seeds))} seed(s) each"
         + (f"; grid: {', '.join(f'`{k}`' for k in runs.grid_keys)}" if runs.grid_keys else "")

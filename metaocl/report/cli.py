@@ -57,7 +57,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(name, args.smoke)
     verdicts, runs = make_report(name, uri, out, smoke=args.smoke, log_to_mlflow=not args.no_log,
                                  parent_run_id=args.parent)
-    print(f"{runs.experiment_name}: sweep invocation {runs.parent_run_id}, {runs.n_trials} finished trial runs")
+    print(f"{runs.experiment_name}: {runs.invocation_text()}, {runs.n_trials} finished trial runs")
     if runs.left_out:
         print(runs.left_out_text())
     for line in verdicts:

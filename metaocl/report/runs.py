@@ -218,6 +218,14 @@ class SweepRuns:
     def n_trials(self) -> int:
         return sum(len(c.trials) for c in self.configurations)
 
+    def invocation_text(self) -> str:
+        """``sweep invocation 3f2c...``; the looks of a group-sequential sweep joined here:
+        ``2 looks joined: sweep invocations 1a2b... (look 1), 3f2c... (look 2)``."""
+        if not self.looks_parents:
+            return f"sweep invocation {self.parent_run_id}"
+        looks = ", ".join(f"{p} (look {k})" for k, p in enumerate(self.looks_parents, start=1))
+        return f"{len(self.looks_parents)} looks joined: sweep invocations {looks}"
+
     def left_out_text(self) -> str:
         """``left out: 1 running run (s3 ...); 2 failed runs (...)`` or ``""``."""
         parts = []

@@ -42,7 +42,7 @@ def summary_text(runs: SweepRuns) -> str:
     if runs.smoke:
         lines += [smoke_note(runs.sweep), ""]
     if runs.parent_run_id:
-        lines.append(f"{runs.experiment_name}: sweep invocation {runs.parent_run_id}, "
+        lines.append(f"{runs.experiment_name}: {runs.invocation_text()}, "
                      f"{runs.n_trials} finished trial run{'s' if runs.n_trials != 1 else ''}")
     if runs.left_out:
         lines.append(runs.left_out_text())
