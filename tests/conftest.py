@@ -106,3 +106,40 @@ def _slow_rule(request, monkeypatch):
 def _ray_up() -> bool:
     ray = sys.modules.get("ray")
     return bool(ray is not None and ray.is_initialized())
+
+
+# ---------------------------------------------------------------- the image (docker tier)
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The image every Docker test uses, built once per session from this checkout (Docker's layer
+    cache makes a rebuild of an unchanged tree seconds), FROM $METAOCL_BASE_IMAGE (.ci/run sets it)
+    or the local Debian base of docker/local-base.sh. ``METAOCL_TEST_IMAGE`` names an image to use
+    as it is (nothing built). No engine: the test skips, except under CI (the ``CI`` variable),
+    where that is a failure. No test depends on another having built it."""
+    import subprocess
+
+    from processes import sh
+
+    reachable = bool(shutil.which("docker"))
+    if reachable:
+        try:
+            reachable = subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            reachable = False
+    if not reachable:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but the Docker engine cannot be reached (.ci/run starts it)")
+        pytest.skip("no Docker engine")
+    given = os.environ.get("METAOCL_TEST_IMAGE")
+    if given:
+        if sh("docker", "image", "inspect", given, check=False, timeout=60).returncode != 0:
+            pytest.fail(f"METAOCL_TEST_IMAGE={given}: no such image")
+        return given
+    root = Path(__file__).resolve().parent.parent
+    base = os.environ.get("METAOCL_BASE_IMAGE")
+    if not base and (shutil.which("debootstrap") or os.path.exists("/usr/sbin/debootstrap")):
+        base = sh(str(root / "docker" / "local-base.sh"), timeout=900).stdout.strip()
+    build_args = ["--build-arg", f"BASE_IMAGE={base}"] if base else []
+    sh("docker", "build", "-q", *build_args, "-t", "metaocl:latest", str(root), timeout=1800)
+    return "metaocl:latest"

@@ -1,18 +1,16 @@
-"""The image and the compose cluster, built and run for real (marked `docker`).
+"""The image, built and run for real as users type `docker run` (marked `docker`).
 
 Needs a Docker engine and docker-compose (.ci/run installs and starts them). Without an engine
 these tests skip, except under CI (the `CI` variable set), where that is a failure. The image is
-built once per module from this checkout, FROM $METAOCL_BASE_IMAGE (.ci/run sets it), else the
-local Debian base of docker/local-base.sh, reusing Docker's layer cache (seconds when nothing
-changed). Sizes are smoke sizes with a tiny --set, so the whole module takes a few minutes on 2
-cores. What only a GPU host can check (--gpus all) is docker/smoke.sh's job.
+the session's (tests/conftest.py `image`: built once from this checkout). Sizes are smoke sizes with
+a tiny --set, so the whole module takes a few minutes on 2 cores. The compose cluster is
+tests/test_deployment.py's; what only a GPU host can check (--gpus all) is docker/smoke.sh's job.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -26,20 +24,10 @@ from processes import free_port, sh, wait_for
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "metaocl:latest"
 UID = 1000  # the image's user (Dockerfile APP_UID)
 # quickstart --smoke, made tinier: two seeds (two trials), two stages, seconds of training each.
 TINY = ["--smoke", "--set", "data.n_variables=60", "--set", "train.stage1_epochs=1"]
 EXPERIMENT = "metaocl/quickstart-smoke"
-
-
-def docker_reachable() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
 
 
 def store_runs(db: Path, experiment: str | None = EXPERIMENT) -> list[dict]:
@@ -92,20 +80,6 @@ def user_dir(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    if not docker_reachable():
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but the Docker engine cannot be reached (.ci/run starts it)")
-        pytest.skip("no Docker engine")
-    base = os.environ.get("METAOCL_BASE_IMAGE")
-    if not base and (shutil.which("debootstrap") or os.path.exists("/usr/sbin/debootstrap")):
-        base = sh(str(ROOT / "docker" / "local-base.sh"), timeout=900).stdout.strip()
-    build_args = ["--build-arg", f"BASE_IMAGE={base}"] if base else []
-    sh("docker", "build", "-q", *build_args, "-t", IMAGE, str(ROOT), timeout=1800)
-    return IMAGE
 
 
 @pytest.fixture(scope="module")
@@ -250,139 +224,3 @@ def test_docker_stop_leaves_killed_runs_and_resume_continues(image, tmp_path):
     after = {r["id"]: r for r in resumed if r["tags"].get("metaocl.role") == "trial"}
     for run_id, before in killed.items():  # the stopped trial went on in its own run, keeping what it had logged
         assert after[run_id]["status"] == "FINISHED" and after[run_id]["metrics"] > before["metrics"]
-
-
-# ---------------------------------------------------------------- the compose cluster
-
-
-class Compose:
-    """docker-compose (1.29 here; Compose v2's `docker compose` reads the same files) on
-    compose.yaml + the CPU override, under its own project name and host ports."""
-
-    def __init__(self, project: str):
-        self.project = project
-        exe = shutil.which("docker-compose")
-        self.base = [exe] if exe else ["docker", "compose"]
-        self.base += ["-p", project, "-f", str(ROOT / "docker" / "compose.yaml"),
-                      "-f", str(ROOT / "docker" / "compose.cpu.yaml")]
-        self.mlflow_port = free_port()
-        self.env = {**os.environ, "MLFLOW_PORT": str(self.mlflow_port), "RAY_DASHBOARD_PORT": str(free_port()),
-                    "METAOCL_SHM_SIZE": "1gb", "METAOCL_NODE_CPUS": "1"}
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 900, env: dict | None = None):
-        return sh(*self.base, *args, check=check, timeout=timeout, env={**self.env, **(env or {})})
-
-    def container(self, service: str) -> str:
-        return self("ps", "-q", service).stdout.strip()
-
-    def api(self, path: str, body: dict | None = None):
-        """MLflow's REST API as its admin (the server has authentication: docs/deployment.md)."""
-        import base64
-
-        password = self("exec", "-T", "mlflow", "cat", "/secrets/mlflow-admin-password").stdout.strip()
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"http://127.0.0.1:{self.mlflow_port}{path}", data=data,
-                                         headers={"Content-Type": "application/json", "Authorization":
-                                                  "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()})
-        with urllib.request.urlopen(request, timeout=20) as r:
-            return json.load(r)
-
-    def server_runs(self, experiment: str) -> list[dict]:
-        try:
-            found = self.api(f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}")
-        except OSError:
-            return []
-        body = {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 1000}
-        runs = []
-        for run in self.api("/api/2.0/mlflow/runs/search", body).get("runs", []):
-            tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-            runs.append({"id": run["info"]["run_id"], "status": run["info"]["status"], "tags": tags,
-                         "metrics": len(run["data"].get("metrics", []))})
-        return runs
-
-    def up(self):
-        if sh("docker", "image", "inspect", "metaocl-postgres:latest", check=False).returncode != 0:
-            base = os.environ.get("METAOCL_BASE_IMAGE") or sh(str(ROOT / "docker" / "local-base.sh"), timeout=900).stdout.strip()
-            self("build", "postgres", env={"METAOCL_BASE_IMAGE": base})
-        self("up", "-d", "--no-build", "mlflow", "ray-head", "ray-cpu-worker", check=False)
-
-        def ready():
-            self("up", "-d", "--no-build", "ray-cpu-worker", check=False)  # once the head is healthy
-            try:
-                self.api("/api/2.0/mlflow/experiments/search?max_results=1")
-            except (OSError, AssertionError):
-                return False
-            status = self("exec", "-T", "ray-head", "ray", "status", check=False, timeout=60).stdout
-            return status.count("node_") >= 2  # head and worker joined
-        wait_for(ready, "mlflow and a two-node Ray cluster", 300, every=3)
-
-
-def attempts(compose: Compose, sweep_name: str, with_finished: bool = False):
-    """Every attempt of every trial of `sweep_name` (the sweep ledger's attempts/*.json: trial,
-    node_ip, from_checkpoint), read from the S3 store (METAOCL_RESULTS) with the stack's keys;
-    ``with_finished``: also the trials finished (the ledger's finished/ markers), read at the same moment."""
-    script = ("import fnmatch, json, sys; from pyarrow import fs\n"
-              "f, root = fs.FileSystem.from_uri('s3://metaocl/ray-results')\n"
-              "done = []\n"
-              "for i in f.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True)):\n"
-              "    if fnmatch.fnmatch(i.path, f'*/metaocl-{sys.argv[1]}-*/metaocl/attempts/*.json'):\n"
-              "        print(f.open_input_stream(i.path).read().decode())\n"
-              "    elif fnmatch.fnmatch(i.path, f'*/metaocl-{sys.argv[1]}-*/metaocl/finished/*'):\n"
-              "        done.append(i.path.rsplit('/', 1)[1])\n"
-              "print(json.dumps({'finished': done}))\n")
-    out = compose("exec", "-T", "ray-head", "python", "-c", script, sweep_name).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-    tried = [r for r in rows if "finished" not in r]
-    return (tried, set(rows[-1]["finished"])) if with_finished else tried
-
-
-def container_ip(container: str) -> str:
-    return sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container).stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def cluster(image):
-    compose = Compose(f"metaocl-ci-{uuid.uuid4().hex[:6]}")
-    try:
-        compose.up()
-        yield compose
-    finally:
-        compose("down", "-v", "--remove-orphans", check=False, timeout=300)
-
-
-def test_compose_lm_smoke_sweep_runs_on_the_cluster(cluster):
-    nodes = {container_ip(cluster.container("ray-head")), container_ip(cluster.container("ray-cpu-worker"))}
-    cluster("run", "--rm", "sweep", env={"METAOCL_SWEEP": "batch_size", "METAOCL_SWEEP_ARGS": "--smoke"}, timeout=1200)
-    check_finished_sweep(cluster.server_runs("metaocl/batch_size-smoke"), trials=2)
-    ran_on = {a["node_ip"] for a in attempts(cluster, "batch_size-smoke")}
-    assert ran_on and ran_on <= nodes, (ran_on, nodes)  # on the Ray nodes, not in the sweep container
-
-
-def test_compose_worker_killed_mid_sweep_is_retried_and_results_survive_down_up(cluster):
-    worker = cluster.container("ray-cpu-worker")
-    worker_ip = container_ip(worker)
-    env = {"METAOCL_SWEEP": "quickstart", "METAOCL_SWEEP_ARGS": "--smoke --max-failures 2"}
-    driver = f"{cluster.project}-driver"
-    cluster("run", "-d", "--name", driver, "sweep", env=env)
-    try:
-        def unfinished_on_worker():  # a trial started on the worker and not finished: the kill lands mid-work
-            tried, finished = attempts(cluster, "quickstart-smoke", with_finished=True)
-            return {a["trial_id"] for a in tried if a["node_ip"] == worker_ip} - finished
-        on_worker = wait_for(unfinished_on_worker, "a trial running on the worker", 600, every=1)
-        sh("docker", "kill", worker)
-        code = int(sh("docker", "wait", driver, timeout=1500).stdout.strip())
-        logs = sh("docker", "logs", driver).stdout[-3000:]
-    finally:
-        sh("docker", "rm", "-f", driver, check=False)
-    assert code == 0, logs
-    runs = cluster.server_runs(EXPERIMENT)
-    check_finished_sweep(runs, trials=2)
-    tried = attempts(cluster, "quickstart-smoke")
-    for trial in on_worker:  # the killed worker's trials were attempted again, and finished
-        assert len([a for a in tried if a["trial_id"] == trial]) >= 2, tried
-
-    cluster("down")  # keeps the volumes
-    cluster.up()
-    survived = cluster.server_runs(EXPERIMENT)  # this test's own runs: no test depends on another having run
-    assert {r["id"] for r in survived} == {r["id"] for r in runs}
-    assert {r["id"]: (r["status"], r["metrics"]) for r in survived} == {r["id"]: (r["status"], r["metrics"]) for r in runs}

@@ -5,15 +5,13 @@
 against a hub stand-in this test starts on the host's loopback (tests/loopback_hub.py, serving a tiny
 model the test builds; the container shares the host's network, `--network host`, and finds it
 through `HF_ENDPOINT`). The sweep must fetch the model into the new volume itself and finish; a
-misspelled name must stop it in one line (exit 2) with nothing written. Uses the image
-`metaocl:latest` as built for tests/test_container.py (``METAOCL_TEST_IMAGE`` names another);
-skips without a Docker engine or that image, except under CI, where that is a failure.
+misspelled name must stop it in one line (exit 2) with nothing written. Uses the session's image
+(tests/conftest.py `image`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import uuid
@@ -25,7 +23,6 @@ from loopback_hub import LoopbackHub, save_tiny_model
 
 pytestmark = pytest.mark.docker
 
-IMAGE = os.environ.get("METAOCL_TEST_IMAGE", "metaocl:latest")
 UID = 1000  # the image's user (Dockerfile APP_UID)
 REPO = "tiny-org/tiny-neox"
 SMOKE = ["sweep", "batch_size", "--smoke", "--set", f"model.name={REPO}", "--set", "train.block_size=128",
@@ -34,18 +31,6 @@ SMOKE = ["sweep", "batch_size", "--smoke", "--set", f"model.name={REPO}", "--set
 
 def sh(*cmd: str, timeout: float = 1500) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    reachable = shutil.which("docker") and sh("docker", "info", timeout=30).returncode == 0
-    present = reachable and sh("docker", "image", "inspect", IMAGE, timeout=30).returncode == 0
-    if not present:
-        why = "no Docker engine" if not reachable else f"no image {IMAGE} (tests/test_container.py builds it)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but there is {why}")
-        pytest.skip(why)
-    return IMAGE
 
 
 @pytest.fixture

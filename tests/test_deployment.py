@@ -1,10 +1,11 @@
-"""The shared deployment of docker/compose.yaml, run for real (marked `docker`): authentication,
-MLflow on PostgreSQL with artifacts in S3, Ray trial state in S3 (docs/deployment.md).
+"""The compose cluster of docker/compose.yaml (+ compose.cpu.yaml), run for real (marked `docker`):
+sweeps on its Ray nodes, a worker killed mid-sweep, authentication, MLflow on PostgreSQL with
+artifacts in S3, Ray trial state in S3 (docs/deployment.md).
 
-Uses the image `$METAOCL_IMAGE` (default metaocl:latest, which tests/test_container.py builds from
-this checkout) and builds the PostgreSQL image (docker/postgres) FROM `$METAOCL_BASE_IMAGE` or the
-local base. One stack per module, its own project name and loopback ports; smoke sizes with a tiny
---set, as tests/test_container.py does.
+Uses the session's image (tests/conftest.py `image`) and builds the PostgreSQL image
+(docker/postgres) FROM `$METAOCL_BASE_IMAGE` or the local base. One stack for the whole module (it
+is the costly part: started once, `down` / `up` once), its own project name and loopback ports;
+smoke sizes with a tiny --set. Each test reads only its own sweep's runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -25,7 +25,6 @@ from processes import free_port, sh, wait_for
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = os.environ.get("METAOCL_IMAGE", "metaocl:latest")
 TINY = "--smoke --set data.n_variables=60 --set train.stage1_epochs=1"
 EXPERIMENT = "metaocl/quickstart-smoke"
 
@@ -44,16 +43,19 @@ def http(url: str, body: dict | None = None, auth: tuple[str, str] | None = None
 
 
 class Stack:
-    def __init__(self, project: str):
+    def __init__(self, project: str, image: str):
         self.project = project
         self.mlflow_port, self.dashboard_port = free_port(), free_port()
         self.env = {**os.environ, "MLFLOW_PORT": str(self.mlflow_port), "RAY_DASHBOARD_PORT": str(self.dashboard_port),
-                    "METAOCL_IMAGE": IMAGE, "METAOCL_NODE_CPUS": "1", "METAOCL_SHM_SIZE": "1gb"}
+                    "METAOCL_IMAGE": image, "METAOCL_NODE_CPUS": "1", "METAOCL_SHM_SIZE": "1gb"}
         self.base = ["docker-compose", "-p", project, "-f", str(ROOT / "docker" / "compose.yaml"),
                      "-f", str(ROOT / "docker" / "compose.cpu.yaml")]
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 600, env: dict | None = None):
         return sh(*self.base, *args, check=check, timeout=timeout, env={**self.env, **(env or {})})
+
+    def container(self, service: str) -> str:
+        return self("ps", "-q", service).stdout.strip()
 
     def secret(self, name: str) -> str:
         return self("exec", "-T", "mlflow", "cat", f"/secrets/{name}").stdout.strip()
@@ -74,6 +76,22 @@ class Stack:
             return []
         body = {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 1000}
         return self.api("/api/2.0/mlflow/runs/search", body).get("runs", [])
+
+    def finished_sweep(self, experiment: str, trials: int) -> list[dict]:
+        """One FINISHED sweep run and ``trials`` trials, each with FINISHED run(s) with metrics under it;
+        returns the runs."""
+        runs = self.runs(experiment)
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        sweeps = [r for r, t in zip(runs, tags) if t.get("metaocl.role") == "sweep"]
+        trial_runs = [(r, t) for r, t in zip(runs, tags) if t.get("metaocl.role") == "trial"]
+        assert [s["info"]["status"] for s in sweeps] == ["FINISHED"], sweeps
+        assert len({t["metaocl.trial_id"] for _, t in trial_runs}) == trials, trial_runs
+        assert {t["metaocl.trial_id"] for r, t in trial_runs if r["info"]["status"] == "FINISHED"} == {
+            t["metaocl.trial_id"] for _, t in trial_runs}, trial_runs
+        for r, t in trial_runs:
+            if r["info"]["status"] == "FINISHED":
+                assert r["data"].get("metrics") and t["mlflow.parentRunId"] == sweeps[0]["info"]["run_id"], r
+        return runs
 
     def history(self, run_id: str, key: str) -> list[int]:
         found = self.api(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}")
@@ -104,9 +122,34 @@ class Stack:
             return status.count("node_") >= 2
         wait_for(ready, "mlflow and a two-node Ray cluster with authentication", 900, every=5)
 
-    def sweep(self, args: str, name: str, detach: bool = True):
-        env = {"METAOCL_SWEEP": "quickstart", "METAOCL_SWEEP_ARGS": args}
+    def sweep(self, args: str, name: str = "", detach: bool = True, sweep: str = "quickstart"):
+        env = {"METAOCL_SWEEP": sweep, "METAOCL_SWEEP_ARGS": args}
         return self("run", "-d", "--name", name, "sweep", env=env) if detach else self("run", "--rm", "sweep", env=env)
+
+
+def attempts(stack: Stack, sweep_name: str, with_finished: bool = False, skip: set[str] = frozenset()):
+    """Every attempt of every trial of `sweep_name` (the sweep ledger's attempts/*.json: trial,
+    node_ip, from_checkpoint), read from the S3 store with the stack's keys; ``with_finished``: also
+    the trials finished (the ledger's finished/ markers), read at the same moment; sweep folders in
+    ``skip`` (earlier sweeps of the same name) are left out."""
+    script = ("import fnmatch, json, sys; from pyarrow import fs\n"
+              "f, root = fs.FileSystem.from_uri('s3://metaocl/ray-results')\n"
+              "done = []; skip = set(sys.argv[2:])\n"
+              "for i in f.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True)):\n"
+              "    if i.path.split('/')[2] in skip: continue\n"
+              "    if fnmatch.fnmatch(i.path, f'*/metaocl-{sys.argv[1]}-*/metaocl/attempts/*.json'):\n"
+              "        print(f.open_input_stream(i.path).read().decode())\n"
+              "    elif fnmatch.fnmatch(i.path, f'*/metaocl-{sys.argv[1]}-*/metaocl/finished/*'):\n"
+              "        done.append(i.path.rsplit('/', 1)[1])\n"
+              "print(json.dumps({'finished': done}))\n")
+    out = stack("exec", "-T", "ray-head", "python", "-c", script, sweep_name, *sorted(skip)).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    tried = [r for r in rows if "finished" not in r]
+    return (tried, set(rows[-1]["finished"])) if with_finished else tried
+
+
+def container_ip(container: str) -> str:
+    return sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container).stdout.strip()
 
 
 def wait_exit(container: str, timeout: float = 1500) -> tuple[int, str]:
@@ -117,21 +160,23 @@ def wait_exit(container: str, timeout: float = 1500) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def stack():
-    if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but the Docker engine cannot be reached (.ci/run starts it)")
-        pytest.skip("no Docker engine")
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
-        pytest.skip(f"no image {IMAGE} (tests/test_container.py builds it)")
+def stack(image):
     base = os.environ.get("METAOCL_BASE_IMAGE") or sh(str(ROOT / "docker" / "local-base.sh"), timeout=900).stdout.strip()
-    compose = Stack(f"metaocl-dep-{uuid.uuid4().hex[:6]}")
+    compose = Stack(f"metaocl-dep-{uuid.uuid4().hex[:6]}", image)
     compose("build", "postgres", env={"METAOCL_BASE_IMAGE": base}, timeout=900)
     try:
         compose.up()
         yield compose
     finally:
         compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+
+
+def test_lm_smoke_sweep_runs_on_the_cluster_nodes(stack):
+    nodes = {container_ip(stack.container("ray-head")), container_ip(stack.container("ray-cpu-worker"))}
+    stack.sweep("--smoke", detach=False, sweep="batch_size")
+    stack.finished_sweep("metaocl/batch_size-smoke", trials=2)
+    ran_on = {a["node_ip"] for a in attempts(stack, "batch_size-smoke")}
+    assert ran_on and ran_on <= nodes, (ran_on, nodes)  # on the Ray nodes, not in the sweep container
 
 
 def test_unauthenticated_job_submit_and_mlflow_writes_are_refused(stack, tmp_path):
@@ -218,3 +263,29 @@ def test_s3_sweep_with_killed_driver_resumes_from_the_store(stack):
         if len(parts) == 5 and parts[2] in resumed and parts[4].startswith("checkpoint_"):
             checkpoints.setdefault(parts[3], []).append(parts[4])
     assert checkpoints and all(len(c) == 1 for c in checkpoints.values()), checkpoints
+
+
+def test_worker_killed_mid_sweep_is_retried(stack):
+    """`docker kill` of the Ray worker while one of its trials runs: the trial is attempted again
+    (on the head) and the sweep finishes. Last in the module: it runs in the same experiment as the
+    tests above, which count its runs; that runs survive `down` / `up` is checked above."""
+    worker = stack.container("ray-cpu-worker")
+    worker_ip = container_ip(worker)
+    args = "--smoke --max-failures 2 --set train.lr=3e-3"  # a sweep of its own (another fingerprint)
+    driver = f"{stack.project}-worker-kill"
+    before = {p.split("/")[2] for p in stack.store("ray-results") if p.count("/") >= 2}  # earlier sweeps' folders
+    stack.sweep(args, driver)
+    try:
+        def unfinished_on_worker():  # a trial started on the worker and not finished: the kill lands mid-work
+            tried, finished = attempts(stack, "quickstart-smoke", with_finished=True, skip=before)
+            return {a["trial_id"] for a in tried if a["node_ip"] == worker_ip} - finished
+        on_worker = wait_for(unfinished_on_worker, "a trial running on the worker", 600, every=1)
+        sh("docker", "kill", worker)
+        code, logs = wait_exit(driver)
+    finally:
+        sh("docker", "rm", "-f", driver, check=False)
+        stack("up", "-d", "--no-build", "ray-cpu-worker", check=False, timeout=300)  # back for the next tests
+    assert code == 0, logs[-3000:]
+    tried = attempts(stack, "quickstart-smoke", skip=before)
+    for trial in on_worker:  # the killed worker's trials were attempted again, and finished
+        assert len([a for a in tried if a["trial_id"] == trial]) >= 2, tried
