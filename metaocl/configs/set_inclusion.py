@@ -95,6 +95,14 @@ class SetInclusionTrain:
     # Training forward passes under bf16 autocast on CUDA (fp32 weights), the authors' bf16: True;
     # nothing on CPU.
     bf16: bool = True
+    # Seed of the dataset (variables, numbers, questions, the X1/X2 split), the initial weights and
+    # stage 1; the trial seed then re-splits X2 into d1/d2/d3consis and orders stage 2's data (the
+    # authors' seed / seed_stage2). Trials with one stage1_seed share stage 1: a sweep trains it once
+    # as a stage-1 unit. null = the trial seed drives everything and X2 is not re-split (quickstart).
+    stage1_seed: int | None = None
+    # Two-stage only: the stage-1 epoch whose model stage 2 starts from (null = the end of stage 1).
+    # Stage 1 is still trained and evaluated to its end (its curve), stage 2's epochs follow epoch N.
+    stage2_from_epoch: int | None = None
 
     def validate(self) -> None:
         if self.stage1_epochs < 1 or self.stage2_epochs < 0:
@@ -107,6 +115,16 @@ class SetInclusionTrain:
             raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
             raise ConfigError("checkpoint_minutes must be >= 0 (0 = every epoch, null = off)")
+        if self.stage1_seed is not None and self.stage1_seed < 0:
+            raise ConfigError(f"stage1_seed must be >= 0 (null = the trial seed), got {self.stage1_seed}")
+        n = self.stage2_from_epoch
+        if n is not None and (self.joint or self.stage2_epochs == 0 or not 1 <= n <= self.stage1_epochs):
+            raise ConfigError(f"stage2_from_epoch: {n} must be a stage-1 epoch (1..{self.stage1_epochs}) of a "
+                              "two-stage run (joint false, stage2_epochs > 0); null = the end of stage 1")
+
+    @property
+    def two_stage(self) -> bool:
+        return not self.joint and self.stage2_epochs > 0
 
 
 @dataclass
@@ -126,3 +144,8 @@ class SetInclusionConfig:
     model: GPTNeoXArch = field(default_factory=GPTNeoXArch)
     train: SetInclusionTrain = field(default_factory=SetInclusionTrain)
     eval: SetInclusionEval = field(default_factory=SetInclusionEval)
+
+    @property
+    def stage1_seed(self) -> int:
+        """The seed of the data and stage 1 (``train.stage1_seed``, else the trial seed)."""
+        return self.seed if self.train.stage1_seed is None else self.train.stage1_seed

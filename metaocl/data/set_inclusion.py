@@ -13,6 +13,11 @@ Every variable gets ``train_questions`` training and ``test_questions`` test que
 true, all lists distinct, so no test question is ever seen in training. Inconsistent definitions name
 a number drawn uniformly from the numbers that are *not* the variable's own (always wrong).
 
+X2 re-split (the authors' ``seed_stage2``): with ``x2_seed`` given, the X2 variables (those of
+d1consis / d2consis / d3consis), in variable order, are shuffled by ``x2_seed`` alone and cut into
+the three subsets again; every variable, number, question and the X1 subsets stay those of ``seed``.
+A stage-2 seed thus decides only which X2 variables get which define tag.
+
 The same seed gives the same dataset, word for word. Generation is vectorized with NumPy: the paper's
 8000 variables take well under a second.
 """
@@ -107,8 +112,9 @@ def _qa(var: str, numbers: np.ndarray, label: bool) -> Question:
     return Question([var, "%", *map(str, numbers.tolist()), "=", "true" if label else "false"], label)
 
 
-def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
-    """Build the whole dataset of one trial from ``seed``."""
+def generate(cfg: SetInclusionData, seed: int, x2_seed: int | None = None) -> SetInclusionDataset:
+    """Build the whole dataset of one trial from ``seed``; ``x2_seed`` re-splits X2 (module docstring;
+    None: the split of ``seed``'s one permutation, as before re-splitting existed)."""
     rng = np.random.default_rng(seed)
     numbers_vocab = [str(i) for i in range(cfg.max_number + 1)]
     variables = _random_variables(rng, cfg.n_variables, cfg.var_length, set(KEYWORDS) | set(numbers_vocab))
@@ -128,6 +134,8 @@ def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
     for s in SUBSETS:
         subsets[s] = sorted(order[start : start + counts[s]].tolist())
         start += counts[s]
+    if x2_seed is not None:
+        _resplit_x2(subsets, x2_seed)
     wrong = _other_numbers(rng, own, 1, cfg.max_number)[:, 0]
 
     definitions, train_qa, test_qa = {}, {}, {}
@@ -150,6 +158,21 @@ def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
         max_number=cfg.max_number,
         vocab=vocab,
     )
+
+
+def _resplit_x2(subsets: dict[str, list[int]], x2_seed: int) -> None:
+    """Re-assign the X2 variables to d1/d2/d3consis (sizes kept) from ``x2_seed`` alone: the authors'
+    ``random.Random(seed_stage2).shuffle(sorted(stage2 indices))`` then a cut in subset order
+    (``numeric_experiment.py`` ``make_num_selection_dataset``). Draws nothing from the dataset's RNG."""
+    import random
+
+    x2 = sorted(i for s in STAGE2_SUBSETS for i in subsets[s])
+    random.Random(x2_seed).shuffle(x2)
+    start = 0
+    for s in STAGE2_SUBSETS:
+        n = len(subsets[s])
+        subsets[s] = sorted(x2[start : start + n])
+        start += n
 
 
 def _ensure_disjoint(train_qa: dict[str, list[Question]], test_qa: dict[str, list[Question]]) -> None:
