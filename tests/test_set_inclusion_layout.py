@@ -66,10 +66,8 @@ def test_quickstart_keeps_its_single_seed_path_and_data():
     config = trials["s0"].config
     assert config.train.stage1_seed is None and config.train.joint
     assert [(s.number, s.seed) for s in SI.stages(config)] == [(1, None)]
-    got = [_fingerprint(generate(trials[f"s{i}"].config.data, i)) for i in range(3)]
-    assert got == ["30217867cd7dc890", "b083f312d365e52b", "1227baea8c0804ee"]
-    data = si.datasets(config)
-    assert _fingerprint(data[1]) == "30217867cd7dc890"
+    assert _fingerprint(si.datasets(config)[1]) == "30217867cd7dc890"
+    assert _fingerprint(generate(trials["s1"].config.data, 1)) == "b083f312d365e52b"
     assert stage1.plan(_trials("quickstart", smoke=True), SI) == ({}, {})
 
 
