@@ -91,6 +91,8 @@ def summarize(sweep) -> dict:
             eval=_uniq((c.eval.scoring, c.eval.every) for c in cfgs),
             stage1_seeds=_uniq(c.stage1_seed for c in cfgs),
             stage2_from_epoch=_uniq(c.train.stage2_from_epoch for c in cfgs),
+            vocabulary=_uniq(c.data.vocabulary for c in cfgs),
+            max_eval_samples=_uniq(c.eval.max_samples for c in cfgs),
         )
     elif sweep.kind == "mnist":
         out.update(
@@ -185,13 +187,13 @@ EXPECTED = {
                           fractions=((0.4, 0.4, 0.1, 0.1, 0.0),), model=PYTHIA_70M, epochs=((100, 40, False),),
                           batch=((512, None),), optimizer=(("adafactor", 5e-05, "linear", 0, 0.0, 1.0),),
                           loss_on=("all",), eval=(("argmax", 5),), bf16=(True,), stage1_seeds=STAGE1_SEEDS_20,
-                          stage2_from_epoch=(None,)),
+                          stage2_from_epoch=(None,), vocabulary=("all_names",), max_eval_samples=(20_000,)),
     "set_inclusion_d3consis": dict(trials=60, seeds=(0, 1, 2), grid=("train.stage1_seed",), points=(), data=SI_DATA,
                                    fractions=((0.35, 0.35, 0.1, 0.1, 0.1),), model=PYTHIA_70M,
                                    epochs=((100, 40, False),), batch=((512, None),),
                                    optimizer=(("adafactor", 5e-05, "linear", 0, 0.0, 1.0),), loss_on=("all",),
                                    eval=(("argmax", 5),), bf16=(True,), stage1_seeds=STAGE1_SEEDS_20,
-                                   stage2_from_epoch=(None,)),
+                                   stage2_from_epoch=(None,), vocabulary=("all_names",), max_eval_samples=(20_000,)),
     "mnist": dict(trials=50, seeds=tuple(range(10)), grid=("data.n_pairs",), points=(),
                   model=(("convnextv2_tiny", False),), n_pairs=(100, 300, 1000, 3000, 10000),
                   train=((50000, 256, 0.0004, 2000, 0.05),)),
@@ -444,7 +446,10 @@ def test_sweeps_start_stage2_where_the_figure_did():
 # for seed_stage2 in range(n_seeds_stage2)), 100 + 40 epochs at 512 x 1, save_each_epochs 25 in stage 1.
 # Stage-1 rows: X1 variables x (12 training questions + 1 definition): 6,400 (d3consis: 5,600) x 13.
 AUTHORS_SET_INCLUSION = dict(stage1_seeds=20, stage2_seeds=(0, 1, 2), epochs=(100, 40), per_device=512, gas=1,
-                             save_each_epochs=25)
+                             save_each_epochs=25, max_eval_samples=20_000,
+                             # src/lm_training_utils.py create_tokenizer: [PAD] [UNK] = %, true false define1-3,
+                             # numbers 0-99, 26 letters, every three-letter name
+                             vocabulary=4 + 5 + 100 + 26 + 26 ** 3)
 SET_INCLUSION_STAGE1_ROWS = {"set_inclusion": 83_200, "set_inclusion_d3consis": 72_800}
 
 
@@ -472,4 +477,11 @@ def test_set_inclusion_runs_the_authors_seed_layout(name):
     # cpt100 = 50 (both sweeps): the end of stage 1 (ours, stage2_from_epoch null) is their run labelled cpt50
     labels = authors_stage2_start(rows, a["per_device"], a["gas"], a["epochs"][0], a["save_each_epochs"])
     assert labels == {25: 75, 50: 100, 75: 25, 100: 50}
+    # evaluation sample and vocabulary: theirs (ours has one more token, <eos>)
+    assert c.eval.max_samples == a["max_eval_samples"] and a["vocabulary"] == 17_711
+    import dataclasses
+
+    from metaocl.data.set_inclusion import generate
+
+    assert len(generate(dataclasses.replace(c.data, n_variables=50), 0).vocab) == a["vocabulary"] + 1
     assert labels[50] == a["epochs"][0] and c.train.stage2_from_epoch is None

@@ -114,15 +114,17 @@ def test_projection_against_appendix_f():
     assert p.gpu_hours() == pytest.approx(6.0 * mfu / plan.ASSUMED_MFU)
 
 
-def test_twenty_set_inclusion_seeds_share_one_80_gb_gpu():
-    """The 20 stage-1 units (then their 3 x 20 stage-2 trials) fit side by side on one GPU; stage 1's
-    FLOPs count once per stage-1 seed."""
+def test_set_inclusion_trials_share_one_80_gb_gpu():
+    """16 set-inclusion trials side by side on one 80 GB GPU with the authors' 17,712-token vocabulary
+    (21 with only the words in use); stage 1's FLOPs count once per stage-1 seed (20 units for 60 trials)."""
     sweep = load_sweep("set_inclusion")
     p = plan.plan_for([sweep], plan.stated_cluster("H100"))
     share = p.gpu_share()
-    assert 0 < share and 20 * share <= 1.0
+    assert share == 0.0625  # 1/16
     est = p.sweeps[0].estimates[0]
-    assert len(est.trials) == 60 and est.shared_runs == 20 and est.peak * plan.SHARED_HEADROOM * 20 <= 80 * GB
+    assert len(est.trials) == 60 and est.shared_runs == 20 and est.peak * plan.SHARED_HEADROOM * 16 <= 80 * GB
+    used = plan.plan_for([load_sweep("set_inclusion", overrides=["data.vocabulary=used"])], plan.stated_cluster("H100"))
+    assert used.gpu_share() == 0.0477  # 1/21
     assert est.shared_flops > 0 and est.flops == pytest.approx(
         60 * (est.train_flops + est.eval_flops) + 20 * est.shared_flops)
     # stage 1: 100 epochs of 83,200 rows; stage 2: 40 epochs of 1,600 definitions

@@ -21,7 +21,7 @@ import pytest
 
 from metaocl.config import ConfigError, from_dict, kind, load_sweep
 from metaocl.configs.set_inclusion import SetInclusionConfig
-from metaocl.data.set_inclusion import STAGE2_SUBSETS, SPECIAL, KEYWORDS, generate
+from metaocl.data.set_inclusion import STAGE2_SUBSETS, SPECIAL, KEYWORDS, Question, generate, subsample
 from metaocl.experiments import set_inclusion as si
 from metaocl.sweep import stage1
 
@@ -133,6 +133,38 @@ def test_stage1_key_shares_stage1_only():
         assert "\n" not in str(e.value)
 
 
+def test_eval_subsample_is_the_authors_max_eval_samples():
+    """Known answer: ``sorted(random.Random(seed).sample(range(n), k))`` per split, order kept, a fresh
+    generator per split (equal-size splits keep the same positions); at most k; all when n <= k."""
+    qs = [Question([f"v{i}"], i % 2 == 0) for i in range(50)]
+    got = subsample(qs, 7, seed=3)
+    assert [q.words[0] for q in got] == [f"v{i}" for i in sorted(random.Random(3).sample(range(50), 7))]
+    assert subsample(list(reversed(qs)), 7, seed=3) == [list(reversed(qs))[i] for i in
+                                                          sorted(random.Random(3).sample(range(50), 7))]
+    assert subsample(qs, 50, 3) is qs and subsample(qs, None, 3) is qs and subsample(qs, 80, 3) is qs
+    # the paper sweeps: 3,200 qd1consis / qd2incons variables x 12 test questions = 38,400 -> 20,000;
+    # d1consis / d2consis 800 x 12 = 9,600 stay whole
+    c = load_sweep("set_inclusion", smoke=False).trials()[0].config
+    assert c.eval.max_samples == 20_000
+    assert round(c.data.qd1consis * c.data.n_variables) * c.data.test_questions == 38_400
+    assert round(c.data.d1consis * c.data.n_variables) * c.data.test_questions == 9_600
+
+
+def test_all_names_vocabulary_is_the_authors_tokenizer_size_and_changes_nothing_else():
+    """Their create_tokenizer: 4 specials + 5 keywords + numbers 0-99 + 26 letters + 26**3 names = 17,711
+    tokens; ours with all_names the same words plus our <eos> (theirs ends no example with one), the
+    words in use first with their ids unchanged."""
+    used = generate(tiny(0, None).data, 4)
+    full = generate(from_dict(SetInclusionConfig, dict(TINY, data=dict(TINY["data"], vocabulary="all_names"))).data, 4)
+    assert 4 + 5 + 100 + 26 + 26 ** 3 + 1 == 17_712 == len(full.vocab) and len(set(full.vocab)) == len(full.vocab)
+    assert full.vocab[: len(used.vocab)] == used.vocab
+    full.vocab = used.vocab
+    assert _fingerprint(full) == _fingerprint(used)
+    assert load_sweep("set_inclusion").trials()[0].config.data.vocabulary == "all_names"
+    q = load_sweep("quickstart").trials()[0].config
+    assert (q.data.vocabulary, q.eval.max_samples) == ("used", None)
+
+
 class Collect(list):
     def __call__(self, metrics):
         self.append(dict(metrics))
@@ -150,6 +182,15 @@ def test_a_branch_from_the_unit_goes_on_exactly_as_an_uninterrupted_trial(tmp_pa
     where stage 2 starts, then the branch's); the two stage-2 seeds differ."""
     store = str(tmp_path / "unit")
     extra = {} if cut is None else {"stage2_from_epoch": cut}
+    if cut is not None:  # and the paper sweeps' evaluation sample (its seed follows the stage)
+        TINY_PAPER = dict(TINY, eval=dict(TINY["eval"], max_samples=200))
+    else:
+        TINY_PAPER = TINY
+
+    def tiny(seed, stage1_seed, **train):
+        return from_dict(SetInclusionConfig, dict(TINY_PAPER, seed=seed,
+                                                  train=dict(TINY_PAPER["train"], stage1_seed=stage1_seed, **train)))
+
     unit_reports = Collect()
     si.run_stage1(tiny(5, 5, **extra), unit_reports, store)
     assert [r["epoch"] for r in unit_reports] == [1.0, 2.0]  # stage 1 whole, whatever the cut

@@ -5,7 +5,10 @@ krasheninnikov/internalization): 8000 variables, qd1consis/qd2incons/d1consis/d2
 0.4/0.4/0.1/0.1, 24 questions per variable (12 training, 12 test), Pythia-70M architecture from
 random weights, batch 512, 100 + 40 epochs, and the Hugging Face Trainer's ``optim: adafactor``:
 Adafactor without relative step or parameter scaling at the Trainer's lr 5e-5, linear decay to 0
-per stage, no warm-up, grad-norm clip 1.0. Sweep files override what they vary.
+per stage, no warm-up, grad-norm clip 1.0. Sweep files override what they vary. Two defaults are
+not the authors' so that the CPU quickstart keeps its results: ``data.vocabulary`` (``used``; theirs
+``all_names``) and ``eval.max_samples`` (all; theirs 20000); the paper sweeps set theirs. Seeds: a
+sweep's ``train.stage1_seed`` grid x trial seeds gives their stage-1 x stage-2 seed layout.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ class SetInclusionData:
     d1consis: float = 0.1
     d2consis: float = 0.1
     d3consis: float = 0.0
+    # The tokenizer's vocabulary. used: the words the data uses (specials, keywords, numbers, the
+    # variables). all_names: also every other name of var_length letters (26**3 = 17,576 for 3),
+    # the 26 single letters and the numbers up to 99, after those: the authors' tokenizer
+    # (src/lm_training_utils.py create_tokenizer, separate_token_per_var): their 17,711 tokens at 3
+    # letters, and our <eos>.
+    vocabulary: Literal["used", "all_names"] = "used"
 
     def validate(self) -> None:
         fracs = [self.qd1consis, self.qd2incons, self.d1consis, self.d2consis, self.d3consis]
@@ -134,6 +143,14 @@ class SetInclusionEval:
     scoring: Literal["argmax", "true_false"] = "argmax"
     batch_size: int = 2048
     every: int = 1  # evaluate every N epochs (and always at the end of a stage)
+    # At most this many test questions per subset, a sample drawn once per stage with the stage's
+    # training seed (order kept), as the authors' max_eval_samples (load_data_from_config.py
+    # enforce_max_data_size); null = every test question.
+    max_samples: int | None = None
+
+    def validate(self) -> None:
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1 (null = every test question), got {self.max_samples}")
 
 
 @dataclass

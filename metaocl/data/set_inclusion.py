@@ -149,6 +149,8 @@ def generate(cfg: SetInclusionData, seed: int, x2_seed: int | None = None) -> Se
             train_qa[s] = [_qa(variables[i], lists[i, j], j < half) for i in idxs for j in train_idx]
     _ensure_disjoint(train_qa, test_qa)
     vocab = SPECIAL + KEYWORDS + numbers_vocab + variables
+    if cfg.vocabulary == "all_names":  # the authors' tokenizer: every name, letters, numbers to 99 (unused rows)
+        vocab += _unused_names(cfg, set(vocab))
     return SetInclusionDataset(
         numbers={variables[i]: int(own[i]) for i in range(cfg.n_variables)},
         subsets={s: [variables[i] for i in idxs] for s, idxs in subsets.items()},
@@ -158,6 +160,28 @@ def generate(cfg: SetInclusionData, seed: int, x2_seed: int | None = None) -> Se
         max_number=cfg.max_number,
         vocab=vocab,
     )
+
+
+def _unused_names(cfg: SetInclusionData, used: set[str]) -> list[str]:
+    """The tokens of the authors' tokenizer (``src/lm_training_utils.py`` ``create_tokenizer``) that the
+    data never uses, in their order: numbers to 99, the 26 letters, every ``var_length``-letter name."""
+    import itertools
+
+    letters = string.ascii_lowercase
+    extra = [str(i) for i in range(100)] + list(letters)
+    extra += ["".join(t) for t in itertools.product(letters, repeat=cfg.var_length)]
+    return [w for w in extra if w not in used]
+
+
+def subsample(questions: list[Question], k: int | None, seed: int) -> list[Question]:
+    """At most ``k`` of ``questions``, order kept: the authors' ``enforce_max_data_size``
+    (``sorted(random.Random(seed).sample(range(n), k))``, a fresh generator per split, so equal-size
+    splits keep the same positions)."""
+    import random
+
+    if k is None or len(questions) <= k:
+        return questions
+    return [questions[i] for i in sorted(random.Random(seed).sample(range(len(questions)), k))]
 
 
 def _resplit_x2(subsets: dict[str, list[int]], x2_seed: int) -> None:

@@ -175,8 +175,8 @@ class SetInclusionTrial(staged.StagedTrial):
         if weights is not None:
             self.model.load_state_dict(weights)
         self.model = self.model.to(device)
-        self._use_dataset(data[first])
         layout = config.train.stage1_seed is not None
+        self._use_dataset(data[first], self._eval_seed(first))
         self.generator = torch.Generator().manual_seed(config.stage1_seed if layout else config.seed)
         self.monitor = GradAlignmentMonitor(every_steps=config.train.grad_alignment_every)
         self.probes = {}  # per stage, from the dataset that stage sees
@@ -188,11 +188,19 @@ class SetInclusionTrial(staged.StagedTrial):
         self.step_global = 0 if first == 1 else -(-n1 // config.train.batch_size) * stages(config)[0].units
         self.bar = None
 
-    def _use_dataset(self, dataset) -> None:
+    def _eval_seed(self, stage: int) -> int:
+        """The seed of a stage's evaluation sample: its training seed (the authors' Trainer seed)."""
+        return self.config.stage1_seed if stage == 1 else self.config.seed
+
+    def _use_dataset(self, dataset, seed: int) -> None:
+        """``dataset``'s evaluation sets (each at most ``eval.max_samples`` questions, drawn by ``seed``)."""
+        from metaocl.data.set_inclusion import subsample
         from metaocl.engine import set_inclusion as engine
 
-        self.dataset = dataset
-        self.eval_sets = {s: engine.EvalSet.from_questions(self.tok, qs) for s, qs in dataset.test_qa.items() if qs}
+        self.dataset, self.eval_seed = dataset, seed
+        k = self.config.eval.max_samples
+        self.eval_sets = {s: engine.EvalSet.from_questions(self.tok, subsample(qs, k, seed))
+                          for s, qs in dataset.test_qa.items() if qs}
         self.defs = {s: engine.encode(self.tok, d, add_eos=False).to(self.device)
                      for s, d in dataset.definitions.items() if d}
 
@@ -206,8 +214,9 @@ class SetInclusionTrial(staged.StagedTrial):
         from metaocl.engine import set_inclusion as engine
 
         t = self.config.train
-        if self.data_of.get(stage.number, self.dataset) is not self.dataset:  # stage 2: the trial seed's X2 split
-            self._use_dataset(self.data_of[stage.number])
+        dataset, seed = self.data_of.get(stage.number, self.dataset), self._eval_seed(stage.number)
+        if dataset is not self.dataset or seed != self.eval_seed:  # stage 2: the trial seed's X2 split and sample
+            self._use_dataset(dataset, seed)
         self.data = engine.encode(self.tok, self.dataset.stage_examples(stage.number, joint=t.joint)).to(self.device)
         self.batch_size = t.batch_size if stage.number == 1 else (t.stage2_batch_size or t.batch_size)
         lr = t.lr if stage.number == 1 else (t.stage2_lr if t.stage2_lr is not None else t.lr)
