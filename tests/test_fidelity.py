@@ -422,6 +422,20 @@ def test_stage2_start_epoch_of_each_figure_by_the_authors_rule():
         assert (sizes["qd1consis"] + sizes["qd2incons"]) * 6 + (sizes["q"] + sizes["q_no_replacement_baseline"]) * 5 == rows
 
 
+def test_trex_stage2_start_bands_by_stage1_rows():
+    """T-REx (save_each_epochs 5; pythia28b_trex_bs256_2stage.yaml 128 x 2, t5_trex_bs256_2stage.yaml
+    64 x 4): which stage-1 epoch their cpt20 run starts from, by the stage-1 rows R (docs/fidelity.md)."""
+    bands = {(4_993, 12_672): 20, (12_673, 17_024): 15, (17_025, 25_472): 10, (25_473, 51_072): 5,
+             (51_073, 127_872): 20}
+    for (lo, hi), epoch in bands.items():
+        for rows in (lo, hi):
+            assert authors_stage2_start(rows, 128, 2, 20, 5)[20] == epoch, rows
+        assert authors_stage2_start(lo - 1, 128, 2, 20, 5)[20] != epoch
+    for rows, epoch in ((5_057, 20), (12_737, 15), (17_025, 10), (25_537, 5), (51_137, 20)):  # T5: 64 x 4
+        assert authors_stage2_start(rows, 64, 4, 20, 5)[20] == epoch
+        assert authors_stage2_start(rows - 1, 64, 4, 20, 5)[20] != epoch
+
+
 def test_sweeps_start_stage2_where_the_figure_did():
     """Once train.stage2_from_epoch exists, the sweeps carry the values of the rule above."""
     from metaocl.configs.lm import TrainConfig
