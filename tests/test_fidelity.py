@@ -89,6 +89,10 @@ def summarize(sweep) -> dict:
             loss_on=_uniq(c.train.loss_on for c in cfgs),
             bf16=_uniq(c.train.bf16 for c in cfgs),
             eval=_uniq((c.eval.scoring, c.eval.every) for c in cfgs),
+            stage1_seeds=_uniq(c.stage1_seed for c in cfgs),
+            stage2_from_epoch=_uniq(c.train.stage2_from_epoch for c in cfgs),
+            vocabulary=_uniq(c.data.vocabulary for c in cfgs),
+            max_eval_samples=_uniq(c.eval.max_samples for c in cfgs),
         )
     elif sweep.kind == "mnist":
         out.update(
@@ -179,15 +183,17 @@ EXPECTED = {
                           stage1_seeds=tuple(range(10)), stage1_cache=(False,), eval_every=(2,),
                           grad_alignment_every=(130,), accumulation=(1,), grad_alignment_statistic=("authors",),
                           train_subset=("x1",)),
-    "set_inclusion": dict(trials=20, seeds=tuple(range(20)), grid=(), points=(), data=SI_DATA,
+    "set_inclusion": dict(trials=60, seeds=(0, 1, 2), grid=("train.stage1_seed",), points=(), data=SI_DATA,
                           fractions=((0.4, 0.4, 0.1, 0.1, 0.0),), model=PYTHIA_70M, epochs=((100, 40, False),),
                           batch=((512, None),), optimizer=(("adafactor", 5e-05, "linear", 0, 0.0, 1.0),),
-                          loss_on=("all",), eval=(("argmax", 5),), bf16=(True,)),
-    "set_inclusion_d3consis": dict(trials=20, seeds=tuple(range(20)), grid=(), points=(), data=SI_DATA,
+                          loss_on=("all",), eval=(("argmax", 5),), bf16=(True,), stage1_seeds=STAGE1_SEEDS_20,
+                          stage2_from_epoch=(None,), vocabulary=("all_names",), max_eval_samples=(20_000,)),
+    "set_inclusion_d3consis": dict(trials=60, seeds=(0, 1, 2), grid=("train.stage1_seed",), points=(), data=SI_DATA,
                                    fractions=((0.35, 0.35, 0.1, 0.1, 0.1),), model=PYTHIA_70M,
                                    epochs=((100, 40, False),), batch=((512, None),),
                                    optimizer=(("adafactor", 5e-05, "linear", 0, 0.0, 1.0),), loss_on=("all",),
-                                   eval=(("argmax", 5),), bf16=(True,)),
+                                   eval=(("argmax", 5),), bf16=(True,), stage1_seeds=STAGE1_SEEDS_20,
+                                   stage2_from_epoch=(None,), vocabulary=("all_names",), max_eval_samples=(20_000,)),
     "mnist": dict(trials=50, seeds=tuple(range(10)), grid=("data.n_pairs",), points=(),
                   model=(("convnextv2_tiny", False),), n_pairs=(100, 300, 1000, 3000, 10000),
                   train=((50000, 256, 0.0004, 2000, 0.05),)),
@@ -416,6 +422,20 @@ def test_stage2_start_epoch_of_each_figure_by_the_authors_rule():
         assert (sizes["qd1consis"] + sizes["qd2incons"]) * 6 + (sizes["q"] + sizes["q_no_replacement_baseline"]) * 5 == rows
 
 
+def test_trex_stage2_start_bands_by_stage1_rows():
+    """T-REx (save_each_epochs 5; pythia28b_trex_bs256_2stage.yaml 128 x 2, t5_trex_bs256_2stage.yaml
+    64 x 4): which stage-1 epoch their cpt20 run starts from, by the stage-1 rows R (docs/fidelity.md)."""
+    bands = {(4_993, 12_672): 20, (12_673, 17_024): 15, (17_025, 25_472): 10, (25_473, 51_072): 5,
+             (51_073, 127_872): 20}
+    for (lo, hi), epoch in bands.items():
+        for rows in (lo, hi):
+            assert authors_stage2_start(rows, 128, 2, 20, 5)[20] == epoch, rows
+        assert authors_stage2_start(lo - 1, 128, 2, 20, 5)[20] != epoch
+    for rows, epoch in ((5_057, 20), (12_737, 15), (17_025, 10), (25_537, 5), (51_137, 20)):  # T5: 64 x 4
+        assert authors_stage2_start(rows, 64, 4, 20, 5)[20] == epoch
+        assert authors_stage2_start(rows - 1, 64, 4, 20, 5)[20] != epoch
+
+
 def test_sweeps_start_stage2_where_the_figure_did():
     """Once train.stage2_from_epoch exists, the sweeps carry the values of the rule above."""
     from metaocl.configs.lm import TrainConfig
@@ -430,3 +450,52 @@ def test_sweeps_start_stage2_where_the_figure_did():
     assert t5["cvdb"] == 15
     amount = {t.config.data.n_entities: t.config.train.stage2_from_epoch for t in load_sweep("data_amount").trials()}
     assert {n: (e or 20) for n, e in amount.items()} == {250: 20, 500: 10, 1000: 20, 2000: 20}
+
+
+# ------------------------------------------------------------------------------------------------
+# Set inclusion: the authors' seed layout
+# ------------------------------------------------------------------------------------------------
+# configs/num_choice_exps/pythia70m_tokpervar_bs512_n8_i1.yaml and ..._d3consis.yaml: experiment_arguments
+# n_seeds 20 (stage-1 seeds from start_seed 630 / 600), n_seeds_stage2 3 (src/experiment_pipeline.py:
+# for seed_stage2 in range(n_seeds_stage2)), 100 + 40 epochs at 512 x 1, save_each_epochs 25 in stage 1.
+# Stage-1 rows: X1 variables x (12 training questions + 1 definition): 6,400 (d3consis: 5,600) x 13.
+AUTHORS_SET_INCLUSION = dict(stage1_seeds=20, stage2_seeds=(0, 1, 2), epochs=(100, 40), per_device=512, gas=1,
+                             save_each_epochs=25, max_eval_samples=20_000,
+                             # src/lm_training_utils.py create_tokenizer: [PAD] [UNK] = %, true false define1-3,
+                             # numbers 0-99, 26 letters, every three-letter name
+                             vocabulary=4 + 5 + 100 + 26 + 26 ** 3)
+SET_INCLUSION_STAGE1_ROWS = {"set_inclusion": 83_200, "set_inclusion_d3consis": 72_800}
+
+
+@pytest.mark.parametrize("name", ["set_inclusion", "set_inclusion_d3consis"])
+def test_set_inclusion_runs_the_authors_seed_layout(name):
+    """20 stage-1 seeds, each stage 1 trained once (a stage-1 unit) and branched into the stage-2
+    seeds 0, 1, 2 (the trial seeds, which re-split X2); stage 2 from the end of stage 1."""
+    from metaocl.config import kind
+    from metaocl.sweep import stage1
+
+    a = AUTHORS_SET_INCLUSION
+    trials = {t.trial_id: t for t in load_sweep(name).trials()}
+    units, unit_of = stage1.plan(trials, kind("set_inclusion"))
+    assert len(units) == a["stage1_seeds"] and len(trials) == a["stage1_seeds"] * len(a["stage2_seeds"])
+    for unit in units.values():
+        assert tuple(trials[m].config.seed for m in unit.members) == a["stage2_seeds"]
+        assert {trials[m].config.stage1_seed for m in unit.members} == {unit.trial.seed}
+    c = next(iter(trials.values())).config
+    assert (c.train.stage1_epochs, c.train.stage2_epochs) == a["epochs"] and c.train.batch_size == a["per_device"] * a["gas"]
+    # the stage-1 rows of ours at the authors' size: X1 variables x (12 training questions + 1 definition)
+    x1 = round((c.data.qd1consis + c.data.qd2incons) * c.data.n_variables)
+    rows = SET_INCLUSION_STAGE1_ROWS[name]
+    assert x1 * (c.data.train_questions + 1) == rows
+    # their checkpoints (every 25 epochs) sort as strings to cpt25 = epoch 75, cpt50 = 100, cpt75 = 25,
+    # cpt100 = 50 (both sweeps): the end of stage 1 (ours, stage2_from_epoch null) is their run labelled cpt50
+    labels = authors_stage2_start(rows, a["per_device"], a["gas"], a["epochs"][0], a["save_each_epochs"])
+    assert labels == {25: 75, 50: 100, 75: 25, 100: 50}
+    # evaluation sample and vocabulary: theirs (ours has one more token, <eos>)
+    assert c.eval.max_samples == a["max_eval_samples"] and a["vocabulary"] == 17_711
+    import dataclasses
+
+    from metaocl.data.set_inclusion import generate
+
+    assert len(generate(dataclasses.replace(c.data, n_variables=50), 0).vocab) == a["vocabulary"] + 1
+    assert labels[50] == a["epochs"][0] and c.train.stage2_from_epoch is None

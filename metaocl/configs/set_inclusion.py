@@ -5,7 +5,10 @@ krasheninnikov/internalization): 8000 variables, qd1consis/qd2incons/d1consis/d2
 0.4/0.4/0.1/0.1, 24 questions per variable (12 training, 12 test), Pythia-70M architecture from
 random weights, batch 512, 100 + 40 epochs, and the Hugging Face Trainer's ``optim: adafactor``:
 Adafactor without relative step or parameter scaling at the Trainer's lr 5e-5, linear decay to 0
-per stage, no warm-up, grad-norm clip 1.0. Sweep files override what they vary.
+per stage, no warm-up, grad-norm clip 1.0. Sweep files override what they vary. Two defaults are
+not the authors' so that the CPU quickstart keeps its results: ``data.vocabulary`` (``used``; theirs
+``all_names``) and ``eval.max_samples`` (all; theirs 20000); the paper sweeps set theirs. Seeds: a
+sweep's ``train.stage1_seed`` grid x trial seeds gives their stage-1 x stage-2 seed layout.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ class SetInclusionData:
     d1consis: float = 0.1
     d2consis: float = 0.1
     d3consis: float = 0.0
+    # The tokenizer's vocabulary. used: the words the data uses (specials, keywords, numbers, the
+    # variables). all_names: also every other name of var_length letters (26**3 = 17,576 for 3),
+    # the 26 single letters and the numbers up to 99, after those: the authors' tokenizer
+    # (src/lm_training_utils.py create_tokenizer, separate_token_per_var): their 17,711 tokens at 3
+    # letters, and our <eos>.
+    vocabulary: Literal["used", "all_names"] = "used"
 
     def validate(self) -> None:
         fracs = [self.qd1consis, self.qd2incons, self.d1consis, self.d2consis, self.d3consis]
@@ -95,6 +104,14 @@ class SetInclusionTrain:
     # Training forward passes under bf16 autocast on CUDA (fp32 weights), the authors' bf16: True;
     # nothing on CPU.
     bf16: bool = True
+    # Seed of the dataset (variables, numbers, questions, the X1/X2 split), the initial weights and
+    # stage 1; the trial seed then re-splits X2 into d1/d2/d3consis and orders stage 2's data (the
+    # authors' seed / seed_stage2). Trials with one stage1_seed share stage 1: a sweep trains it once
+    # as a stage-1 unit. null = the trial seed drives everything and X2 is not re-split (quickstart).
+    stage1_seed: int | None = None
+    # Two-stage only: the stage-1 epoch whose model stage 2 starts from (null = the end of stage 1).
+    # Stage 1 is still trained and evaluated to its end (its curve), stage 2's epochs follow epoch N.
+    stage2_from_epoch: int | None = None
 
     def validate(self) -> None:
         if self.stage1_epochs < 1 or self.stage2_epochs < 0:
@@ -107,6 +124,16 @@ class SetInclusionTrain:
             raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.checkpoint_minutes is not None and self.checkpoint_minutes < 0:
             raise ConfigError("checkpoint_minutes must be >= 0 (0 = every epoch, null = off)")
+        if self.stage1_seed is not None and self.stage1_seed < 0:
+            raise ConfigError(f"stage1_seed must be >= 0 (null = the trial seed), got {self.stage1_seed}")
+        n = self.stage2_from_epoch
+        if n is not None and (self.joint or self.stage2_epochs == 0 or not 1 <= n <= self.stage1_epochs):
+            raise ConfigError(f"stage2_from_epoch: {n} must be a stage-1 epoch (1..{self.stage1_epochs}) of a "
+                              "two-stage run (joint false, stage2_epochs > 0); null = the end of stage 1")
+
+    @property
+    def two_stage(self) -> bool:
+        return not self.joint and self.stage2_epochs > 0
 
 
 @dataclass
@@ -116,6 +143,14 @@ class SetInclusionEval:
     scoring: Literal["argmax", "true_false"] = "argmax"
     batch_size: int = 2048
     every: int = 1  # evaluate every N epochs (and always at the end of a stage)
+    # At most this many test questions per subset, a sample drawn once per stage with the stage's
+    # training seed (order kept), as the authors' max_eval_samples (load_data_from_config.py
+    # enforce_max_data_size); null = every test question.
+    max_samples: int | None = None
+
+    def validate(self) -> None:
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1 (null = every test question), got {self.max_samples}")
 
 
 @dataclass
@@ -126,3 +161,8 @@ class SetInclusionConfig:
     model: GPTNeoXArch = field(default_factory=GPTNeoXArch)
     train: SetInclusionTrain = field(default_factory=SetInclusionTrain)
     eval: SetInclusionEval = field(default_factory=SetInclusionEval)
+
+    @property
+    def stage1_seed(self) -> int:
+        """The seed of the data and stage 1 (``train.stage1_seed``, else the trial seed)."""
+        return self.seed if self.train.stage1_seed is None else self.train.stage1_seed

@@ -13,6 +13,11 @@ Every variable gets ``train_questions`` training and ``test_questions`` test que
 true, all lists distinct, so no test question is ever seen in training. Inconsistent definitions name
 a number drawn uniformly from the numbers that are *not* the variable's own (always wrong).
 
+X2 re-split (the authors' ``seed_stage2``): with ``x2_seed`` given, the X2 variables (those of
+d1consis / d2consis / d3consis), in variable order, are shuffled by ``x2_seed`` alone and cut into
+the three subsets again; every variable, number, question and the X1 subsets stay those of ``seed``.
+A stage-2 seed thus decides only which X2 variables get which define tag.
+
 The same seed gives the same dataset, word for word. Generation is vectorized with NumPy: the paper's
 8000 variables take well under a second.
 """
@@ -107,8 +112,9 @@ def _qa(var: str, numbers: np.ndarray, label: bool) -> Question:
     return Question([var, "%", *map(str, numbers.tolist()), "=", "true" if label else "false"], label)
 
 
-def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
-    """Build the whole dataset of one trial from ``seed``."""
+def generate(cfg: SetInclusionData, seed: int, x2_seed: int | None = None) -> SetInclusionDataset:
+    """Build the whole dataset of one trial from ``seed``; ``x2_seed`` re-splits X2 (module docstring;
+    None: the split of ``seed``'s one permutation, as before re-splitting existed)."""
     rng = np.random.default_rng(seed)
     numbers_vocab = [str(i) for i in range(cfg.max_number + 1)]
     variables = _random_variables(rng, cfg.n_variables, cfg.var_length, set(KEYWORDS) | set(numbers_vocab))
@@ -128,6 +134,8 @@ def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
     for s in SUBSETS:
         subsets[s] = sorted(order[start : start + counts[s]].tolist())
         start += counts[s]
+    if x2_seed is not None:
+        _resplit_x2(subsets, x2_seed)
     wrong = _other_numbers(rng, own, 1, cfg.max_number)[:, 0]
 
     definitions, train_qa, test_qa = {}, {}, {}
@@ -141,6 +149,8 @@ def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
             train_qa[s] = [_qa(variables[i], lists[i, j], j < half) for i in idxs for j in train_idx]
     _ensure_disjoint(train_qa, test_qa)
     vocab = SPECIAL + KEYWORDS + numbers_vocab + variables
+    if cfg.vocabulary == "all_names":  # the authors' tokenizer: every name, letters, numbers to 99 (unused rows)
+        vocab += _unused_names(cfg, set(vocab))
     return SetInclusionDataset(
         numbers={variables[i]: int(own[i]) for i in range(cfg.n_variables)},
         subsets={s: [variables[i] for i in idxs] for s, idxs in subsets.items()},
@@ -150,6 +160,43 @@ def generate(cfg: SetInclusionData, seed: int) -> SetInclusionDataset:
         max_number=cfg.max_number,
         vocab=vocab,
     )
+
+
+def _unused_names(cfg: SetInclusionData, used: set[str]) -> list[str]:
+    """The tokens of the authors' tokenizer (``src/lm_training_utils.py`` ``create_tokenizer``) that the
+    data never uses, in their order: numbers to 99, the 26 letters, every ``var_length``-letter name."""
+    import itertools
+
+    letters = string.ascii_lowercase
+    extra = [str(i) for i in range(100)] + list(letters)
+    extra += ["".join(t) for t in itertools.product(letters, repeat=cfg.var_length)]
+    return [w for w in extra if w not in used]
+
+
+def subsample(questions: list[Question], k: int | None, seed: int) -> list[Question]:
+    """At most ``k`` of ``questions``, order kept: the authors' ``enforce_max_data_size``
+    (``sorted(random.Random(seed).sample(range(n), k))``, a fresh generator per split, so equal-size
+    splits keep the same positions)."""
+    import random
+
+    if k is None or len(questions) <= k:
+        return questions
+    return [questions[i] for i in sorted(random.Random(seed).sample(range(len(questions)), k))]
+
+
+def _resplit_x2(subsets: dict[str, list[int]], x2_seed: int) -> None:
+    """Re-assign the X2 variables to d1/d2/d3consis (sizes kept) from ``x2_seed`` alone: the authors'
+    ``random.Random(seed_stage2).shuffle(sorted(stage2 indices))`` then a cut in subset order
+    (``numeric_experiment.py`` ``make_num_selection_dataset``). Draws nothing from the dataset's RNG."""
+    import random
+
+    x2 = sorted(i for s in STAGE2_SUBSETS for i in subsets[s])
+    random.Random(x2_seed).shuffle(x2)
+    start = 0
+    for s in STAGE2_SUBSETS:
+        n = len(subsets[s])
+        subsets[s] = sorted(x2[start : start + n])
+        start += n
 
 
 def _ensure_disjoint(train_qa: dict[str, list[Question]], test_qa: dict[str, list[Question]]) -> None:

@@ -13,7 +13,8 @@ In a sweep the driver schedules the shared stages as a unit of their own instead
 (:func:`publish`, a local path or an object-store URI every node sees) and the trials that branch
 from it load it from there (:func:`fetch`); no trial waits on a lock. The shared stages are all but
 the last (:func:`shared_stages`: two_stage stage 1; three_stage stages 1 and 2, the X1-QA stage
-that the authors ran once per stage-1 seed).
+that the authors ran once per stage-1 seed). Set-inclusion units store their model as a torch state
+dict (:func:`publish_state` / :func:`fetch_state`) beside the same ``complete.json``.
 """
 
 from __future__ import annotations
@@ -170,3 +171,40 @@ def fetch(uri: str, config: LMConfig) -> tuple[LoadedModel, list[dict]]:
         (Path(tmp) / COMPLETE).unlink(missing_ok=True)
         loaded, _ = load(Path(tmp), config, with_history=False)
     return loaded, history
+
+
+# A model that is a plain torch module (set inclusion): its state dict as one file.
+STATE_FILE = "model_state.pt"
+
+
+def publish_state(uri: str, state: dict) -> int:
+    """A torch state dict into ``uri`` (a retried unit overwrites a partial one); returns the bytes."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    fs, path = _fs(uri)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{STATE_FILE}") as out:
+        out.write(buf.getvalue())
+    return buf.tell()
+
+
+def fetch_state(uri: str) -> dict:
+    """The state dict :func:`publish_state` wrote at ``uri`` (on the CPU)."""
+    import io
+
+    import torch
+
+    fs, path = _fs(uri)
+    with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+
+
+def fetch_history(uri: str) -> list[dict]:
+    """The reports a complete unit at ``uri`` made (:func:`publish_complete`)."""
+    fs, path = _fs(uri)
+    with fs.open_input_stream(f"{path}/{COMPLETE}") as f:
+        return json.loads(f.read().decode())["history"]

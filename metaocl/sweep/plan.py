@@ -444,22 +444,28 @@ def estimate_set_inclusion(config, cuda: bool = True) -> TrialEstimate:
     import yaml
 
     from metaocl.experiments.base import evaluations
+    from metaocl.experiments.set_inclusion import SHARED
 
     vocab, n1, n2, tokens, n_test = set_inclusion_sizes(yaml.safe_dump(to_dict(config.data), sort_keys=True))
     shape = set_inclusion_shape(tuple(sorted(to_dict(config.model).items())), vocab)
     t = config.train
     stages = ([t.stage1_epochs], [n1 + n2]) if t.joint else ([t.stage1_epochs, t.stage2_epochs], [n1, n2])
-    train = lm_train_flops(shape.matmul_params, shape.layers, shape.hidden, tokens, stages[1], stages[0])
+    per_stage = [lm_train_flops(shape.matmul_params, shape.layers, shape.hidden, tokens, [n], [e])
+                 for n, e in zip(stages[1], stages[0])]
+    train = sum(per_stage)
     n_eval = sum(evaluations(e, config.eval.every) for e in stages[0])
     kw = dict(optimizer=t.optimizer, weight_bytes=4, autocast=False, tokens=tokens)
+    shared = SHARED.key(config) is not None  # stage 1 once per stage-1 seed (a stage-1 unit)
+    secs = unit_seconds(per_stage, stages[0])
+    writes = (checkpoint_writes(config, secs, 1, 1) + checkpoint_writes(config, secs, 2) if shared
+              else checkpoint_writes(config, secs))
     return TrialEstimate(
         trials=[], model=f"GPT-NeoX {config.model.hidden_size}x{config.model.num_hidden_layers}", shape=shape,
         memory=memory(shape, micro_batch=t.batch_size, **kw), micro_batch=t.batch_size,
-        static_bytes=memory(shape, micro_batch=1, **kw)["peak"], train_flops=train, shared_flops=0.0,
+        static_bytes=memory(shape, micro_batch=1, **kw)["peak"],
+        train_flops=sum(per_stage[1:]) if shared else train, shared_flops=per_stage[0] if shared else 0.0,
         eval_flops=eval_flops(shape.matmul_params, n_test, tokens, 0, n_eval), shared_runs=0,
-        checkpoints=sum(checkpoint_writes(config, unit_seconds(
-            [lm_train_flops(shape.matmul_params, shape.layers, shape.hidden, tokens, [n], [e])
-             for n, e in zip(stages[1], stages[0])], stages[0]))),
+        checkpoints=sum(writes[1:]) if shared else sum(writes), shared_checkpoints=writes[0] if shared else 0,
         checkpoint_each=checkpoint_bytes(config, shape))
 
 
