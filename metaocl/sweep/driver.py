@@ -395,6 +395,10 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             tuner = tune.Tuner.restore(exp_dir, trainable_, resume_unfinished=True, resume_errored=True)
         else:
             simulate = simulating_gpus()
+            # METAOCL_REUSE_ACTORS=1: a worker process that finished a trial runs the next one (same
+            # resources), so many short trials pay Python, torch and the actor's start-up once per
+            # process, not once per trial (bench/chaos.py). Off by default: long trials gain nothing.
+            reuse = os.environ.get("METAOCL_REUSE_ACTORS", "0") == "1"
             space = {tid: {"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
                            "simulate_gpus": simulate, "config": t.config_dict()} for tid, t in trials.items()}
             if units:  # stage-1 units first; a unit's trials once it completed (metaocl.sweep.stage1)
@@ -407,10 +411,11 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                                        for tid in u.members] for u in units.values()}
                 searcher = stage1.Stage1FirstSearcher(unit_specs, [space[t] for t in trials if t not in unit_of],
                                                       waiting, stores)
-                param_space, tune_config = {}, tune.TuneConfig(search_alg=searcher, num_samples=len(units) + len(trials))
+                param_space, tune_config = {}, tune.TuneConfig(search_alg=searcher, num_samples=len(units) + len(trials),
+                                                               reuse_actors=reuse)
             else:
                 param_space = {"trial": tune.grid_search(list(space.values()))}
-                tune_config = tune.TuneConfig(num_samples=1)
+                tune_config = tune.TuneConfig(num_samples=1, reuse_actors=reuse)
             tuner = tune.Tuner(
                 trainable_,
                 param_space=param_space,
