@@ -339,6 +339,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             preflight.check_inputs(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
         where = preflight.init_ray(address, env_vars=None if local else env)
         _one_line_node_deaths()
+        _retry_failed_actor_resets()
         cluster = preflight.probe_gpus(sweep, where, gpu_type)  # a GPU that CUDA cannot use: exit 2 here
         resources = preflight.check_resources(sweep, where, _plan(sweep, cluster, show_plan))
         preflight.check_devices(sweep, trials, resources)
@@ -478,6 +479,30 @@ def _plan(sweep: Sweep, cluster, show: bool):
     if show:
         print(planning.render(the_plan), flush=True)
     return the_plan
+
+
+def _retry_failed_actor_resets() -> None:
+    """With ``reuse_actors`` (``METAOCL_REUSE_ACTORS=1``), Ray Tune hands a waiting trial the actor of
+    a finished one and resets it. When that actor's node has died in between, the reset fails while
+    the trial is still PENDING, and Tune (``TuneController._process_trial_failure``, Ray 2.x) ends it
+    ERROR at once, whatever ``max_failures`` allows: one node kill could fail a trial for good. Here
+    such a failure is one failed attempt like any other (retried from the last checkpoint while
+    ``max_failures`` allows): the trial counts as running on that actor when the failure is handled."""
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    original = TuneController._process_trial_failure
+    if getattr(original, "metaocl_patched", False):
+        return
+
+    def process_trial_failure(self, trial, exception):
+        if trial.status == Trial.PENDING and trial in self._resetting_trials and trial in self._trial_to_actor:
+            self._resetting_trials.discard(trial)
+            self._set_trial_status(trial, Trial.RUNNING)
+        return original(self, trial, exception)
+
+    process_trial_failure.metaocl_patched = True
+    TuneController._process_trial_failure = process_trial_failure
 
 
 def _one_line_node_deaths() -> None:
