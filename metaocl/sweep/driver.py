@@ -484,10 +484,13 @@ def _plan(sweep: Sweep, cluster, show: bool):
 def _retry_failed_actor_resets() -> None:
     """With ``reuse_actors`` (``METAOCL_REUSE_ACTORS=1``), Ray Tune hands a waiting trial the actor of
     a finished one and resets it. When that actor's node has died in between, the reset fails while
-    the trial is still PENDING, and Tune (``TuneController._process_trial_failure``, Ray 2.x) ends it
-    ERROR at once, whatever ``max_failures`` allows: one node kill could fail a trial for good. Here
-    such a failure is one failed attempt like any other (retried from the last checkpoint while
-    ``max_failures`` allows): the trial counts as running on that actor when the failure is handled."""
+    the trial is still PENDING (and so can a late second report of the same dead actor), and Tune
+    (``TuneController._process_trial_failure``, Ray 2.x) ends a PENDING trial ERROR at once, whatever
+    ``max_failures`` allows: one node kill could fail a trial for good. Here a PENDING trial's actor
+    failure is one failed attempt like any other (retried from the last checkpoint while
+    ``max_failures`` allows), handled as Tune itself handles a pending trial whose actor failed to
+    start (``_actor_failed``: the trial counts as running when the failure is processed)."""
+    from ray.exceptions import RayActorError
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.experiment import Trial
 
@@ -496,7 +499,7 @@ def _retry_failed_actor_resets() -> None:
         return
 
     def process_trial_failure(self, trial, exception):
-        if trial.status == Trial.PENDING and trial in self._resetting_trials and trial in self._trial_to_actor:
+        if trial.status == Trial.PENDING and isinstance(exception, RayActorError):
             self._resetting_trials.discard(trial)
             self._set_trial_status(trial, Trial.RUNNING)
         return original(self, trial, exception)
