@@ -1,14 +1,17 @@
 """Chaos: a sweep of many short trials on a local 3-node Ray cluster under random faults loses nothing.
 
-    nice -n 10 python bench/chaos.py                          # 100 trials under chaos, then the same calm
-    python bench/chaos.py --trials 10 --raylet-kills 2 --no-calm   # a small version (tests/test_chaos.py)
+    nice -n 5 python bench/chaos.py                           # 100 trials under chaos, then the same calm
+    python bench/chaos.py --trials 6 --epochs 3,2 --trial-cpus 1 --raylet-kills 2 --kill-every 5,10 --no-calm
+                                                              # a small version (tests/test_chaos.py)
 
 Set-up, all on this machine: a Ray head on 127.0.0.2 (no CPUs: it hosts the driver) and two worker
 nodes on 127.0.0.3 and 127.0.0.4 (``--cpus`` each), each started with ``ray start --block`` in a
 session of its own; an MLflow server (``mlflow server``, SQLite behind it) on 127.0.0.1; trial storage
 in one folder every node sees. The sweep is ``metaocl sweep`` itself, run as a user runs it
 (``--address``, ``--tracking-uri``, ``--storage``), over a tiny set-inclusion trial evaluated after
-every epoch (and checkpointed there).
+every epoch (and checkpointed there), ``--trial-cpus`` (half a CPU) each, with
+``METAOCL_REUSE_ACTORS=1`` (a Ray worker runs trial after trial: the import of torch, ~27 s of a
+30 s trial on a loaded 2-core machine, is paid once per worker process, not once per trial).
 
 The chaos loop runs beside the driver and stops by itself (bounded in count and in time):
 
