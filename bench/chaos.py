@@ -1,14 +1,17 @@
 """Chaos: a sweep of many short trials on a local 3-node Ray cluster under random faults loses nothing.
 
-    nice -n 10 python bench/chaos.py                          # 100 trials under chaos, then the same calm
-    python bench/chaos.py --trials 10 --raylet-kills 2 --no-calm   # a small version (tests/test_chaos.py)
+    nice -n 5 python bench/chaos.py                           # 100 trials under chaos, then the same calm
+    python bench/chaos.py --trials 6 --epochs 3,2 --trial-cpus 1 --raylet-kills 2 --kill-every 5,10 --no-calm
+                                                              # a small version (tests/test_chaos.py)
 
 Set-up, all on this machine: a Ray head on 127.0.0.2 (no CPUs: it hosts the driver) and two worker
 nodes on 127.0.0.3 and 127.0.0.4 (``--cpus`` each), each started with ``ray start --block`` in a
 session of its own; an MLflow server (``mlflow server``, SQLite behind it) on 127.0.0.1; trial storage
 in one folder every node sees. The sweep is ``metaocl sweep`` itself, run as a user runs it
 (``--address``, ``--tracking-uri``, ``--storage``), over a tiny set-inclusion trial evaluated after
-every epoch (and checkpointed there).
+every epoch (and checkpointed there), ``--trial-cpus`` (half a CPU) each, with
+``METAOCL_REUSE_ACTORS=1`` (a Ray worker runs trial after trial: the import of torch, ~27 s of a
+30 s trial on a loaded 2-core machine, is paid once per worker process, not once per trial).
 
 The chaos loop runs beside the driver and stops by itself (bounded in count and in time):
 
@@ -34,15 +37,19 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from _cluster import free_port, ray_env, stop, tiny_sweep_file, wait_for, wait_ray_nodes  # noqa: E402 (bench/_cluster.py, shared with tests/)
+from _cluster import start as start_process  # noqa: E402
 
 HEAD_IP, WORKER_IPS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
 MEASURE = "acc/d1consis"  # a metric every report carries: its steps are checked
@@ -52,64 +59,23 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# Ray's own patience, raised for a loaded machine (Ray system config, read from RAY_<name> by every Ray
+# process): the head declares a node dead after health_check_failure_threshold missed checks of
+# health_check_timeout_ms each (here ~2 min, not ~15 s: only the kills below should kill a node); a
+# worker process has worker_register_timeout_seconds to start; a raylet waits
+# gcs_rpc_server_reconnect_timeout_s for the head. (Ray's 30 s for a new node to register is fixed
+# in `ray start`; a node that misses it is started again, see Cluster._start_nodes.)
+RAY_PATIENCE = {"RAY_health_check_failure_threshold": "20", "RAY_health_check_timeout_ms": "6000",
+                "RAY_worker_register_timeout_seconds": "300", "RAY_gcs_rpc_server_reconnect_timeout_s": "300"}
+
+
 def env(**extra: str) -> dict:
-    out = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
-               MLFLOW_ENABLE_TELEMETRY="false", HF_HUB_OFFLINE="1")
-    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "METAOCL_RESULTS"):
-        out.pop(var, None)
-    out.update(extra)
-    return out
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return ray_env(MLFLOW_ENABLE_TELEMETRY="false", HF_HUB_OFFLINE="1", **RAY_PATIENCE, **extra)
 
 
 def start(cmd: list[str], logfile: Path, cwd: Path | None = None, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=logfile.open("a"), stderr=subprocess.STDOUT, env=env(**extra), cwd=cwd,
-                            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, first: int = signal.SIGTERM) -> None:
-    """Stop a process started by :func:`start` and everything in its session."""
-    for sig, grace in ((first, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # what outlived the leader
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def wait_for(check, what: str, timeout: float = 300, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def tcp_open(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+    """``cmd`` in a session of its own (stopped by process group), its output appended to ``logfile``."""
+    return start_process(cmd, logfile, env=env(**extra), cwd=cwd, append=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,36 +97,49 @@ class Cluster:
         return [f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={self.temp_dir}", "--block"]
 
     def up(self) -> None:
-        self.nodes[HEAD_IP] = self._start_node(
-            "head", ["ray", "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={self.port}",
-                     "--include-dashboard=false", *self._common(0)])
-        for ip in WORKER_IPS:
-            self.start_worker(ip)
-        self.wait_alive(1 + len(WORKER_IPS))
+        self.nodes.update(self._start_nodes({HEAD_IP: ["ray", "start", "--head", f"--node-ip-address={HEAD_IP}",
+                                                       f"--port={self.port}", "--include-dashboard=false",
+                                                       *self._common(0)]}))
+        self.nodes.update(self._start_nodes({ip: self._worker_cmd(ip) for ip in WORKER_IPS}))  # side by side
+        wait_ray_nodes(self.address, 1 + len(WORKER_IPS), HEAD_IP, timeout=300, env=env())
+
+    def _worker_cmd(self, ip: str) -> list[str]:
+        return ["ray", "start", f"--address={self.address}", f"--node-ip-address={ip}", *self._common(self.cpus)]
 
     def start_worker(self, ip: str) -> None:
-        self.nodes[ip] = self._start_node(f"worker-{ip}", ["ray", "start", f"--address={self.address}",
-                                                           f"--node-ip-address={ip}", *self._common(self.cpus)])
+        self.nodes.update(self._start_nodes({ip: self._worker_cmd(ip)}))
 
-    def _start_node(self, name: str, cmd: list[str], tries: int = 8) -> subprocess.Popen:
-        """``ray start --block``, until it says the node started: on a loaded machine a node can miss
-        Ray's fixed 30 s start-up window and exit; then it is started again."""
-        logfile = self.base / f"{name}.log"
+    def _start_nodes(self, cmds: dict[str, list[str]], tries: int = 8) -> dict[str, subprocess.Popen]:
+        """``ray start --block`` of each node at once, until each says it started: on a loaded machine
+        a node can miss Ray's fixed 30 s start-up window and exit; then it is started again."""
+        up: dict[str, subprocess.Popen] = {}
         for attempt in range(1, tries + 1):
-            offset = logfile.stat().st_size if logfile.exists() else 0
-            proc = start(cmd, logfile)
-            self.started.append(proc)
+            launched = {}
+            for ip, cmd in cmds.items():
+                if ip in up:
+                    continue
+                logfile = self.base / f"{'head' if ip == HEAD_IP else 'worker-' + ip}.log"
+                offset = logfile.stat().st_size if logfile.exists() else 0
+                proc = start(cmd, logfile)
+                self.started.append(proc)
+                launched[ip] = (proc, logfile, offset)
 
-            def started():
+            def said_started(logfile: Path, offset: int) -> bool:
                 with logfile.open("rb") as f:
                     f.seek(offset)
                     return b"Ray runtime started" in f.read()
-            wait_for(lambda: proc.poll() is not None or started(), f"the Ray node {name}", timeout=600)
-            if proc.poll() is None:
-                return proc
-            stop(proc)
-            log(f"the Ray node {name} did not start (attempt {attempt}, see {logfile}); starting it again")
-        raise RuntimeError(f"the Ray node {name} did not start in {tries} attempts (see {logfile})")
+            for ip, (proc, logfile, offset) in launched.items():
+                wait_for(lambda: proc.poll() is not None or said_started(logfile, offset), f"the Ray node {ip}",
+                         timeout=600, every=0.5)
+                if proc.poll() is None:
+                    up[ip] = proc
+                else:
+                    stop(proc)
+                    log(f"the Ray node {ip} did not start (attempt {attempt}, see {logfile}); starting it again")
+            if len(up) == len(cmds):
+                return up
+        raise RuntimeError(f"Ray nodes {sorted(set(cmds) - set(up))} did not start in {tries} attempts "
+                           f"(see {self.base})")
 
     def raylet(self, ip: str):
         import psutil
@@ -174,19 +153,6 @@ class Cluster:
             return None
         return next((p for p in kids if _name(p) == "raylet"), None)
 
-    def wait_alive(self, n: int) -> None:
-        probe = textwrap.dedent(f"""
-            import time, ray
-            ray.init(address="{self.address}", _node_ip_address="{HEAD_IP}", log_to_driver=False, logging_level="ERROR")
-            deadline = time.monotonic() + 240
-            while len([x for x in ray.nodes() if x["Alive"]]) < {n} and time.monotonic() < deadline:
-                time.sleep(0.5)
-            print(len([x for x in ray.nodes() if x["Alive"]]))
-        """)
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env(), timeout=300)
-        if not out.stdout.strip().endswith(str(n)):
-            raise RuntimeError(f"{n} Ray nodes did not come up: {out.stdout} {out.stderr[-2000:]}")
-
     def kill_raylet(self, ip: str) -> None:
         """SIGKILL of the node's raylet (the node dies with it), then the node is started again."""
         raylet = self.raylet(ip)
@@ -196,7 +162,7 @@ class Cluster:
         self.restarts[ip] += 1
         try:
             self.start_worker(ip)
-        except RuntimeError as e:  # the sweep goes on with the other node; the figures count it
+        except (RuntimeError, AssertionError) as e:  # the sweep goes on with the other node; the figures count it
             self.restarts["failed"] += 1
             log(f"{e}: the sweep goes on without it")
 
@@ -223,7 +189,8 @@ class MlflowServer:
     def up(self) -> None:
         self.proc = start(["mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                            "--backend-store-uri", f"sqlite:///{self.base / 'mlflow.db'}",
-                           "--artifacts-destination", str(self.base / "mlartifacts")], self.base / "mlflow.log")
+                           "--artifacts-destination", str(self.base / "mlartifacts")], self.base / "mlflow.log",
+                          MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no job runner processes: a store only
         wait_for(self.healthy, "the MLflow server", timeout=300, every=1)
 
     def healthy(self) -> bool:
@@ -245,25 +212,12 @@ class MlflowServer:
 # --------------------------------------------------------------------------------------------
 # The sweep, the chaos loop
 # --------------------------------------------------------------------------------------------
-def sweep_file(folder: Path, name: str, trials: int, epochs: tuple[int, int], max_failures: int) -> Path:
-    """``trials`` seeds of a tiny set-inclusion trial (seconds each), evaluated and checkpointed every epoch."""
-    path = folder / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: {name}
-        description: "chaos bench: tiny set inclusion, {trials} trials"
-        kind: set_inclusion
-        base:
-          device: cpu
-          data: {{n_variables: 100, train_questions: 12, test_questions: 12}}
-          model: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}}
-          train: {{stage1_epochs: {epochs[0]}, stage2_epochs: {epochs[1]}, batch_size: 128}}
-          eval: {{every: 1}}
-        grid: {{}}
-        seeds: {trials}
-        resources: {{cpu: 1, gpu: 0}}
-        max_failures: {max_failures}
-        """))
-    return path
+def sweep_file(folder: Path, name: str, trials: int, epochs: tuple[int, int], max_failures: int,
+               trial_cpus: float) -> Path:
+    """``trials`` seeds of a tiny set-inclusion trial (seconds of training each), evaluated and
+    checkpointed every epoch, ``trial_cpus`` CPUs each (a fraction: several trials share a CPU)."""
+    return tiny_sweep_file(folder, name, seeds=trials, epochs=epochs, resources=f"{{cpu: {trial_cpus}, gpu: 0}}",
+                           max_failures=max_failures, description=f"chaos bench: tiny set inclusion, {trials} trials")
 
 
 def finished_markers(storage: Path) -> set[str]:
@@ -292,7 +246,7 @@ def busy_nodes(storage: Path) -> list[str]:
 
 def run_sweep(base: Path, path: Path, cluster: Cluster, mlflow: MlflowServer, storage: Path, *, chaos: bool,
               raylet_kills: int, kill_every: tuple[float, float], kill_driver: bool, restart_mlflow: bool,
-              chaos_s: float, timeout_s: float, seed: int) -> dict:
+              chaos_s: float, timeout_s: float, seed: int, reuse: bool) -> dict:
     """Run the sweep to its end (with the chaos loop beside it when ``chaos``); returns what was done."""
     rng = random.Random(seed)
     name = path.stem
@@ -303,7 +257,7 @@ def run_sweep(base: Path, path: Path, cluster: Cluster, mlflow: MlflowServer, st
 
     def launch(extra: list[str]) -> subprocess.Popen:
         logs.append(base / f"driver-{name}-{len(logs) + 1}.log")
-        return start(args + extra, logs[-1], cwd=base)
+        return start(args + extra, logs[-1], cwd=base, **({"METAOCL_REUSE_ACTORS": "1"} if reuse else {}))
 
     events: list[str] = []
     t0 = time.monotonic()
@@ -442,8 +396,12 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--epochs", default="3,2", help="stage-1,stage-2 epochs of a trial (one evaluation each)")
-    ap.add_argument("--cpus", type=int, default=1, help="CPUs of each worker node (trials at once per node)")
+    ap.add_argument("--epochs", default="2,1", help="stage-1,stage-2 epochs of a trial (one evaluation each)")
+    ap.add_argument("--cpus", type=int, default=1, help="CPUs of each worker node")
+    ap.add_argument("--trial-cpus", type=float, default=0.5, help="CPUs of a trial (0.5: two trials per node CPU)")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="a new Ray worker process per trial (default: a worker runs trial after trial, "
+                         "METAOCL_REUSE_ACTORS=1)")
     ap.add_argument("--raylet-kills", type=int, default=20, help="at most this many raylet kills")
     ap.add_argument("--kill-every", default="30,60", help="seconds between raylet kills, drawn uniformly in MIN,MAX")
     ap.add_argument("--chaos-minutes", type=float, default=30.0, help="no new fault after this")
@@ -472,8 +430,8 @@ def main(argv: list[str] | None = None) -> dict:
         n_evals = sum(epochs)
         common = dict(raylet_kills=a.raylet_kills, kill_every=kill_every, kill_driver=not a.no_driver_kill,
                       restart_mlflow=not a.no_mlflow_restart, chaos_s=a.chaos_minutes * 60,
-                      timeout_s=a.timeout_minutes * 60, seed=a.seed)
-        path = sweep_file(base, "chaos", a.trials, epochs, a.max_failures)
+                      timeout_s=a.timeout_minutes * 60, seed=a.seed, reuse=not a.no_reuse)
+        path = sweep_file(base, "chaos", a.trials, epochs, a.max_failures, a.trial_cpus)
         run = run_sweep(base, path, cluster, mlflow, storage, chaos=True, **common)
         got = check(mlflow.uri, "chaos", a.trials, n_evals, storage, run["logs"])
         result.update(run=run, check=got)
@@ -483,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
         calm = None
         if not a.no_calm:
             log("the same sweep without chaos")
-            calm_path = sweep_file(base, "calm", a.trials, epochs, a.max_failures)
+            calm_path = sweep_file(base, "calm", a.trials, epochs, a.max_failures, a.trial_cpus)
             calm = run_sweep(base, calm_path, cluster, mlflow, base / "calm-storage", chaos=False, **common)
         result.update(run=run, check=got, calm=calm)
         print(summary(run, got, calm), flush=True)

