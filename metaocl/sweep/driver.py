@@ -387,7 +387,8 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                     else {tid: kind.n_reports(t.config) for tid, t in trials.items()})
         shown = SweepProgress(sweep.name, kind, expected,
                               done={tid: len(h) for tid, h in outcome.histories.items()},
-                              finished=set(finished_before), enabled=progress)
+                              finished=set(finished_before), enabled=progress,
+                              units={u.unit_id: u.members for u in units.values()})
         pruner = CheckpointPruner(exp_dir)
         driver = _Driver(tracker, sweep, kind, trials, outcome, ledger, shown, finished_before, last_step, pruner,
                          units=units, unit_of=unit_of)
