@@ -15,10 +15,11 @@ so each trial asks for one GPU and trains a tiny model on the CPU. Measured, sid
   with the trial storage in a folder both see: stage 1 must still be trained once per stage-1 seed.
 
 Figures, from each trial's own timestamps (``METAOCL_BENCH_TIMES``: one record per finished attempt):
-GPU-busy fraction = sum over trials of (end - start - time waiting on a lock) / (GPUs x wall), wall
-= first trial start to last trial end; stage-1 trainings; checkpoint writes and bytes per trial. The
-CPU here is shared (2 cores for every trial at once), so absolute times mean little; the fractions
-and the counts are the result.
+GPU-busy fraction = sum over trials of GPU share x (end - start - time waiting on a lock) / (GPUs x
+wall), wall = first trial start to last trial end, the share being what Ray gave the attempt (1
+here: ``gpu: 1``); stage-1 trainings; checkpoint writes and bytes per trial. The layout's bound on
+the busy fraction is printed beside it (:func:`layout_bound`). The CPU here is shared (2 cores for
+every trial at once), so absolute times mean little; the fractions and the counts are the result.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,23 +61,57 @@ def _env(folder: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _node(cmd: list[str], folder: Path, ip: str, env: dict[str, str]) -> subprocess.Popen:
+    """``ray start --block`` in its own session, so that stopping it reaches its raylet and workers."""
+    log = (folder / f"ray-{ip}.log").open("w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env, METAOCL_BENCH_NODE=ip),
+                            start_new_session=True)
+
+
+def _wait_nodes(ray: list[str], port: int, n: int, env: dict[str, str], procs: list[subprocess.Popen],
+                timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(proc.poll() is not None for proc in procs):
+            raise SystemExit(f"a `ray start` of the logical cluster exited (its log: ray-*.log in the run's folder)")
+        out = subprocess.run(ray + ["status", f"--address=127.0.0.2:{port}"], env=env, capture_output=True,
+                             text=True)
+        if out.returncode == 0 and out.stdout.count(" node_") >= n:
+            return
+        time.sleep(1)
+    raise SystemExit(f"the logical cluster did not reach {n} node(s) in {timeout:.0f} s")
+
+
+def _stop(node: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(node.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            node.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def run_mode(name: str, folder: Path, sweep: Path, gpus: int, nodes: int, units: bool, port: int) -> dict:
     """One sweep on a fresh logical cluster; returns its figures."""
     folder.mkdir(parents=True)
     env = _env(folder, {"METAOCL_STAGE1_UNITS": "1" if units else "0"})
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     per_node = gpus // nodes
-    started = []
+    nodes_up: list[subprocess.Popen] = []
+    temp = tempfile.mkdtemp(prefix="mcs-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    common = [f"--num-gpus={per_node}", f"--num-cpus={per_node}", "--block", f"--temp-dir={temp}"]
     try:
-        subprocess.run(ray + ["start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
-                              f"--num-gpus={per_node}", f"--num-cpus={per_node}", "--include-dashboard=false"],
-                       env=dict(env, METAOCL_BENCH_NODE="127.0.0.2"), check=True, capture_output=True)
-        started.append("127.0.0.2")
+        nodes_up.append(_node(ray + ["start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
+                                     "--include-dashboard=false", *common], folder, "127.0.0.2", env))
+        _wait_nodes(ray, port, 1, env, nodes_up)
         if nodes == 2:
-            subprocess.run(ray + ["start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
-                                  f"--num-gpus={per_node}", f"--num-cpus={per_node}"],
-                           env=dict(env, METAOCL_BENCH_NODE="127.0.0.3"), check=True, capture_output=True)
-            started.append("127.0.0.3")
+            nodes_up.append(_node(ray + ["start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
+                                         *common], folder, "127.0.0.3", env))
+            _wait_nodes(ray, port, 2, env, nodes_up)
         t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "metaocl.cli", "sweep", str(sweep), "--address",
                                f"127.0.0.2:{port}", "--storage", str(folder / "results"), "--tracking-uri",
@@ -82,7 +119,9 @@ def run_mode(name: str, folder: Path, sweep: Path, gpus: int, nodes: int, units:
                               env=env, cwd=folder, capture_output=True, text=True)
         sweep_wall = time.time() - t0
     finally:
-        subprocess.run(ray + ["stop", "--force"], env=env, capture_output=True)
+        for node in reversed(nodes_up):  # only the processes this run started: never `ray stop`, which
+            _stop(node)                   # would end every Ray instance on the machine
+        shutil.rmtree(temp, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: the sweep failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
     return figures(name, folder / "times", gpus, sweep_wall)
@@ -93,8 +132,8 @@ def figures(name: str, times: Path, gpus: int, sweep_wall: float) -> dict:
     records = [json.loads(p.read_text()) for p in sorted(times.glob("*.json"))]
     start, end = min(r["start"] for r in records), max(r["end"] for r in records)
     wall = end - start
-    busy = sum(r["end"] - r["start"] - r["waited_s"] for r in records)
-    held = sum(r["end"] - r["start"] for r in records)
+    busy = sum(r.get("gpu", 1.0) * (r["end"] - r["start"] - r["waited_s"]) for r in records)
+    held = sum(r.get("gpu", 1.0) * (r["end"] - r["start"]) for r in records)
     trials = [r for r in records if r["role"] != "stage1"]
     return {
         "mode": name, "gpus": gpus, "trials": len(trials), "units": len(records) - len(trials),
@@ -104,17 +143,34 @@ def figures(name: str, times: Path, gpus: int, sweep_wall: float) -> dict:
         "checkpoints_per_trial": sum(r["checkpoints"] for r in records) / len(records),
         "checkpoint_mb_per_trial": sum(r["checkpoint_bytes"] for r in records) / len(records) / 1e6,
         "nodes": sorted({r["node"] for r in records if r["node"]}),
+        "gpu_shares": sorted({r.get("gpu", 1.0) for r in records}),
+        "unit_s": _mean([r["end"] - r["start"] for r in records if r["role"] == "stage1"]),
+        "trial_s": _mean([r["end"] - r["start"] for r in trials]),
     }
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def layout_bound(units: int, trials: int, gpus: int, unit_s: float, trial_s: float) -> float:
+    """The best busy fraction the layout allows with one GPU per unit or trial (exact for units <=
+    GPUs): the units first (``min(units, gpus)`` GPUs busy for ``unit_s``), then the trials in waves
+    of ``gpus``. For 4 units and 20 trials on 8 GPUs: (4 U + 20 T) / (8 (U + 3 T)), 0.70 at U = 2 T."""
+    waves_u = -(-units // gpus)
+    waves_t = -(-trials // gpus)
+    return (units * unit_s + trials * trial_s) / (gpus * (waves_u * unit_s + waves_t * trial_s))
 
 
 def table(rows: list[dict]) -> str:
     keys = [("mode", "{}"), ("gpus", "{}"), ("units", "{}"), ("trials", "{}"), ("wall_s", "{:.0f}"),
             ("busy_fraction", "{:.2f}"), ("held_fraction", "{:.2f}"), ("waited_s", "{:.0f}"),
             ("stage1_trainings", "{}"), ("checkpoints_per_trial", "{:.2f}"), ("checkpoint_mb_per_trial", "{:.2f}"),
-            ("nodes", "{}")]
+            ("nodes", "{}"), ("gpu_shares", "{}")]
     lines = ["| " + " | ".join(k for k, _ in keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r[k]) if not isinstance(r[k], list) else ",".join(r[k])
+        lines.append("| " + " | ".join(fmt.format(r[k]) if not isinstance(r[k], list) else ",".join(f"{x:g}" if
+                                       isinstance(x, float) else str(x) for x in r[k])
                                        for k, fmt in keys) + " |")
     return "\n".join(lines)
 
@@ -137,6 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(run_mode(mode, folder / mode, sweep, args.gpus, nodes, units, args.port))
         print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
+    for r in rows:
+        if r["units"]:
+            bound = layout_bound(r["units"], r["trials"], r["gpus"], r["unit_s"], r["trial_s"])
+            print(f"{r['mode']}: layout bound on the busy fraction {bound:.2f} (units {r['unit_s']:.0f} s, "
+                  f"trials {r['trial_s']:.0f} s on average)")
     if len(rows) > 1 and rows[0]["mode"] == "before":
         for r in rows[1:]:
             print(f"wall time {r['mode']} / before: {r['wall_s'] / rows[0]['wall_s']:.2f}")

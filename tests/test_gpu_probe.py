@@ -127,6 +127,38 @@ def test_logical_gpus_with_the_override_run_on_the_cpu_and_share_a_gpu(gpu_clust
 
 
 @pytest.mark.slow
+def test_gpu_auto_gives_each_configuration_and_its_stage1_unit_their_own_share(gpu_cluster, tmp_path):
+    """Two batch sizes of a tiny two-stage LM (stage 1 as units) on 2 logical GPUs stated as 80 GB:
+    the plan gives batch 8 0.0144 of a GPU (69 per GPU) and batch 512 0.0158 (63 per GPU), and Ray
+    gives each stage-1 unit and its trial exactly that: the share each attempt read from its Ray
+    runtime context, in the sweep's ledger."""
+    path = tmp_path / "shares.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: shares
+        description: "tiny two-stage LM on logical GPUs, two batch sizes"
+        kind: lm
+        base:
+          data: {source: cvdb_sample, n_entities: 20, stages: two_stage, entity_attribution: false}
+          model: {name: tiny-gpt-neox}
+          train: {epochs: [1, 1], lr: 0.003, stage1_cache: shares_stage1}
+        grid:
+          train.batch_size: [8, 512]
+        seeds: 1
+        resources: {cpu: 1, gpu: auto}
+        max_failures: 0
+        """))
+    code, out, err = _driver([str(path), "--address", gpu_cluster["address"]], tmp_path,
+                             METAOCL_SIMULATE_GPUS="1", METAOCL_GPU_MEMORY_GB="80")
+    assert code == 0, (out, err)
+    assert "0.0144 (69/GPU)" in out and "0.0158 (63/GPU)" in out, out
+    assert "packing: each trial gets its configuration's gpu share (auto), 0.0144 to 0.0158" in out, out
+    assert "trials: 2 done, 0 failed, 0 retried" in out
+    attempts = [json.loads(p.read_text()) for p in tmp_path.glob("metaocl-results/*/metaocl/attempts/*.json")]
+    got = {a["trial_id"]: a["gpu"] for a in attempts}
+    assert got == {"p00_stage1": 0.0144, "p00_s0": 0.0144, "p01_stage1": 0.0158, "p01_s0": 0.0158}, got
+
+
+@pytest.mark.slow
 @no_cuda
 def test_dry_run_on_a_cluster_plans_on_its_gpus(gpu_cluster, tmp_path):
     path = _sweep_file(tmp_path, "planned")

@@ -131,7 +131,52 @@ def test_set_inclusion_trials_share_one_80_gb_gpu():
     assert est.shared_flops / est.train_flops == pytest.approx(100 * 83_200 / (40 * 1_600))
     assert sweep.trial_resources(True, share)["gpu"] == share
     assert plan.gpu_fraction(60 * GB, 80 * GB) == 1.0  # more than half: a whole GPU
-    assert plan.gpu_fraction(10 * GB, 80 * GB) == pytest.approx(0.1667)  # 6 fit with head-room
+    assert plan.gpu_fraction(10 * GB, 80 * GB) == pytest.approx(0.1666)  # 6 fit with head-room
+    assert plan.gpu_fraction(20 * GB, 80 * GB) == pytest.approx(0.3333)  # 3 x 0.3334 would exceed one GPU
+
+
+def test_each_trial_gets_its_own_configurations_gpu_share():
+    """batch_size on 8 x H100 (gpu: auto): the small batch sizes pack several to a GPU, the large
+    ones get a whole one, every seed of a point the same; the sweep's largest share is what a node
+    must hold. Up to 25 trials at once: 10 x 0.2 on 2 GPUs, 5 x 0.25 + 5 x 0.3333 + 5 x 0.5 on 5
+    (filled smallest first, first fit), 1 whole GPU left for a 1."""
+    import dataclasses
+
+    from metaocl.sweep.preflight import trial_gpus
+
+    sweep = load_sweep("batch_size")
+    p = plan.plan_for([sweep], plan.stated_cluster("8xH100"))
+    shares = p.trial_shares()
+    assert len(shares) == 60
+    by_point = {tid.split("_")[0]: share for tid, share in shares.items() if tid.endswith("_s0")}
+    assert by_point == {"p00": 0.2, "p01": 0.2, "p02": 0.25, "p03": 0.3333, "p04": 0.5, **{f"p{i:02d}": 1.0
+                                                                                           for i in range(5, 12)}}
+    assert all(share == by_point[tid.split("_")[0]] for tid, share in shares.items())
+    assert p.gpu_share() == 1.0
+    assert "  packing: each trial gets its configuration's gpu share (auto), 0.2 to 1; up to 25 trials at a " \
+           "time on 8 GPUs" in plan.render(p).splitlines()
+    resources = sweep.trial_resources(True, p.gpu_share())
+    assert trial_gpus(sweep, shares, resources, p) == shares
+    assert set(trial_gpus(sweep, shares, resources, None).values()) == {1.0}  # no plan: the sweep's one share
+    fixed = dataclasses.replace(sweep, resources=dataclasses.replace(sweep.resources, gpu=0.5))  # a number: as given
+    assert set(trial_gpus(fixed, shares, fixed.trial_resources(True), p).values()) == {0.5}
+
+
+def test_trials_at_once_count_as_ray_places_gpu_shares():
+    assert plan.at_once([0.5, 0.5, 0.5, 1.0, 1.0], 2) == 3  # 0.5 + 0.5 on one GPU, 0.5 on the other: no whole GPU left
+    assert plan.at_once([0.3333] * 7, 2) == 6
+    assert plan.at_once([0.0476] * 25, 1) == 21
+    assert plan.at_once([2.0] * 5, 8) == 4 and plan.at_once([1.0] * 10, 8) == 8
+
+
+def test_trial_resources_come_from_each_trials_spec():
+    """What Ray Tune asks for per trial (tune.with_resources): the spec's cpus and gpus, else the sweep's."""
+    from metaocl.sweep.worker import TrialResources
+
+    resources = TrialResources({"cpu": 4, "gpu": 1.0})
+    assert resources({"trial": {"cpus": 4.0, "gpus": 0.25}}).bundles == [{"CPU": 4.0, "GPU": 0.25}]
+    assert resources({"trial": {"cpus": 2.0}}).bundles == [{"CPU": 2.0, "GPU": 1.0}]  # a spec from before
+    assert resources({}).bundles == [{"CPU": 4.0, "GPU": 1.0}]
 
 
 def test_gpu_types_and_memory_override(monkeypatch):

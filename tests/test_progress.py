@@ -94,3 +94,60 @@ def test_a_retried_attempt_is_one_line_with_trial_attempt_and_cause():
         "unexpectedly before finishing this task. | demo: 0 done, 0 running, 0 failed; 0/6 evals",
         "[s0] attempt 2 failed, retrying from its last checkpoint: " + "x" * 157 + "... | demo: 0 done, 0 running, "
         "0 failed; 0/6 evals"]
+
+
+def test_stage1_units_are_counted_apart_from_trials_with_an_eta_over_both():
+    """2 stage-1 units (2 evaluations each, 100 s per evaluation) and their 4 trials (1 evaluation
+    each, 30 s): one line counts the units apart; the ETA times units and trials apart and is at
+    least a unit's rest plus its longest trial."""
+    import io
+
+    from metaocl.config import kind
+    from metaocl.sweep.progress import SweepProgress
+
+    now = [0.0]
+    stream = io.StringIO()
+    expected = {"p00_stage1": 2, "p01_stage1": 2, "p00_s0": 1, "p00_s1": 1, "p01_s0": 1, "p01_s1": 1}
+    p = SweepProgress("demo", kind("set_inclusion"), expected, stream=stream, tty=False, interval=0,
+                      clock=lambda: now[0], units={"p00_stage1": ["p00_s0", "p00_s1"], "p01_stage1": ["p01_s0", "p01_s1"]})
+    row = {"acc/qd1consis": 0.9, "acc/qd2incons": 0.6, "acc/d1consis": 0.5, "acc/d2consis": 0.25, "epoch": 1}
+    p.trial_started("p00_stage1"), p.trial_started("p01_stage1")
+    assert p.counts() == "stage 1: 0/2 units, 2 running · trials: 0/4 done, 0 running, 0 failed; 0/8 evals"
+    now[0] = 100.0
+    p.report("p00_stage1", 1, row)
+    p.report("p01_stage1", 1, row)
+    # left: 2 unit evaluations x 100 s + 4 trial evaluations x 100 s (no trial timed yet) over 2 at once = 300 s
+    assert p.eta() == "5m00s"
+    assert stream.getvalue().splitlines()[-1].endswith(
+        "| demo: stage 1: 0/2 units, 2 running · trials: 0/4 done, 0 running, 0 failed; 2/8 evals; ETA 5m00s")
+    now[0] = 200.0
+    p.report("p00_stage1", 2, dict(row, epoch=2))
+    p.trial_ended("p00_stage1", ok=True)
+    p.trial_started("p00_s0")
+    now[0] = 230.0
+    p.report("p00_s0", 1, row)  # a trial's evaluation: 30 s
+    p.trial_ended("p00_s0", ok=True)
+    assert p.counts() == "stage 1: 1/2 units, 1 running · trials: 1/4 done, 0 running, 0 failed; 4/8 evals"
+    # work: p01_stage1 1 x 100 + 3 trials x 30 = 190 s over 2 = 95 s; the chain p01_stage1 then p01_s0: 130 s
+    assert p.eta() == "2m10s"
+    p.trial_ended("p01_stage1", ok=False, error="boom")
+    assert p.counts().startswith("stage 1: 1/2 units, 1 failed · trials: 1/4 done")
+    p.close()
+    assert stream.getvalue().splitlines()[-1] == ("demo: stage 1: 1/2 units, 1 failed · trials: 1/4 done, 0 running, "
+                                                  "0 failed; 4/8 evals")
+
+
+def test_the_bar_names_units_and_trials_apart():
+    import io
+
+    from metaocl.config import kind
+    from metaocl.sweep.progress import SweepProgress
+
+    stream = io.StringIO()
+    p = SweepProgress("demo", kind("set_inclusion"), {"u": 2, "s0": 1, "s1": 1}, stream=stream, tty=True,
+                      units={"u": ["s0", "s1"]})
+    p.trial_started("u")
+    p.close()
+    text = stream.getvalue()
+    assert "demo: 2 trials + 1 stage-1 unit" in text
+    assert "ETA ?; stage 1: 0/1 units, 1 running · trials: 0/2 done, 0 running, 0 failed" in text

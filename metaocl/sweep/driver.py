@@ -46,7 +46,7 @@ from metaocl.sweep.ledger import Ledger, default_storage, experiment_prefix, fin
 from metaocl.sweep.ledger import resume_command as make_resume_command
 from metaocl.sweep.progress import SweepProgress
 from metaocl.sweep.prune import CheckpointPruner
-from metaocl.sweep.worker import CHECKPOINT_KEY, CONFIG_ERROR_KEY, TRACEBACK_KEY, trainable
+from metaocl.sweep.worker import CHECKPOINT_KEY, CONFIG_ERROR_KEY, TRACEBACK_KEY, TrialResources, trainable
 from metaocl.tables import text_table
 from metaocl.tracking import SweepTracker, metric_items
 
@@ -339,7 +339,9 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         _one_line_node_deaths()
         _retry_failed_actor_resets()
         cluster = preflight.probe_gpus(sweep, where, gpu_type)  # a GPU that CUDA cannot use: exit 2 here
-        resources = preflight.check_resources(sweep, where, _plan(sweep, cluster, show_plan))
+        the_plan = _plan(sweep, cluster, show_plan)
+        resources = preflight.check_resources(sweep, where, the_plan)
+        gpus = preflight.trial_gpus(sweep, trials, resources, the_plan)  # gpu: auto: each trial its own share
         preflight.check_devices(sweep, trials, resources)
         preflight.check_shared_storage(storage, where)
         if not local:
@@ -384,12 +386,13 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                     else {tid: kind.n_reports(t.config) for tid, t in trials.items()})
         shown = SweepProgress(sweep.name, kind, expected,
                               done={tid: len(h) for tid, h in outcome.histories.items()},
-                              finished=set(finished_before), enabled=progress)
+                              finished=set(finished_before), enabled=progress,
+                              units={u.unit_id: u.members for u in units.values()})
         pruner = CheckpointPruner(exp_dir)
         driver = _Driver(tracker, sweep, kind, trials, outcome, ledger, shown, finished_before, last_step, pruner,
                          units=units, unit_of=unit_of)
 
-        trainable_ = tune.with_resources(trainable, resources)
+        trainable_ = tune.with_resources(trainable, TrialResources(resources))  # a spec's cpus and gpus
         if resume:
             tuner = tune.Tuner.restore(exp_dir, trainable_, resume_unfinished=True, resume_errored=True)
         else:
@@ -398,11 +401,13 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
             # resources), so many short trials pay Python, torch and the actor's start-up once per
             # process, not once per trial (bench/chaos.py). Off by default: long trials gain nothing.
             reuse = os.environ.get("METAOCL_REUSE_ACTORS", "0") == "1"
-            space = {tid: {"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
-                           "simulate_gpus": simulate, "config": t.config_dict()} for tid, t in trials.items()}
+            space = {tid: {"trial_id": tid, "kind": sweep.kind, "cpus": resources["cpu"], "gpus": gpus[tid],
+                           "exp_dir": exp_dir, "simulate_gpus": simulate, "config": t.config_dict()}
+                     for tid, t in trials.items()}
             if units:  # stage-1 units first; a unit's trials once it completed (metaocl.sweep.stage1)
                 stores = {u.unit_id: stage1.store(exp_dir, u.key) for u in units.values()}
-                unit_specs = [{"trial_id": u.unit_id, "kind": sweep.kind, "cpus": resources["cpu"], "exp_dir": exp_dir,
+                unit_specs = [{"trial_id": u.unit_id, "kind": sweep.kind, "cpus": resources["cpu"],
+                               "gpus": max(gpus[m] for m in u.members), "exp_dir": exp_dir,
                                "simulate_gpus": simulate, "config": u.trial.config_dict(), "role": stage1.UNIT_ROLE,
                                "store": stores[u.unit_id]}
                               for u in units.values()]

@@ -5,7 +5,8 @@
 - ``sweep.json``: the MLflow parent run, the tracking URI, the trial-set fingerprint, and the
   arguments needed to resume (``--smoke``, ``--seeds``, ``--set``);
 - ``finished/<trial>``: written by the driver before it marks the trial's MLflow run FINISHED;
-- ``attempts/<trial>-<ns>-<pid>.json``: written by each attempt of a trial (node, pid, checkpoint).
+- ``attempts/<trial>-<ns>-<pid>.json``: written by each attempt of a trial (node, pid, checkpoint,
+  the GPU share Ray gave it).
 
 Ray saves its experiment state only every few seconds, so after ``kill -9`` of the driver it may
 think a finished trial unfinished; ``finished/`` makes such a trial return at once instead of

@@ -256,14 +256,40 @@ def memory(shape: ModelShape, *, optimizer: str, weight_bytes: int, autocast: bo
     return out
 
 
+def at_once(shares: Iterable[float], gpus: int) -> int:
+    """How many trials of these GPU shares can run at once on ``gpus`` GPUs: the smallest first, each
+    onto the first GPU with room left. Counted as Ray counts, in 1e-4 units of a GPU; a share below 1
+    lives on one GPU, 1 or more takes that many whole GPUs."""
+    unit = 10_000
+    free = [unit] * gpus
+    n = 0
+    for share in sorted(shares):
+        need = round(share * unit)
+        if need >= unit:
+            whole = -(-need // unit)
+            empty = [i for i, f in enumerate(free) if f == unit]
+            if len(empty) < whole:
+                break
+            for i in empty[:whole]:
+                free[i] = 0
+        else:
+            room = next((i for i, f in enumerate(free) if f >= need), None)
+            if room is None:
+                break
+            free[room] -= need
+        n += 1
+    return n
+
+
 def gpu_fraction(peak_bytes: float, gpu_bytes: float) -> float:
     """The share of one GPU a trial of ``peak_bytes`` gets with ``resources.gpu: auto``: 1 when it
     needs more than half the GPU, else 1/k for the largest k trials that fit side by side (with
-    :data:`SHARED_HEADROOM`), rounded up to Ray's 1e-4 resolution."""
+    :data:`SHARED_HEADROOM`), rounded down to Ray's 1e-4 resolution (rounded up, k of them would
+    add up to more than one GPU: 3 x 0.3334 > 1)."""
     k = int(gpu_bytes // (peak_bytes * SHARED_HEADROOM))
     if k < 2:
         return 1.0
-    return math.ceil(1e4 / k) / 1e4
+    return math.floor(1e4 / k) / 1e4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -630,9 +656,14 @@ class Plan:
         return gpu_fraction(est.peak, self.cluster.gpu_bytes)
 
     def gpu_share(self, index: int = 0) -> float:
-        """The GPU share ``resources.gpu: auto`` gives every trial of sweep ``index``: the largest any
-        of its trial configurations needs (one resource request per sweep)."""
+        """The largest GPU share ``resources.gpu: auto`` gives a trial of sweep ``index`` (what some
+        node must hold for the sweep to run at all)."""
         return max((self.fraction(e) for e in self.sweeps[index].estimates), default=1.0)
+
+    def trial_shares(self, index: int = 0) -> dict[str, float]:
+        """trial id -> the GPU share ``resources.gpu: auto`` gives it: its own configuration's, so the
+        small configurations of a sweep pack densely while its large ones get more."""
+        return {tid: self.fraction(e) for e in self.sweeps[index].estimates for tid in e.trials}
 
     def downloads(self) -> list[tuple[str, float | None, bool]]:
         """(what, bytes or None, already here) for every distinct input the sweeps fetch."""
@@ -778,14 +809,17 @@ def render(plan: Plan) -> str:
         if shared:
             lines.append(f"  stage 1 trained once per stage-1 seed: {shared} stage-1 runs for {sp.n_trials} trials")
         if c.gpus:
-            share = plan.gpu_share(plan.sweeps.index(sp))
             gpu = sp.sweep.resources.gpu
-            share = share if gpu == "auto" else float(gpu)
-            slots = int(c.gpus // share) if share else sp.n_trials
+            shares = (list(plan.trial_shares(plan.sweeps.index(sp)).values()) if gpu == "auto"
+                      else [float(gpu)] * sp.n_trials)
+            slots = at_once(shares, c.gpus) if min(shares, default=0) > 0 else sp.n_trials
             by_cpu = int(c.cpus // float(sp.sweep.resources.cpu)) if c.cpus else None
-            at_once = min(sp.n_trials, slots, by_cpu if by_cpu is not None else slots)
-            lines.append(f"  packing: each trial gets gpu={share:g} ({'auto' if gpu == 'auto' else 'the sweep file'}"
-                         f"); {at_once} trial{'s' if at_once != 1 else ''} at a time on {c.gpus} GPU"
+            n_at_once = min(sp.n_trials, slots, by_cpu if by_cpu is not None else slots)
+            low, high = min(shares, default=1.0), max(shares, default=1.0)
+            gets = (f"each trial gets gpu={high:g} ({'auto' if gpu == 'auto' else 'the sweep file'})" if low == high
+                    else f"each trial gets its configuration's gpu share (auto), {low:g} to {high:g}")
+            lines.append(f"  packing: {gets}; {'up to ' if low != high else ''}{n_at_once} trial"
+                         f"{'s' if n_at_once != 1 else ''} at a time on {c.gpus} GPU"
                          f"{'s' if c.gpus != 1 else ''}" + (f" (bound by cpu={sp.sweep.resources.cpu:g} per trial on "
                                                              f"{c.cpus:g} CPUs)" if by_cpu is not None and by_cpu < slots
                                                              and by_cpu < sp.n_trials else ""))

@@ -12,6 +12,7 @@ MLflow parent run or the Ray experiment folder exists:
 - :func:`check_resources`: one trial's ``resources`` fit on some node; ``gpu: auto`` is the share
   of a GPU the trial's estimated peak memory needs (:mod:`metaocl.sweep.plan`), and a trial no GPU
   of the cluster can hold is refused, naming what would fit;
+  (:func:`trial_gpus`: each trial gets its own configuration's share, so small ones pack densely);
 - :func:`check_devices`: a trial that asks for ``device: cuda`` gets a GPU;
 - :func:`check_shared_storage`: on a multi-node cluster, ``--storage`` is seen by every node;
 - :func:`check_inputs`: what each trial needs from outside (data files, model names), through its
@@ -184,7 +185,8 @@ def check_resources(sweep: Sweep, where: str, plan=None) -> dict[str, float]:
     """The resources of one trial, or a one-line error when no node of the cluster can run one.
 
     With ``plan`` (:func:`metaocl.sweep.plan.plan_for` on the probed cluster), ``gpu: auto`` is the
-    largest GPU share a trial of the sweep needs, and a trial no GPU can hold is refused."""
+    largest GPU share a trial of the sweep needs (each trial then gets its own: :func:`trial_gpus`),
+    and a trial no GPU can hold is refused."""
     import ray
 
     total = ray.cluster_resources()
@@ -207,6 +209,16 @@ def check_resources(sweep: Sweep, where: str, plan=None) -> dict[str, float]:
                           f"no node of {where} has that (largest: cpu={biggest.get('CPU', 0):g} "
                           f"gpu={biggest.get('GPU', 0):g}); lower resources in {sweep.path}")
     return resources
+
+
+def trial_gpus(sweep: Sweep, trial_ids, resources: dict[str, float], plan=None) -> dict[str, float]:
+    """trial id -> the GPU share Ray gives it. ``gpu: auto`` on GPUs with a plan: each trial its own
+    configuration's share (:meth:`metaocl.sweep.plan.Plan.trial_shares`; :func:`check_resources` has
+    checked that the largest fits a node); otherwise ``resources["gpu"]`` for every trial."""
+    shares = {}
+    if sweep.resources.gpu == "auto" and resources["gpu"] > 0 and plan is not None and plan.cluster.gpus:
+        shares = plan.trial_shares(0)
+    return {tid: shares.get(tid) or resources["gpu"] for tid in trial_ids}
 
 
 def _probe_file(path: str, token: str) -> bool:

@@ -8,6 +8,11 @@ its end and its failure are always printed), each line self-contained::
 
     [s0] epoch 3, eval 3/24, stage 1: acc qd1consis 0.912 qd2incons 0.833 d1consis 0.571 d2consis 0.559 (OCL +0.079, meta-OCL +0.012) | quickstart: 1 done, 2 running, 0 failed; 30/144 evals; ETA 4m10s
 
+A sweep whose trials share their stage 1 (stage-1 units, :mod:`metaocl.sweep.stage1`) counts the
+units apart from the trials, in the same one line::
+
+    ... | two_stage: stage 1: 2/4 units, 2 running · trials: 7/20 done, 3 running, 0 failed; 30/144 evals; ETA 12m30s
+
 Counts come from the driver's per-trial histories, so an epoch replayed by a retry or a
 ``--resume`` is counted once, and finished trials of an earlier invocation count as done.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, Callable, Mapping
+from typing import IO, Callable, Mapping, Sequence
 
 from metaocl.experiments.base import ExperimentKind
 
@@ -32,12 +37,15 @@ def _duration(seconds: float) -> str:
 
 
 class SweepProgress:
-    """Progress of one sweep invocation. ``expected``: trial id -> evaluations it will report."""
+    """Progress of one sweep invocation. ``expected``: trial id -> evaluations it will report (stage-1
+    units included); ``units``: stage-1 unit id -> the trials that start from its model."""
 
     def __init__(self, name: str, kind: ExperimentKind, expected: Mapping[str, int], *, done: Mapping[str, int] = {},
                  finished: set[str] = frozenset(), stream: IO[str] | None = None, tty: bool | None = None,
-                 interval: float | None = None, enabled: bool = True, clock: Callable[[], float] = time.monotonic):
+                 interval: float | None = None, enabled: bool = True, clock: Callable[[], float] = time.monotonic,
+                 units: Mapping[str, Sequence[str]] = {}):
         self.name, self.kind, self.expected = name, kind, dict(expected)
+        self.units = {u: list(members) for u, members in units.items()}
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         env = os.environ.get("METAOCL_PROGRESS_INTERVAL")
@@ -47,7 +55,7 @@ class SweepProgress:
         self.finished, self.failed, self.running = set(finished), set(), set()
         self.clock = clock
         self.marks: dict[str, float] = {}  # trial -> when it started or last reported a new evaluation
-        self.eval_seconds: list[float] = []  # seconds per evaluation, one entry per report of a trial
+        self.eval_seconds: list[tuple[bool, float]] = []  # (of a unit, seconds per evaluation) per report
         self.slots = 0  # most trials seen running at once
         self.last_line: dict[str, float] = {}
         self.bar = None
@@ -55,7 +63,10 @@ class SweepProgress:
         if enabled and self.tty:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.n_done, desc=f"{name}: {len(expected)} trial{'s' if len(expected) != 1 else ''}",
+            n = len(self.expected) - len(self.units)
+            desc = f"{name}: {n} trial{'s' if n != 1 else ''}" + (f" + {len(self.units)} stage-1 unit"
+                                                                  f"{'s' if len(self.units) != 1 else ''}" if self.units else "")
+            self.bar = tqdm(total=self.total, initial=self.n_done, desc=desc,
                             unit="eval", file=self.stream, dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")  # our ETA, not tqdm's
             self._refresh()
@@ -69,23 +80,51 @@ class SweepProgress:
     def n_done(self) -> int:
         return sum(min(n, self.expected.get(t, n)) for t, n in self.reports.items())
 
+    def _per_eval(self, of_units: bool) -> float | None:
+        """Seconds per evaluation of units (or of trials): the mean of the latest, each timed within
+        its own trial; the other's when none of these has reported yet."""
+        for kind in (of_units, not of_units):
+            secs = [s for unit, s in self.eval_seconds if unit == kind]
+            if secs:
+                recent = secs[-max(4, 2 * self.slots):]
+                return sum(recent) / len(recent)
+        return None
+
     def eta(self) -> str:
-        """Evaluations left x seconds per evaluation (mean of the latest, each timed within its own
-        trial) / trials run at once; at least what the slowest running trial has left. Trials start
-        in waves, so the sweep-wide rate (evaluations so far / time so far) is far off at first."""
-        left = self.total - self.n_done
-        if left <= 0:
+        """Evaluations left x seconds per evaluation / trials run at once; at least the longest chain
+        still to run: what a running trial has left, or a stage-1 unit's rest plus then its longest
+        trial (which cannot start before it). Units and trials are timed apart (a stage-1 epoch is
+        not a stage-2 one). Trials start in waves, so the sweep-wide rate (evaluations so far / time
+        so far) is far off at first."""
+        if self.total - self.n_done <= 0:
             return "0s"
         if not self.eval_seconds:
             return "?"
-        recent = self.eval_seconds[-max(4, 2 * self.slots):]
-        per_eval = sum(recent) / len(recent)
-        longest = max((self.expected.get(t, 0) - self.reports.get(t, 0) for t in self.running), default=0)
-        return _duration(max(left * per_eval / max(1, self.slots), longest * per_eval))
+        rate = {True: self._per_eval(True), False: self._per_eval(False)}
+
+        def left(t: str) -> float:
+            return max(0, self.expected.get(t, 0) - self.reports.get(t, 0)) * rate[t in self.units]
+
+        work = sum(left(t) for t in self.expected)
+        chains = [left(t) for t in self.running]
+        chains += [left(u) + max((left(m) for m in members), default=0.0)
+                   for u, members in self.units.items() if u not in self.finished and u not in self.failed]
+        return _duration(max(work / max(1, self.slots), max(chains, default=0.0)))
+
+    def _states(self) -> str:
+        """``1 done, 2 running, 0 failed``; with stage-1 units, those counted apart:
+        ``stage 1: 2/4 units, 2 running · trials: 7/20 done, 3 running, 0 failed``."""
+        if not self.units:
+            return f"{len(self.finished)} done, {len(self.running)} running, {len(self.failed)} failed"
+        units = set(self.units)
+        u_done, u_running, u_failed = (len(s & units) for s in (self.finished, self.running, self.failed))
+        extra = "".join(f", {n} {what}" for n, what in ((u_running, "running"), (u_failed, "failed")) if n)
+        n_trials = len(set(self.expected) - units)
+        return (f"stage 1: {u_done}/{len(units)} units{extra} · trials: {len(self.finished - units)}/{n_trials} done, "
+                f"{len(self.running - units)} running, {len(self.failed - units)} failed")
 
     def counts(self) -> str:
-        return (f"{len(self.finished)} done, {len(self.running)} running, {len(self.failed)} failed; "
-                f"{self.n_done}/{self.total} evals")
+        return f"{self._states()}; {self.n_done}/{self.total} evals"
 
     # ---- events from the driver --------------------------------------------------------------
     def trial_started(self, tid: str) -> None:
@@ -107,7 +146,7 @@ class SweepProgress:
         now = self.clock()
         new = n_reports - self.reports.get(tid, 0)
         if new > 0 and tid in self.marks:
-            self.eval_seconds.append((now - self.marks[tid]) / new)
+            self.eval_seconds.append((tid in self.units, (now - self.marks[tid]) / new))
         if new > 0 or tid not in self.marks:
             self.marks[tid] = now
         self.reports[tid] = n_reports
@@ -187,8 +226,7 @@ class SweepProgress:
 
     def _refresh(self) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"ETA {self.eta()}; {len(self.finished)} done, {len(self.running)} running, "
-                                     f"{len(self.failed)} failed", refresh=True)
+            self.bar.set_postfix_str(f"ETA {self.eta()}; {self._states()}", refresh=True)
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)

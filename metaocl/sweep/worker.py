@@ -64,6 +64,33 @@ class TuneReporter:
             return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
 
 
+class TrialResources:
+    """What Ray gives each trial (``tune.with_resources``): the ``cpus`` and ``gpus`` of its spec (a
+    per-trial GPU share, :func:`metaocl.sweep.preflight.trial_gpus`), else the sweep's ``default``
+    (a spec of an experiment started before specs carried them)."""
+
+    def __init__(self, default: Mapping[str, float]):
+        self.default = {"cpu": float(default["cpu"]), "gpu": float(default["gpu"])}
+
+    def __call__(self, config: dict):
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        spec = config.get("trial") if isinstance(config, dict) else None
+        spec = spec if isinstance(spec, dict) else {}
+        return resource_dict_to_pg_factory({"cpu": float(spec.get("cpus", self.default["cpu"])),
+                                            "gpu": float(spec.get("gpus", self.default["gpu"]))})
+
+
+def _assigned_gpu() -> float:
+    """The GPU share Ray gave this worker (0 without one), as its runtime context says."""
+    import ray
+
+    try:
+        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except Exception:
+        return 0.0
+
+
 def _bench_record(folder: str, tid: str, role: str | None, started: float, final) -> None:
     """One JSON file per finished attempt for bench/cluster_sim.py: when it held its resources, how
     long it waited on a stage-1 lock, stage-1 trainings, checkpoint writes and bytes."""
@@ -72,7 +99,7 @@ def _bench_record(folder: str, tid: str, role: str | None, started: float, final
     from metaocl.experiments.stage1_cache import STATS
 
     record = {"trial_id": tid, "role": role or "trial", "start": started, "end": time.time(),
-              "node": os.environ.get("METAOCL_BENCH_NODE", ""), **STATS,
+              "node": os.environ.get("METAOCL_BENCH_NODE", ""), "gpu": _assigned_gpu(), **STATS,
               "checkpoints": float((final or {}).get("perf/checkpoints", 0.0)),
               "checkpoint_bytes": float((final or {}).get("perf/checkpoint_bytes", 0.0))}
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -89,7 +116,8 @@ def trainable(param: dict) -> None:
     if ledger.is_finished(tid):  # finished under an earlier driver whose Ray state was not saved in time
         return
     ledger.log_attempt(tid, {"trial_id": tid, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-                             "time": time.time(), "from_checkpoint": tune.get_checkpoint() is not None})
+                             "time": time.time(), "from_checkpoint": tune.get_checkpoint() is not None,
+                             "gpu": _assigned_gpu()})
     os.environ["METAOCL_TRIAL_CPUS"] = str(spec["cpus"])
     kind = kind_of(spec["kind"])
     try:
