@@ -3,6 +3,7 @@
     nice -n 10 python bench/checkpoint_io.py                 # the quickstart model, 4 checkpoints per trial
     nice -n 10 python bench/checkpoint_io.py --width 256 --repeats 3
     nice -n 10 python bench/checkpoint_io.py --tiny          # the small version (tests)
+    nice -n 10 python bench/checkpoint_io.py --tiny --width 512 --repeats 2   # small data, a 3 MB-weights model
 
 One set-inclusion trial (``metaocl.experiments.set_inclusion.run``, the staged skeleton, checkpoints
 after every epoch: ``train.checkpoint_minutes=0``) runs twice on the same config, alternating, with
@@ -130,10 +131,10 @@ def one_side(side: str, config, folder: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--width", type=int, default=64, help="model.hidden_size (intermediate 4x); quickstart: 64")
+    ap.add_argument("--width", type=int, default=None, help="model.hidden_size (intermediate 4x); default: 64 (quickstart), --tiny 32")
     ap.add_argument("--epochs", type=int, default=5, help="stage-1 epochs (a checkpoint after each but the last)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate before/now this many times")
-    ap.add_argument("--tiny", action="store_true", help="a 100-variable dataset and a 32-wide model (tests)")
+    ap.add_argument("--tiny", action="store_true", help="a 100-variable dataset, one layer (tests; a wider model with --width)")
     ap.add_argument("--folder", type=Path, default=None, help="where the storage folders go (default: a temporary one)")
     args = ap.parse_args(argv)
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     from metaocl.config import load_sweep
 
     torch.set_num_threads(1)
-    width = 32 if args.tiny else args.width
+    width = args.width or (32 if args.tiny else 64)
     overrides = ["train.checkpoint_minutes=0", f"train.stage1_epochs={args.epochs}", "eval.every=1",
                  f"model.hidden_size={width}", f"model.intermediate_size={4 * width}"]
     if args.tiny:
