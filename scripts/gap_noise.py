@@ -3,8 +3,8 @@
     metaocl sweep quickstart                                     # leaves metaocl-results/metaocl-quickstart-*/
     python scripts/gap_noise.py quickstart metaocl-results/metaocl-quickstart-*/
 
-For every trial of the sweep that has a checkpoint under RESULTS (Ray Tune's folder of one sweep
-invocation), the trial's last checkpoint is loaded into the model, the trial's dataset regenerated
+For every trial of the sweep that has a checkpoint under RESULTS (the experiment folder of one sweep
+invocation: its metaocl/checkpoints/, or Ray's trial folders of older versions), the trial's last checkpoint is loaded into the model, the trial's dataset regenerated
 from its seed, and every test question of the four subsets answered again (the engine's argmax at
 '=', or true vs false if the trial was scored so). Per trial it prints the accuracies, the meta-OCL
 gap (d1consis - d2consis) and the gap's *within-seed* standard error: the sampling error from the
@@ -69,26 +69,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gap_noise: error: {args.sweep}: a {sweep.kind} sweep; this reads set_inclusion trials", file=sys.stderr)
         return 2
     trials = {t.trial_id: t for t in sweep.trials()}
-    found = {}
-    for d in sorted(glob.glob(str(args.results / "trainable_*"))):
+    import torch
+
+    from metaocl.experiments.checkpoints import TrialCheckpoints
+
+    found = {}  # trial id -> what loads its last checkpoint
+    for tid in trials:  # the sweep's own checkpoint store (metaocl/checkpoints/<trial>/)
+        store = TrialCheckpoints(str(args.results.resolve()), tid)
+        if store.latest() is not None:
+            found[tid] = store.load
+    for d in sorted(glob.glob(str(args.results / "trainable_*"))):  # folders of older versions: Ray's checkpoints
         m = re.search(r"trial_id_(\w+?)_kind", d)
         ckpts = sorted(glob.glob(f"{d}/checkpoint_*/state.pt"))
-        if m and m.group(1) in trials and ckpts:
-            found[m.group(1)] = ckpts[-1]
+        if m and m.group(1) in trials and m.group(1) not in found and ckpts:
+            found[m.group(1)] = lambda path=ckpts[-1]: torch.load(path, map_location="cpu", weights_only=False)
     if len(found) < 2:
         print(f"gap_noise: error: {args.results}: checkpoints of fewer than 2 trials of {sweep.name}", file=sys.stderr)
         return 2
-
-    import torch
 
     from metaocl.data.set_inclusion import generate
     from metaocl.engine import set_inclusion as engine
 
     torch.set_num_threads(1)
     gaps, ses, binoms = [], [], []
-    for tid, path in found.items():
+    for tid, load in found.items():
         cfg = trials[tid].config
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load()
         ds = generate(cfg.data, cfg.seed)
         tok = engine.build_tokenizer(ds.vocab)
         model = engine.build_model(cfg.model, tok.get_vocab_size())

@@ -182,10 +182,9 @@ def test_failing_trial_is_retried_then_failed_and_killed_worker_is_retried(clust
     log = tmp_path / "driver.log"
     proc = driver([str(path), "--address", cluster["address"], "--storage", str(storage)], tmp_path, log)
     try:
-        # the second checkpoint exists only once the trial got past its first report, i.e. once the
-        # driver has registered checkpoint 0 (a first checkpoint folder alone may not be registered yet)
-        wait_for(lambda: list(storage.glob("*/*/checkpoint_00000[1-9]")), "a second checkpoint of trial p00_s0",
-                 every=0.05)
+        # a checkpoint exists once its record names it (what a retry restores)
+        wait_for(lambda: list(storage.glob("*/metaocl/checkpoints/p00_s0/latest.json")),
+                 "a checkpoint of trial p00_s0", every=0.05)
         first = [a for a in attempts(storage) if a["trial_id"] == "p00_s0"]
         os.kill(first[0]["pid"], signal.SIGKILL)  # the trial's Ray worker, mid-run
         code = proc.wait(timeout=400)
@@ -266,3 +265,8 @@ def test_ctrl_c_then_killed_driver_then_resume(cluster, tmp_path):
         assert r.info.status == "FINISHED"
         assert steps(client, r.info.run_id) == [1, 2, 3]  # each epoch logged exactly once
     assert len(list(storage.iterdir())) == 1  # one Ray experiment, continued twice
+    for tid in ("s0", "s1", "s2"):  # also one finished under the killed driver: exactly its last checkpoint
+        (folder,) = storage.glob(f"*/metaocl/checkpoints/{tid}")
+        names = sorted(p.name for p in folder.iterdir())
+        assert len(names) == 2 and names[0].startswith("000001-") and names[1] == "latest.json", (tid, names)
+    assert not list(storage.glob("*/*/checkpoint_*"))  # Ray was handed none

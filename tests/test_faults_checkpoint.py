@@ -202,3 +202,75 @@ def test_mnist_checkpoints_follow_the_minutes(monkeypatch):
     off = CheckpointingReporter()
     mnist.run(from_dict(MnistConfig, dict(raw, train=dict(raw["train"], checkpoint_minutes=None))), off)
     assert off.saves == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The sweep's checkpoint store (metaocl.experiments.checkpoints.TrialCheckpoints) behind the Ray
+# worker's own reporter: written once into trial storage (here a local folder), read back by a retry.
+# ------------------------------------------------------------------------------------------------
+class StoreReporter:
+    """The Ray worker's TuneReporter with its checkpoint methods, reports kept in memory (no Ray
+    session here), crashing like CheckpointingReporter."""
+
+    def __init__(self, store, crash_at_report: int | None = None):
+        from metaocl.sweep.worker import TuneReporter
+
+        self.tune = TuneReporter(store)
+        self.interactive, self.rows, self.crash_at_report = False, [], crash_at_report
+
+    def __call__(self, metrics):
+        if self.crash_at_report is not None and len(self.rows) + 1 == self.crash_at_report:
+            self.crash_at_report = None
+            raise Crash("worker died")
+        self.rows.append(dict(metrics))
+
+    def save_checkpoint(self, state):
+        return self.tune.save_checkpoint(state)
+
+    def restore_checkpoint(self):
+        return self.tune.restore_checkpoint()
+
+
+class DiesWhilePickled:
+    """Makes ``torch.save`` fail part-way through a checkpoint, like a worker killed mid-write."""
+
+    def __reduce__(self):
+        raise Crash("node died mid-write")
+
+
+def test_trial_store_restart_matches_uninterrupted_run_and_leaves_one_checkpoint(tmp_path):
+    from metaocl.experiments.checkpoints import LATEST, TrialCheckpoints
+
+    config = from_dict(SetInclusionConfig, TINY)
+    straight = CheckpointingReporter()
+    final = set_inclusion.run(config, straight)
+    store = TrialCheckpoints(str(tmp_path / "exp"), "s0")
+    flaky = StoreReporter(store, crash_at_report=3)
+    with pytest.raises(Crash):
+        set_inclusion.run(config, flaky)
+    folder = tmp_path / "exp" / "metaocl" / "checkpoints" / "s0"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([store.latest()["file"], LATEST])
+    retry = StoreReporter(TrialCheckpoints(str(tmp_path / "exp"), "s0"))  # a new attempt, a new process
+    retry.rows = list(flaky.rows)
+    resumed_final = set_inclusion.run(config, retry)
+    assert by_epoch(retry.rows) == by_epoch(straight.rows)
+    assert without_perf(resumed_final) == without_perf(final)
+    assert resumed_final["perf/checkpoints"] == 4 == straight.saves  # each written once, across both attempts
+    assert resumed_final["perf/checkpoint_bytes"] > 0
+    assert len([p for p in folder.iterdir() if p.suffix == ".pt"]) == 1  # the previous one went after the switch
+
+
+def test_a_half_written_checkpoint_is_never_read(tmp_path):
+    from metaocl.experiments.checkpoints import LATEST, TrialCheckpoints
+
+    store = TrialCheckpoints(str(tmp_path), "s0")
+    store.save({"step": 1, "w": torch.ones(50)})
+    good = store.latest()
+    with pytest.raises(Crash):
+        store.save({"step": 2, "w": torch.zeros(50), "boom": DiesWhilePickled()})
+    assert store.latest() == good  # the record still names the whole one
+    assert len(store.files()) == 3  # and the half-written file lies beside it, named by nothing
+    retry = StoreReporter(TrialCheckpoints(str(tmp_path), "s0"))
+    state = retry.restore_checkpoint()
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(50))
+    assert store.files() == sorted([good["file"], LATEST])  # the retry deleted the half-written one

@@ -1,5 +1,6 @@
 """scripts/gap_noise.py: the within-seed standard error of the meta-OCL gap, on known answers and
-on checkpoints laid out as Ray Tune leaves them (tiny random models the test saves)."""
+on checkpoints laid out as a sweep leaves them, and as Ray Tune left them in older versions (tiny
+random models the test saves)."""
 
 import importlib.util
 import math
@@ -42,9 +43,16 @@ def _checkpoint(root: Path, trial_id: str, seed: int) -> None:
     ds = generate(cfg.data, seed)
     torch.manual_seed(seed)
     model = engine.build_model(cfg.model, engine.build_tokenizer(ds.vocab).get_vocab_size())
+    state = {"model": model.state_dict(), "epoch": 3, "epoch_global": 3}
+    if seed == 0:  # the sweep's checkpoint store
+        from metaocl.experiments.checkpoints import TrialCheckpoints
+
+        TrialCheckpoints(str(root), trial_id).save(state)
+        return
+    # a folder of an older version: Ray Tune's trial checkpoints
     d = root / f"trainable_ab_0000{seed}_{seed}_trial=trial_id_{trial_id}_kind_set_inclusion_cpus_1" / "checkpoint_000002"
     d.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "epoch": 3, "epoch_global": 3}, d / "state.pt")
+    torch.save(state, d / "state.pt")
 
 
 def test_reads_each_trials_last_checkpoint_and_compares_spreads(tmp_path, capsys):

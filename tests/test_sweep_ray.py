@@ -1,8 +1,6 @@
 """A smoke sweep through a real local Ray instance into a real MLflow store."""
 
 import json
-import os
-import shutil
 
 import pytest
 
@@ -47,30 +45,21 @@ def test_quickstart_smoke_sweep_end_to_end(capsys, in_tmp):
         assert [m.value for m in client.get_metric_history(r.info.run_id, "stage")] == [1, 1, 2]
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["config.yaml"]
 
-    # Checkpoints: each trial keeps only the one its experiment state restores (its last), and a
-    # pruning pass never deletes that one or anything newer (a driver killed mid-step must resume).
-    from metaocl.sweep.prune import CheckpointPruner, checkpoint_index
+    # Checkpoints: written once into the experiment folder's metaocl/checkpoints/<trial>/, none through
+    # Ray; each finished trial keeps exactly its last one (checkpoint_minutes 0: after epoch 1 (seq 0)
+    # and at stage 2's start (seq 1); none at the trial's end).
+    from metaocl.experiments.checkpoints import LATEST, TrialCheckpoints
 
     (exp_dir,) = (in_tmp / "metaocl-results").iterdir()
-    trial_dirs = sorted(p for p in exp_dir.iterdir() if p.name.startswith("trainable_"))
-    assert len(trial_dirs) == 2
-    for trial_dir in trial_dirs:
-        (kept,) = trial_dir.glob("checkpoint_*")
-        # checkpoint_minutes 0: after epoch 1 (0) and at stage 2's start (1); none at the trial's end
-        assert checkpoint_index(str(kept)) == 1
-    last = trial_dirs[0] / "checkpoint_000001"
-    for index in (0, 2):  # left over from before the state was written (0), or saved after it (2)
-        shutil.copytree(last, trial_dirs[0] / f"checkpoint_{index:06d}")
-    pruner = CheckpointPruner(str(exp_dir))
-    assert pruner.prune() == 1
-    assert sorted(p.name for p in trial_dirs[0].glob("checkpoint_*")) == ["checkpoint_000001", "checkpoint_000002"]
-    # an unchanged state is not read again; a rewritten one is
-    shutil.copytree(last, trial_dirs[0] / "checkpoint_000000")
-    assert pruner.prune() == 0 and (trial_dirs[0] / "checkpoint_000000").is_dir()
-    (state,) = exp_dir.glob("experiment_state-*.json")
-    state.write_text(state.read_text())
-    os.utime(state, ns=(state.stat().st_mtime_ns + 10**9,) * 2)
-    assert pruner.prune() == 1 and not (trial_dirs[0] / "checkpoint_000000").exists()
+    assert not list(exp_dir.glob("*/checkpoint_*"))  # Ray holds no copy
+    for tid in ("s0", "s1"):
+        store = TrialCheckpoints(str(exp_dir), tid)
+        record = store.latest()
+        assert record["seq"] == 1 and store.files() == sorted([record["file"], LATEST])
+        assert (store.load()["stage"], store.load()["epoch"]) == (2, 0)
+        rows = client.get_metric_history(next(r for r in children if r.data.tags["seed"] == tid[1:]).info.run_id,
+                                          "perf/checkpoints")
+        assert [m.value for m in rows][-1] == 2
 
 
 def test_resume_tries_a_failed_trial_again_in_its_own_run(in_tmp, capsys):

@@ -14,8 +14,8 @@ The contract every runner follows (the sweep driver and ``metaocl run`` rely on 
 - Optional, for long trials: ``reporter.save_checkpoint(state)`` at the end of an epoch (a
   ``torch.save``-able dict: model/optimizer/scheduler state, stage, epoch, RNG states) and
   ``reporter.restore_checkpoint() -> dict | None`` once at the start. In a Ray trial they are backed
-  by ``ray.tune.Checkpoint``, so a retried or resumed trial continues from its last epoch; here they
-  are no-ops. Call them through :mod:`metaocl.experiments.checkpoints` (``restore``/``save``), so any
+  by the trial's folder in the sweep's trial storage (:class:`metaocl.experiments.checkpoints.TrialCheckpoints`),
+  so a retried or resumed trial continues from its last checkpoint; here they are no-ops. Call them through :mod:`metaocl.experiments.checkpoints` (``restore``/``save``), so any
   reporter works and every runner saves the same states.
 """
 

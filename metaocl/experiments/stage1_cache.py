@@ -134,12 +134,19 @@ def complete(uri: str) -> bool:
 
 
 def publish_model(uri: str, loaded: LoadedModel) -> int:
-    """Model and tokenizer into ``uri`` (a retried unit overwrites a partial one); returns the bytes."""
+    """Model and tokenizer into ``uri`` (a retried unit overwrites a partial one); returns the bytes.
+    A folder (every node mounts it) is written once, in place; an object store gets them from a local
+    temporary folder (``save_pretrained`` writes files)."""
     import tempfile
 
     import pyarrow.fs as pafs
 
     fs, path = _fs(uri)
+    if isinstance(fs, pafs.LocalFileSystem):  # complete.json, written after, says when it is whole
+        Path(path).mkdir(parents=True, exist_ok=True)
+        loaded.model.save_pretrained(path)
+        loaded.tokenizer.save_pretrained(path)
+        return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.name != COMPLETE)
     with tempfile.TemporaryDirectory(prefix="metaocl-stage1-") as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
@@ -158,7 +165,8 @@ def publish_complete(uri: str, history: list[dict]) -> None:
 
 
 def fetch(uri: str, config: LMConfig) -> tuple[LoadedModel, list[dict]]:
-    """The model a unit published at ``uri`` (copied to a local temporary folder, loaded) and its reports."""
+    """The model a unit published at ``uri`` and its reports (from an object store through a local
+    temporary folder)."""
     import tempfile
 
     import pyarrow.fs as pafs
@@ -166,6 +174,9 @@ def fetch(uri: str, config: LMConfig) -> tuple[LoadedModel, list[dict]]:
     fs, path = _fs(uri)
     with fs.open_input_stream(f"{path}/{COMPLETE}") as f:
         history = json.loads(f.read().decode())["history"]
+    if isinstance(fs, pafs.LocalFileSystem):  # a folder: loaded from where it is, no local copy
+        loaded, _ = load(Path(path), config, with_history=False)
+        return loaded, history
     with tempfile.TemporaryDirectory(prefix="metaocl-stage1-") as tmp:
         pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         (Path(tmp) / COMPLETE).unlink(missing_ok=True)

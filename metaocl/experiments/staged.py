@@ -20,7 +20,10 @@ for every kind, read top to bottom:
 A kind supplies the data, model, optimizer, one unit of training and the evaluation by subclassing
 :class:`StagedTrial`; :func:`n_reports` (progress) follows from its stage list, so no kind re-derives it.
 Each checkpoint adds ``perf/checkpoint_s`` (seconds writing checkpoints so far, all attempts),
-``perf/checkpoints`` and ``perf/checkpoint_bytes`` (what the reporter says it wrote) to the next report.
+``perf/checkpoints`` and ``perf/checkpoint_bytes`` (what the reporter says it wrote) to the next report;
+a restored checkpoint counts itself (its bytes as its store recorded them; its seconds are lost).
+Where a sweep's checkpoints are written: :mod:`metaocl.experiments.checkpoints` (once, straight
+into the sweep's trial storage).
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ def run(trial: StagedTrial, stages: list[Stage], reporter, policy: CheckpointPol
         trial.model.load_state_dict(saved["model"])
         units_before, metrics, totals = saved["units_before"], dict(saved["metrics"]), dict(saved["totals"])
         history[:] = saved["history"]
+        totals["perf/checkpoints"] += 1  # its totals were taken before it was written: count it too
+        totals["perf/checkpoint_bytes"] += float(saved.get(checkpoints.SIZE_KEY, 0))
 
     def checkpoint(stage: Stage, unit: int) -> None:
         t0 = time.perf_counter()

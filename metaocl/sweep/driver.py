@@ -430,7 +430,7 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
                     callbacks=[MlflowDriverCallback()],
                     failure_config=tune.FailureConfig(
                         max_failures=sweep.max_failures if max_failures is None else max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pruned by CheckpointPruner
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # Ray gets none: metaocl/checkpoints/
                     verbose=0,
                 ),
             )

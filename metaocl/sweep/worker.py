@@ -2,8 +2,9 @@
 
 This is the only part of the sweep that Ray pickles and ships to workers; it imports neither MLflow
 nor the driver. A trial rebuilds its config from the plain dict in ``param["trial"]``, runs its kind's
-``run(config, reporter)`` and hands every evaluation (and each checkpoint) to Ray Tune; the driver's
-callback (:mod:`metaocl.sweep.driver`) turns those into MLflow runs.
+``run(config, reporter)`` and hands every evaluation to Ray Tune; the driver's callback
+(:mod:`metaocl.sweep.driver`) turns those into MLflow runs. Checkpoints go straight into the sweep's
+trial storage (:class:`~metaocl.experiments.checkpoints.TrialCheckpoints`), not through Ray.
 
 A :class:`~metaocl.config.ConfigError` raised inside a trial is a user mistake that a retry cannot
 fix (so is a GPU the trial was given but cannot use, :func:`metaocl.runtime.check_given_gpus`): the trial returns at once with one final report carrying the error line under
@@ -24,44 +25,39 @@ from metaocl.config import ConfigError, from_dict, kind as kind_of
 from metaocl.runtime import check_given_gpus
 from metaocl.sweep.ledger import Ledger
 
-CHECKPOINT_KEY = "metaocl_checkpoint"  # marks a report that only carries a checkpoint (not logged)
+CHECKPOINT_KEY = "metaocl_checkpoint"  # marks a report that only carries a checkpoint (not logged; none are made now)
 CONFIG_ERROR_KEY = "metaocl_config_error"  # a report that says: this trial failed with a user mistake (the line)
 TRACEBACK_KEY = "metaocl_traceback"  # ... and where it was raised
 
 
 class TuneReporter:
-    """Inside a Ray worker: hand each evaluation (and each checkpoint) to Ray Tune.
+    """Inside a Ray worker: hand each evaluation to Ray Tune; checkpoints go to the trial's folder in
+    the sweep's trial storage.
 
-    ``save_checkpoint(state)`` stores ``state`` (any ``torch.save``-able dict: model and optimizer
-    state dicts, epoch, RNG states) as a Tune checkpoint; ``restore_checkpoint()`` returns the
-    latest one of this trial after a retry or a ``--resume``, else None.
+    ``save_checkpoint(state)`` writes ``state`` (any ``torch.save``-able dict: model and optimizer
+    state dicts, epoch, RNG states) once, straight into ``store`` (a
+    :class:`~metaocl.experiments.checkpoints.TrialCheckpoints`); Ray is never given a checkpoint, so
+    nothing is copied a second time. ``restore_checkpoint()`` returns the trial's checkpoint after a
+    retry or a ``--resume``, else None (first deleting what an earlier attempt left half-written).
     """
 
     interactive = False
+
+    def __init__(self, store=None):
+        self.store = store
 
     def __call__(self, metrics: Mapping[str, float]) -> None:
         tune.report(dict(metrics))
 
     def save_checkpoint(self, state: dict) -> int:
         """Store ``state``; returns the bytes written (``perf/checkpoint_bytes``)."""
-        import tempfile
-
-        import torch
-
-        with tempfile.TemporaryDirectory(prefix="metaocl-ckpt-") as d:
-            torch.save(state, Path(d) / "state.pt")
-            size = (Path(d) / "state.pt").stat().st_size
-            tune.report({CHECKPOINT_KEY: 1.0}, checkpoint=tune.Checkpoint.from_directory(d))
-        return size
+        return self.store.save(state)
 
     def restore_checkpoint(self) -> dict | None:
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
+        if self.store is None:
             return None
-        import torch
-
-        with checkpoint.as_directory() as d:
-            return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        self.store.clean()  # this attempt is the trial's only one: leftovers of a dead one can go
+        return self.store.load()
 
 
 class TrialResources:
@@ -110,13 +106,16 @@ def trainable(param: dict) -> None:
     """The Ray Tune function trainable: rebuild the trial's config and run its experiment kind."""
     import ray
 
+    from metaocl.experiments.checkpoints import TrialCheckpoints
+
     spec = param["trial"]
     tid = spec["trial_id"]
     ledger = Ledger(spec["exp_dir"])
     if ledger.is_finished(tid):  # finished under an earlier driver whose Ray state was not saved in time
         return
+    store = TrialCheckpoints(spec["exp_dir"], tid)  # this trial's checkpoints, in the sweep's trial storage
     ledger.log_attempt(tid, {"trial_id": tid, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-                             "time": time.time(), "from_checkpoint": tune.get_checkpoint() is not None,
+                             "time": time.time(), "from_checkpoint": store.latest() is not None,
                              "gpu": _assigned_gpu()})
     os.environ["METAOCL_TRIAL_CPUS"] = str(spec["cpus"])
     kind = kind_of(spec["kind"])
@@ -130,11 +129,11 @@ def trainable(param: dict) -> None:
 
             STATS.update(stage1_trainings=0, waited_s=0.0)
         if role == "stage1":  # a stage-1 unit (metaocl.sweep.stage1): the shared stages, its model to storage
-            final = kind.shared.run_unit(config, TuneReporter(), spec["store"])
+            final = kind.shared.run_unit(config, TuneReporter(store), spec["store"])
         elif role == "branch":  # a trial that starts from its unit's model
-            final = kind.shared.run_branch(config, TuneReporter(), spec["store"])
+            final = kind.shared.run_branch(config, TuneReporter(store), spec["store"])
         else:
-            final = kind.run(config, TuneReporter())
+            final = kind.run(config, TuneReporter(store))
         if os.environ.get("METAOCL_BENCH_TIMES"):
             _bench_record(os.environ["METAOCL_BENCH_TIMES"], tid, role, started, final)
     except ConfigError as e:  # deterministic: a retry would fail the same way
