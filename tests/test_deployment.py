@@ -259,10 +259,13 @@ def test_s3_sweep_with_killed_driver_resumes_from_the_store(stack):
     assert len(resumed) == 1, (experiments, before)
     checkpoints: dict[str, list[str]] = {}
     for k in keys:
-        parts = k.split("/")
-        if len(parts) == 5 and parts[2] in resumed and parts[4].startswith("checkpoint_"):
-            checkpoints.setdefault(parts[3], []).append(parts[4])
-    assert checkpoints and all(len(c) == 1 for c in checkpoints.values()), checkpoints
+        parts = k.split("/")  # bucket, ray-results, experiment, metaocl, checkpoints, trial, file
+        if len(parts) == 7 and parts[2] in resumed and parts[3:5] == ["metaocl", "checkpoints"]:
+            checkpoints.setdefault(parts[5], []).append(parts[6])
+    assert sorted(checkpoints) == ["s0", "s1"], checkpoints  # every finished trial, also one finished under the killed driver
+    for trial, files in checkpoints.items():  # its record and the one checkpoint it names
+        assert len(files) == 2 and "latest.json" in files and any(f.endswith(".pt") for f in files), (trial, files)
+    assert not [k for k in keys if k.split("/")[2] in resumed and "/checkpoint_" in k], "Ray wrote checkpoints"
 
 
 def test_worker_killed_mid_sweep_is_retried(stack):
