@@ -150,7 +150,9 @@ def ray_token_head(tmp_path_factory):
     env = ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     proc = start(["ray", "start", "--head", f"--node-ip-address={HOST}", f"--port={port}",
                   f"--dashboard-host={HOST}", f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port(HOST)}",
-                  "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--block"],
+                  # the job API's agent: a port of its own, not Ray's fixed 52365, which another Ray on
+                  # this machine (a user's sweep beside the tests) may hold on 127.0.0.1
+                  f"--dashboard-agent-listen-port={free_port(HOST)}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--block"],
                  folder / "head.log", env=env)
 
     def jobs_api_up():
