@@ -13,8 +13,8 @@ def test_small_sweep_under_chaos_finishes_every_trial_once_with_every_step_once(
     chaos = load_bench("chaos")
     trials = 6
     # one trial per worker node at a time (each node's Ray worker runs its trials one after another):
-    # 6 trials x 5 evaluations outlast the two kills, each of which lands on a node running a trial
-    result = chaos.main(["--trials", str(trials), "--epochs", "3,2", "--trial-cpus", "1", "--raylet-kills", "2",
+    # 6 trials x 12 evaluations outlast the two kills, each of which lands on a node running a trial
+    result = chaos.main(["--trials", str(trials), "--epochs", "8,4", "--trial-cpus", "1", "--raylet-kills", "2",
                          "--kill-every", "5,10", "--chaos-minutes", "20", "--no-calm", "--workdir",
                          str(tmp_path / "work"), "--timeout-minutes", "30"])
     run, got = result["run"], result["check"]
