@@ -224,7 +224,7 @@ def test_tiny_sweep_trains_stage1_once_per_stage1_seed(in_tmp, capsys):
                     "grid:\n  train.stage1_seed: [0, 1]\nseeds: 2\nresources: {cpu: 1, gpu: 0}\n")
     assert main(["sweep", str(path)]) == 0, capsys.readouterr()
     out = capsys.readouterr()
-    assert "layout: 6 done, 0 running, 0 failed" in out.err, out.err[-2000:]
+    assert "layout: stage 1: 2/2 units · trials: 4/4 done, 0 running, 0 failed" in out.err, out.err[-2000:]
     tries = sorted(json.loads(p.read_text())["trial_id"] for p in in_tmp.glob("metaocl-results/*/metaocl/attempts/*.json"))
     assert tries == ["p00_s0", "p00_s1", "p00_stage1", "p01_s0", "p01_s1", "p01_stage1"]  # each unit once
     assert len(list(in_tmp.glob("metaocl-results/*/metaocl/stage1/*/complete.json"))) == 2
