@@ -122,7 +122,7 @@ def test_lm_two_stage_smoke_killed_between_stage1_and_stage2_and_resumed(tmp_pat
     runs = load_invocation(f"sqlite:///{tmp_path / 'mlflow.db'}", "metaocl/two_stage-smoke")
     trials = [t for c in runs.configurations for t in c.trials]
     assert len(trials) == 3 and all(sorted(t.history["em/qd1consis"]) == [1, 2, 3] for t in trials)  # stitched
-    assert "two_stage: 4 done, 0 running, 0 failed; 5/5 evals" in out, out[-3000:]
+    assert "two_stage: stage 1: 1/1 units · trials: 3/3 done, 0 running, 0 failed; 5/5 evals" in out, out[-3000:]
     assert "trials: 3 done, 0 failed" in out
 
 
