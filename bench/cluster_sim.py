@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _cluster import stop  # noqa: E402 (bench/_cluster.py: stop a process and its session)
 
 
 def sweep_file(folder: Path, stage1_seeds: int, seeds: int, epochs: list[int]) -> Path:
@@ -73,7 +74,7 @@ def _wait_nodes(ray: list[str], port: int, n: int, env: dict[str, str], procs: l
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(proc.poll() is not None for proc in procs):
-            raise SystemExit(f"a `ray start` of the logical cluster exited (its log: ray-*.log in the run's folder)")
+            raise SystemExit("a `ray start` of the logical cluster exited (its log: ray-*.log in the run's folder)")
         out = subprocess.run(ray + ["status", f"--address=127.0.0.2:{port}"], env=env, capture_output=True,
                              text=True)
         if out.returncode == 0 and out.stdout.count(" node_") >= n:
@@ -81,18 +82,6 @@ def _wait_nodes(ray: list[str], port: int, n: int, env: dict[str, str], procs: l
         time.sleep(1)
     raise SystemExit(f"the logical cluster did not reach {n} node(s) in {timeout:.0f} s")
 
-
-def _stop(node: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(node.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            node.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def run_mode(name: str, folder: Path, sweep: Path, gpus: int, nodes: int, units: bool, port: int) -> dict:
@@ -120,7 +109,7 @@ def run_mode(name: str, folder: Path, sweep: Path, gpus: int, nodes: int, units:
         sweep_wall = time.time() - t0
     finally:
         for node in reversed(nodes_up):  # only the processes this run started: never `ray stop`, which
-            _stop(node)                   # would end every Ray instance on the machine
+            stop(node, grace=15)          # would end every Ray instance on the machine
         shutil.rmtree(temp, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: the sweep failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
