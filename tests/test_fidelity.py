@@ -162,7 +162,8 @@ EXPECTED = {
         points=(("train.batch_size", "train.epochs"), ("train.batch_size", "train.grad_accumulation", "train.epochs"),
                 ("train.batch_size", "train.grad_accumulation", "train.epochs", "eval.every"))),
     "t5": _lm(trials=100, seeds=tuple(range(5)), grid=("train.stage1_seed",),
-              points=(("data.source", "train.stage2_from_epoch"), ("data.source",)), model=("google-t5/t5-3b",),
+              points=(("data.source", "train.stage2_from_epoch"),
+                      ("data.source", "train.stage2_from_epoch", "train.authors_save_each_epochs")), model=("google-t5/t5-3b",),
               source=("cvdb", "trex"), entities=(4000, 6900), x2=(D3,), trex_construction=("authors",),
               batch_epochs=((256, (20, 10)),), padding=((True, 48),), stage1_seeds=STAGE1_SEEDS_10,
               max_new_tokens=(8, 16), accumulation=(4,), label_block=(8, 16)),
@@ -380,14 +381,11 @@ def test_nl_tags_takes_the_authors_steps_without_a_32_row_step():
 # Where stage 2 starts: the authors' string-sorted checkpoints and the plotted "cpt20_" runs
 # ------------------------------------------------------------------------------------------------
 def authors_stage2_start(rows: int, per_device: int, gas: int, epochs: int, save_each: int) -> dict[int, int]:
-    """{label: stage-1 epoch} of the authors' stage-2 runs: checkpoint-<global step> saved every
-    ``save_each`` epochs (src/callbacks.py), sorted as strings and labelled cpt{(i+1) x save_each}
-    (src/experiment_pipeline.py). Global step at epoch k: min(max_steps, k x slices // gas)."""
-    slices = -(-rows // per_device)
-    max_steps = epochs * max(1, slices // gas)
-    saved = {min(max_steps, k * slices // gas): k for k in range(save_each, epochs + 1, save_each)}
-    return {(i + 1) * save_each: saved[step] for i, step in
-            enumerate(sorted(saved, key=lambda step: f"checkpoint-{step}"))}
+    """{label: stage-1 epoch} of the authors' stage-2 runs, in their config's terms (per-device batch x
+    accumulation): :func:`metaocl.engine.lm.authors_checkpoint_labels`, checked here on known answers."""
+    from metaocl.engine.lm import authors_checkpoint_labels
+
+    return authors_checkpoint_labels(rows, per_device * gas, gas, epochs, save_each)
 
 
 # (stage-1 rows of our builder at the authors' sizes, per-device batch, accumulation, stage-1 epochs,
@@ -446,8 +444,17 @@ def test_sweeps_start_stage2_where_the_figure_did():
             "three_stage": {None}}
     for name, values in want.items():
         assert {t.config.train.stage2_from_epoch for t in load_sweep(name).trials()} == values, name
-    t5 = {t.config.data.source: t.config.train.stage2_from_epoch for t in load_sweep("t5").trials()}
-    assert t5["cvdb"] == 15
+    t5 = {t.config.data.source: t.config.train for t in load_sweep("t5").trials()}
+    assert t5["cvdb"].stage2_from_epoch == 15
+    # T-REx: the authors' cpt20 run (save_each_epochs 5), worked out in the trial from its stage-1 rows
+    trex = [t.config for t in load_sweep("two_stage_trex").trials()] + [
+        t.config for t in load_sweep("t5").trials() if t.config.data.source == "trex"]
+    assert {(c.train.stage2_from_epoch, c.train.authors_save_each_epochs) for c in trex} == {("cpt20", 5)}
+    for c in trex:  # the bands of test_trex_stage2_start_bands_by_stage1_rows, through the config
+        per_device = c.train.batch_size // c.train.grad_accumulation
+        for rows, epoch in ((12_000, None), (15_000, 15), (20_000, 10), (30_000, 5)):
+            assert c.stage2_start(rows) == epoch == (authors_stage2_start(
+                rows, per_device, c.train.grad_accumulation, 20, 5)[20] % 20 or None), (rows, per_device)
     amount = {t.config.data.n_entities: t.config.train.stage2_from_epoch for t in load_sweep("data_amount").trials()}
     assert {n: (e or 20) for n, e in amount.items()} == {250: 20, 500: 10, 1000: 20, 2000: 20}
 

@@ -2,6 +2,8 @@
 trials only after it completed, nothing suggested while waiting), its save/restore, and the
 stage-1 store in a folder (written once, complete only with its reports)."""
 
+import re
+
 import pytest
 from ray.tune.search import Searcher
 
@@ -48,6 +50,43 @@ def test_stage2_from_epoch_cuts_the_branch_and_keys_the_unit():
     assert lm.shared.key(trials["p00_s0"].config) != lm.shared.key(other["p00_s0"].config)
 
 
+def test_stage2_from_the_authors_label_is_worked_out_from_the_built_stage1_rows(capsys):
+    """cptN (the authors' label) resolves in the trial: 240 stage-1 rows at batch 32 are 8 slices, so
+    checkpoints every epoch sit at steps 8, 16, 24, 32; sorted as strings (16, 24, 32, 8) the run
+    labelled cpt4 starts from epoch 1, cpt1 from epoch 2. The plan counts stage 1 whole until then."""
+    from metaocl.experiments.lm import engine_dataset, resolve_stage2_start
+
+    lm = kind("lm")
+    trials = two_stage(1, 2, "train.epochs=[4,2]", "train.stage2_from_epoch=cpt4", "train.authors_save_each_epochs=1")
+    config = trials["p00_s0"].config
+    dataset = engine_dataset(config)
+    assert len(dataset["train_1"]) == 240
+    assert [s.units for s in lm.stages(config)] == [4, 2]  # planning: not known before the data is built
+    resolved = resolve_stage2_start(config, dataset)
+    assert resolved.train.stage2_from_epoch == 1 and [s.units for s in lm.stages(resolved)] == [1, 2]
+    assert "stage 2 starts from stage-1 epoch 1: the authors' cpt4 run (240 stage-1 rows" in capsys.readouterr().out
+    assert [config.stage2_start(240) for config in (
+        two_stage(1, 1, "train.epochs=[4,2]", f"train.stage2_from_epoch=cpt{n}", "train.authors_save_each_epochs=1")
+        ["p00_s0"].config for n in (1, 2, 3))] == [2, 3, None]  # cpt3 = epoch 4 = the end of stage 1
+    assert resolve_stage2_start(resolved, dataset) is resolved  # an epoch (or null) stays as it is
+    # the unit key holds the label: every trial of the stage-1 seed resolves it from the same rows
+    assert lm.shared.key(config) != lm.shared.key(two_stage(1, 2, "train.epochs=[4,2]")["p00_s0"].config)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.stage2_from_epoch=cpt4"], "needs train.authors_save_each_epochs"),
+    (["train.stage2_from_epoch=cpt5", "train.authors_save_each_epochs=2"], "cpt2, cpt4, ... up to the 4 stage-1"),
+    (["train.stage2_from_epoch=cpt8", "train.authors_save_each_epochs=2"], "cpt2, cpt4, ... up to the 4 stage-1"),
+    (["train.stage2_from_epoch=epoch3"], "must be a stage-1 epoch, null (the end of stage 1) or cptN"),
+    (["train.stage2_from_epoch=5"], "must be a stage-1 epoch (1..4)"),
+])
+def test_stage2_from_epoch_errors_name_the_field(sets, message):
+    from metaocl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        two_stage(1, 1, "train.epochs=[4,2]", *sets)
+
+
 def searcher_for(n_units: int, per_unit: int, alone: int = 0):
     units = [{"trial_id": f"u{u}"} for u in range(n_units)]
     waiting = {f"u{u}": [{"trial_id": f"u{u}_t{i}"} for i in range(per_unit)] for u in range(n_units)}
@@ -91,3 +130,31 @@ def test_searcher_releases_trials_of_a_unit_found_complete_in_storage(tmp_path):
     assert s.suggest("x1") is None
     stage1_cache.publish_complete(store, [{"epoch": 1.0}])
     assert s.suggest("x1")["trial"]["trial_id"] == "t0"
+
+
+class _Collect(list):
+    def __call__(self, metrics):
+        self.append({k: v for k, v in metrics.items() if not k.startswith("perf/")})
+
+
+@pytest.mark.slow
+def test_an_lm_trial_run_whole_starts_stage2_from_the_model_a_unit_hands_on(tmp_path):
+    """Known answer, cut at stage-1 epoch 2 of 3 under the linear schedule: a stage-1 unit trains all
+    3 epochs and hands on its epoch-2 model; a trial run whole in one process (no unit) stops stage 1
+    at epoch 2 on the same schedule, so both report the same stage 1 up to the cut and the same stage 2."""
+    from metaocl.experiments import lm
+
+    trials = two_stage(1, 1, "train.stage2_from_epoch=2", "train.epochs=[3,1]")
+    config = trials["p00_s0"].config
+    assert config.train.lr_schedule == "linear"
+    store = str(tmp_path / "unit")
+    unit, branch, whole = _Collect(), _Collect(), _Collect()
+    lm.run_stage1(config, unit, store)
+    lm.run_branch(config, branch, store)
+    import dataclasses
+
+    lm.run(dataclasses.replace(config, train=dataclasses.replace(config.train, stage1_cache=None)), whole)
+    assert [r["epoch"] for r in unit] == [1.0, 2.0, 3.0] and [r["epoch"] for r in branch] == [3.0]
+    assert [r["epoch"] for r in whole] == [1.0, 2.0, 3.0]
+    assert whole[:2] == unit[:2]
+    assert whole[2] == branch[0]

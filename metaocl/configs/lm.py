@@ -12,6 +12,8 @@ No heavy imports here: configs are validated before anything is built.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -93,7 +95,13 @@ class TrainConfig:
     stage1_cache: str | None = None
     # Two-stage only: the stage-1 epoch whose model stage 2 starts from (null = the end of stage 1).
     # Stage 1 is still trained and evaluated to its end (its curve), stage 2's epochs follow epoch N.
-    stage2_from_epoch: int | None = None
+    # "cptN": the stage-1 epoch of the authors' stage-2 run labelled cptN, worked out in the trial from
+    # its stage-1 training rows and authors_save_each_epochs (their checkpoint names sorted as strings;
+    # docs/fidelity.md "Where stage 2 starts"): for data whose row count is only known once built (T-REx).
+    stage2_from_epoch: int | str | None = None
+    # The authors' save_each_epochs (stage-1 checkpoints every N epochs), which labels their cptN runs;
+    # used only by stage2_from_epoch: cptN.
+    authors_save_each_epochs: int = 0
     # Every N optimizer steps, log the cosine between mean gradients on definitions and on QA
     # (grad/cos_def1_qa, grad/cos_def2_qa); 0 = off.
     grad_alignment_every: int = 0
@@ -183,6 +191,42 @@ class LMConfig:
     def stage1_seed(self) -> int:
         return self.seed if self.train.stage1_seed is None else self.train.stage1_seed
 
+    def _check_authors_label(self, label: str) -> int:
+        """N of ``train.stage2_from_epoch: cptN``, checked against the stages and the authors' cadence."""
+        save = self.train.authors_save_each_epochs
+        m = re.fullmatch(r"cpt([0-9]+)", label)
+        where = f"train.stage2_from_epoch: {label!r}"
+        if m is None:
+            raise ConfigError(f"{where} must be a stage-1 epoch, null (the end of stage 1) or cptN (the authors' "
+                              f"run labelled cptN)")
+        if self.data.n_stages != 2:
+            raise ConfigError(f"{where} needs a two-stage run (data.stages={self.data.stages!r})")
+        if save < 1:
+            raise ConfigError(f"{where} needs train.authors_save_each_epochs (the authors' save_each_epochs, "
+                              f"e.g. 5), got {save}")
+        n = int(m.group(1))
+        if n < save or n % save or n > self.epochs[0]:
+            raise ConfigError(f"{where}: the authors' labels are cpt{save}, cpt{2 * save}, ... up to the "
+                              f"{self.epochs[0]} stage-1 epochs")
+        return n
+
+    def stage2_start(self, stage1_rows: int | None = None) -> int | None:
+        """The stage-1 epoch stage 2 starts from (None: the end of stage 1). ``cptN`` is resolved
+        from the stage-1 training rows (:func:`metaocl.engine.lm.authors_checkpoint_labels`); without
+        them (planning, before the data is built) it is None."""
+        n = self.train.stage2_from_epoch
+        if not isinstance(n, str):
+            return n
+        if stage1_rows is None:
+            return None
+        from metaocl.engine.lm import authors_checkpoint_labels
+
+        t = self.train
+        labels = authors_checkpoint_labels(stage1_rows, t.batch_size or stage1_rows, t.grad_accumulation,
+                                           self.epochs[0], t.authors_save_each_epochs)
+        epoch = labels[self._check_authors_label(n)]
+        return None if epoch == self.epochs[0] else epoch
+
     def validate(self) -> None:
         if self.train.epochs and len(self.train.epochs) != self.data.n_stages:
             raise ConfigError(
@@ -190,7 +234,9 @@ class LMConfig:
                 f"train.epochs lists {len(self.train.epochs)}: {self.train.epochs}"
             )
         n = self.train.stage2_from_epoch
-        if n is not None and (self.data.n_stages != 2 or not 1 <= n <= self.epochs[0]):
+        if isinstance(n, str):
+            self._check_authors_label(n)
+        elif n is not None and (self.data.n_stages != 2 or not 1 <= n <= self.epochs[0]):
             raise ConfigError(f"train.stage2_from_epoch: {n} must be a stage-1 epoch (1..{self.epochs[0]}) "
                               f"of a two-stage run (data.stages={self.data.stages!r}); null = the end of stage 1")
         if self.model.name == "tiny-t5" or self.model.kind == "seq2seq":

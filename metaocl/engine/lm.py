@@ -219,6 +219,24 @@ def stage_steps(n: int, batch_size: int, grad_accumulation: int, epochs: int) ->
     return epochs * max(1, math.ceil(n / slice_size) // grad_accumulation)
 
 
+def authors_checkpoint_labels(n: int, batch_size: int, grad_accumulation: int, epochs: int,
+                              save_each_epochs: int) -> dict[int, int]:
+    """``{label: stage-1 epoch}`` of the authors' stage-2 runs (docs/fidelity.md, "Where stage 2
+    starts"): stage 1 saves ``checkpoint-<global step>`` every ``save_each_epochs`` epochs
+    (``src/callbacks.py``); ``src/experiment_pipeline.py`` runs stage 2 from each, iterating the names
+    sorted as *strings*, and labels the i-th run ``cpt{(i + 1) x save_each_epochs}``. The global step
+    at the end of epoch k is ``min(max_steps, floor(k x slices_per_epoch / grad_accumulation))``
+    (:func:`stage_steps`). E.g. 16,000 rows at 128 x 2 for 20 epochs, every 5: steps 312, 625, 937,
+    1240 sort as 1240, 312, 625, 937, so ``{5: 20, 10: 5, 15: 10, 20: 15}``."""
+    if save_each_epochs < 1 or n < 1:
+        raise ValueError(f"save_each_epochs ({save_each_epochs}) and rows ({n}) must be >= 1")
+    slices = math.ceil(n / (batch_size // grad_accumulation))
+    max_steps = stage_steps(n, batch_size, grad_accumulation, epochs)
+    saved = {min(max_steps, k * slices // grad_accumulation): k for k in range(save_each_epochs, epochs + 1, save_each_epochs)}
+    order = sorted(saved, key=lambda step: f"checkpoint-{step}")
+    return {(i + 1) * save_each_epochs: saved[step] for i, step in enumerate(order)}
+
+
 @dataclass
 class Accumulation:
     """Gradient accumulation as the authors' Hugging Face Trainer did it (transformers 4.27-4.45,

@@ -170,7 +170,7 @@ def stages(config: LMConfig, branch: bool = True) -> list[Stage]:
     (what a stage-1 unit trains)."""
     from metaocl.experiments.stage1_cache import shared_stages
 
-    shared, cut = shared_stages(config), config.train.stage2_from_epoch
+    shared, cut = shared_stages(config), config.stage2_start()  # cptN: resolved in the trial
     return [Stage(number=k, units=cut if (k == 1 and branch and cut is not None) else n, eval_every=config.eval.every,
                   seed=(config.stage1_seed if k <= shared else config.seed) * 1009 + k)
             for k, n in enumerate(config.epochs, start=1)]
@@ -198,12 +198,30 @@ def _setup(config: LMConfig):
     return device, dataset, later
 
 
+def resolve_stage2_start(config: LMConfig, dataset) -> LMConfig:
+    """``config`` with ``train.stage2_from_epoch: cptN`` replaced by the stage-1 epoch it names, from
+    the built stage-1 training split (:meth:`LMConfig.stage2_start`); said once in the trial's log."""
+    label = config.train.stage2_from_epoch
+    if not isinstance(label, str):
+        return config
+    import dataclasses
+
+    rows = len(dataset["train_1"])
+    epoch = config.stage2_start(rows)
+    print(f"stage 2 starts from stage-1 epoch {epoch or config.epochs[0]}: the authors' {label} run "
+          f"({rows:,} stage-1 rows, batch {config.train.batch_size} with accumulation {config.train.grad_accumulation}, "
+          f"their checkpoints every {config.train.authors_save_each_epochs} epochs sorted as strings)",
+          flush=True)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, stage2_from_epoch=epoch))
+
+
 def run(config: LMConfig, reporter: Reporter) -> dict[str, float]:
     """The whole trial in this process; with ``train.stage1_cache``, the shared stages come from (or
     go into) the cache, under its lock (see :mod:`metaocl.experiments.stage1_cache`)."""
     from metaocl.experiments import checkpoints, stage1_cache
 
     device, dataset, later = _setup(config)
+    config = resolve_stage2_start(config, dataset)
     shared = stage1_cache.shared_stages(config)
     cache = stage1_cache.folder(config) if shared else None
     history: list[dict] = []
@@ -233,10 +251,11 @@ def run_stage1(config: LMConfig, reporter: Reporter, store: str) -> dict[str, fl
     from metaocl.experiments import checkpoints, stage1_cache
 
     device, dataset, _ = _setup(config)
+    config = resolve_stage2_start(config, dataset)
     shared = stage1_cache.shared_stages(config)
     loaded = _load(config, dataset)
     stage1_cache.STATS["stage1_trainings"] += 1
-    cut = config.train.stage2_from_epoch
+    cut = config.stage2_start()
     trial = LMTrial(config, reporter, dataset, loaded, device, publish=(store, cut) if cut is not None else None)
     history: list[dict] = []
     final = staged.run(trial, stages(config, branch=False), reporter,
@@ -257,6 +276,7 @@ def run_branch(config: LMConfig, reporter: Reporter, store: str) -> dict[str, fl
     if not stage1_cache.complete(store):
         return run(config, reporter)
     device, dataset, later = _setup(config)
+    config = resolve_stage2_start(config, dataset)
     shared = stage1_cache.shared_stages(config)
     loaded, history = stage1_cache.fetch(store, config)  # a checkpoint of this trial replaces its weights
     return train_stages(config, reporter, dataset if later is None else later, loaded, device, history=history,
@@ -351,7 +371,10 @@ class LMTrial(staged.StagedTrial):
         t, loaded = self.config.train, self.loaded
         self.train_set = engine.encode(self.dataset[f"train_{stage.number}"], loaded.tokenizer, loaded.is_seq2seq)
         batch_size = t.batch_size or len(self.train_set)  # 0 = full batch
-        total_steps = engine.stage_steps(len(self.train_set), batch_size, t.grad_accumulation, stage.units)
+        # the schedule spans the stage's configured epochs, also where a trial's stage 1 stops early at
+        # train.stage2_from_epoch: the model there is the one a stage-1 unit hands on from its whole stage 1
+        total_steps = engine.stage_steps(len(self.train_set), batch_size, t.grad_accumulation,
+                                         self.config.epochs[stage.number - 1])
         self.slice_size = batch_size // t.grad_accumulation  # the authors' per-device batch
         self.optimizer, self.scheduler = engine.make_optimizer(self.model, t, total_steps)
         self.generator = _stage_generator(self.config.stage1_seed if stage.number == 1 else self.config.seed,
