@@ -357,6 +357,7 @@ def check(uri: str, name: str, n_trials: int, n_evals: int, storage: Path, logs:
         "retries": retries,
         "retries_histogram": dict(sorted(Counter(retries.values()).items())),
         "attempts": sum(tries.values()),
+        "trials_started": len(tries),  # an unfinished sweep has trials that never started
         "replayed_evals": sum(replayed.values()),
         "evals": n_trials * n_evals,
         "retry_lines": out_text.count(" failed, retrying from its last checkpoint: "),
@@ -366,6 +367,7 @@ def check(uri: str, name: str, n_trials: int, n_evals: int, storage: Path, logs:
 
 def summary(run: dict, got: dict, calm: dict | None) -> str:
     n = run["trials"]
+    cut_short = got["attempts"] - got.get("trials_started", n)  # attempts beyond each started trial's first
     lines = [f"{run['name']}: {n} trials, {got['evals']} evaluations; chaos: {run['raylet_kills']} raylet kills, "
              f"{run['driver_kills']} driver SIGKILL + --resume, {run['mlflow_restarts']} MLflow server restart",
              *("  " + e for e in run["events"]),
@@ -378,8 +380,8 @@ def summary(run: dict, got: dict, calm: dict | None) -> str:
              f"retries per trial (retries: trials): {got['retries_histogram']}; attempts started: {got['attempts']} "
              f"for {n} trials",
              f"extra work: evaluations reported again by a retry {got['replayed_evals']} of {got['evals']} "
-             f"({got['replayed_evals'] / got['evals']:.1%}); attempts cut short {got['attempts'] - n} "
-             f"(each loses at most its unfinished epoch: <= {(got['replayed_evals'] + got['attempts'] - n) / got['evals']:.1%} "
+             f"({got['replayed_evals'] / got['evals']:.1%}); attempts cut short {cut_short} "
+             f"(each loses at most its unfinished epoch: <= {(got['replayed_evals'] + cut_short) / got['evals']:.1%} "
              f"of the epochs)",
              f"driver output: {got['retry_lines']} retry lines, {got['traceback_lines']} tracebacks"]
     if calm is not None and calm["exit_code"] is not None:
