@@ -62,6 +62,17 @@ ZEN3_FRESH = {  # seed: (OCL, meta-OCL); WSD on the Zen 3 EPYC (family 25 model 
     4000: (0.090, 0.045), 4001: (0.092, -0.019), 4002: (0.070, 0.025), 4003: (0.078, 0.036),
     4004: (0.031, 0.070), 4005: (0.045, 0.036),
 }
+# The two confirmation blocks, chosen before they ran and run after the design was adopted (AMD EPYC
+# family 26 model 2; docs/cpu-meta-ocl.md "Confirmation on fresh seed blocks"), per seed from the
+# accuracies at epoch 24 written there. Not in the pools the design was chosen on: printed apart.
+CONFIRMATION = {  # seed: (OCL, meta-OCL)
+    5000: (0.069, -0.001), 5001: (0.072, 0.041), 5002: (0.136, 0.027), 5003: (0.096, 0.138),
+    5004: (0.072, 0.002), 5005: (0.132, -0.015), 5006: (0.053, 0.035), 5007: (0.086, -0.001),
+    5008: (0.041, 0.103), 5009: (0.069, 0.045), 5010: (0.052, 0.011), 5011: (0.060, 0.030),
+    6000: (0.097, 0.003), 6001: (0.122, 0.024), 6002: (0.077, 0.008), 6003: (0.104, 0.008),
+    6004: (0.102, 0.072), 6005: (0.100, 0.026), 6006: (0.098, 0.131), 6007: (0.093, 0.088),
+    6008: (0.079, 0.068), 6009: (0.040, 0.014), 6010: (0.062, 0.077), 6011: (0.160, -0.005),
+}
 # 6-seed blocks known only by their printed meta-OCL verdict: (label, mean, lo, hi, p, known seeds' gaps)
 SUMMARY_BLOCKS = [
     ("seeds 0-5, Zen 3 (README)", 0.043, -0.005, 0.092, 0.069, (0.066, 0.017)),
@@ -328,6 +339,16 @@ def main(argv: list[str] | None = None) -> int:
               f"(normal model; evaluation cost x{q / 36:.1f})")
     for line in last_k_evidence():
         print(line)
+
+    # After the fact: the confirmation blocks (not used above) and the adopted design on all 66 values
+    conf = np.array([g for _, g in CONFIRMATION.values()])
+    adopted = next(d for d in designs() if d.name == "6 + 6, Pocock")
+    all66 = np.concatenate([pools()["all 42"], conf])
+    print(f"\nConfirmation blocks 5000-5011 and 6000-6011 (after the design was adopted; not in the pools above): "
+          f"meta-OCL mean {conf.mean():+.4f}, SD {conf.std(ddof=1):.4f}, d = {conf.mean() / conf.std(ddof=1):.2f}")
+    for name, pool in (("boot 24 confirmation", conf), ("boot 66", all66)):
+        rep, _, used = adopted.run(rng.choice(pool, (args.draws, 12)))
+        print(f"  {adopted.name}, {name}: P(reproduced) {rep.mean():.3f}, P(look 2) {np.mean(used > 6):.2f}")
 
     if not args.no_figure:
         figure(table, args.figure)
