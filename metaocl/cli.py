@@ -213,11 +213,11 @@ def _sequential_sweep(sweep, uri: str, args: argparse.Namespace, run):
 
     k, previous = 1, None
     if args.resume:
-        from metaocl.sweep.ledger import default_storage, find_resumable, fingerprint
+        from metaocl.sweep.ledger import default_storage, find_resumable, same_trials
 
         _, state = find_resumable(sweep.for_look(1), args.storage or default_storage())
-        k = next((j for j in range(1, len(sweep.looks) + 1) if fingerprint(
-            {t.trial_id: t for t in sweep.for_look(j).trials()}) == state.get("fingerprint")), 1)
+        k = next((j for j in range(1, len(sweep.looks) + 1) if same_trials(
+            {t.trial_id: t for t in sweep.for_look(j).trials()}, state)[0]), 1)
     while True:
         seeds = sweep.for_look(k).seeds
         print(f"group-sequential ({sweep.boundary} boundary, looks at {', '.join(map(str, sweep.looks))} seeds): "

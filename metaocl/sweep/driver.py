@@ -42,7 +42,8 @@ from metaocl.experiments.base import ExperimentKind
 from metaocl.fetch import OFFLINE_ENV, fetch_for, use_trial_env
 from metaocl.runtime import simulating_gpus
 from metaocl.sweep import preflight, stage1
-from metaocl.sweep.ledger import Ledger, default_storage, experiment_prefix, find_resumable, fingerprint, is_uri, join
+from metaocl.sweep.ledger import (Ledger, default_storage, experiment_prefix, find_resumable, fingerprint, is_uri, join,
+                                  same_trials, trial_configs)
 from metaocl.sweep.ledger import resume_command as make_resume_command
 from metaocl.sweep.progress import SweepProgress
 from metaocl.sweep.prune import CheckpointPruner
@@ -315,9 +316,13 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
     exp_dir = state = None
     if resume:
         exp_dir, state = find_resumable(sweep, storage)
-        if state.get("fingerprint") != print_fingerprint:
+        same, added = same_trials(trials, state)
+        if not same:
             raise ConfigError(f"--resume: the trials of {sweep.name} differ from those the sweep started with "
                               f"({exp_dir}); resume with the same sweep file, --smoke, --seeds and --set")
+        if added:
+            print(f"--resume: {len(added)} configuration field(s) added to metaocl since this sweep started, each at "
+                  f"its default (what the code did before it): {', '.join(added)}")
         if tracking != state["tracking_uri"]:
             if tracking_explicit:
                 raise ConfigError(f"--resume: this sweep tracks into {state['tracking_uri']}, not {tracking}; "
@@ -365,7 +370,8 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
         if not resume:
             ledger.write_state({"parent_run_id": tracker.parent_id, "tracking_uri": tracking, "sweep": sweep.name,
                                 "experiment": sweep.experiment_name, "smoke": sweep.smoke,
-                                "fingerprint": print_fingerprint, "created": time.time()})
+                                "fingerprint": print_fingerprint, "configs": trial_configs(trials),
+                                "created": time.time()})
         finished_before = ledger.finished() & set(trials)
         last_step: dict[str, int] = {}
         for tid in tracker.trial_status:  # reattached runs: what they already hold

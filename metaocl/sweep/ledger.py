@@ -106,8 +106,51 @@ class Ledger:
 
 def fingerprint(trials: dict[str, Trial]) -> str:
     """Identifies the trial set: a resume must run exactly the trials the sweep started with."""
-    text = json.dumps({tid: t.config_dict() for tid, t in sorted(trials.items())}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(trial_configs(trials), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_configs(trials: dict[str, Trial]) -> dict[str, dict]:
+    """Each trial's whole configuration as JSON values (what ``sweep.json`` keeps beside the fingerprint)."""
+    return json.loads(json.dumps({tid: t.config_dict() for tid, t in sorted(trials.items())}, default=str))
+
+
+def same_trials(trials: dict[str, Trial], state: dict) -> tuple[bool, list[str]]:
+    """Whether ``trials`` are the ones the sweep of ``state`` started with: the same fingerprint, or
+    (a sweep started by an earlier metaocl) the same configurations apart from fields added since,
+    each at its default (an added field's default keeps what the code did before it). Returns
+    ``(same, added)`` with the added fields' dotted names. A changed value, a removed field or another
+    trial set is not the same; nor is anything against a ``sweep.json`` without its configurations."""
+    if state.get("fingerprint") == fingerprint(trials):
+        return True, []
+    stored = state.get("configs")
+    if not isinstance(stored, dict) or set(stored) != set(trials):
+        return False, []
+    from metaocl.config import to_dict
+
+    now = trial_configs(trials)
+    added: set[str] = set()
+    for tid, t in trials.items():
+        defaults = json.loads(json.dumps(to_dict(type(t.config)()), default=str))
+        if not _same_but_added(stored[tid], now[tid], defaults, "", added):
+            return False, []
+    return True, sorted(added)
+
+
+def _same_but_added(old, new, default, where: str, added: set[str]) -> bool:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old == new
+    if set(old) - set(new):  # a field that is gone
+        return False
+    for key, value in new.items():
+        name = f"{where}{key}"
+        sub_default = default.get(key) if isinstance(default, dict) else None
+        if key not in old:
+            if value != sub_default:
+                return False
+            added.add(name)
+        elif not _same_but_added(old[key], value, sub_default, name + ".", added):
+            return False
+    return True
 
 
 def experiment_prefix(sweep: Sweep) -> str:
