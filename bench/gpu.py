@@ -17,8 +17,10 @@ each experiment, printed beside the paper's figure and our goal on one H100:
   reading one resumable checkpoint (model + optimizer state, ``torch.save``). The projection per
   seed is the sweep's own: 20 + 10 epochs of training and evaluation, one model load, and the
   checkpoints the sweep's cadence writes on the measured epoch times (:func:`metaocl.sweep.plan.checkpoint_writes`).
-- ``set_inclusion``: :mod:`metaocl.engine.set_inclusion`, the paper's data (8000 variables) and
-  Pythia-70M architecture; one stage-1 and one stage-2 epoch plus evaluation.
+- ``set_inclusion``: :mod:`metaocl.engine.set_inclusion`, the ``set_inclusion`` sweep's own
+  configuration (8000 variables, the all-names vocabulary of 17,712 tokens, Pythia-70M's shape, its
+  optimizer and batch, evaluation capped at 20,000 questions per split); one stage-1 and one stage-2
+  epoch plus evaluation.
 - ``mnist``: ConvNeXt V2 Tiny training steps through :class:`metaocl.engine.vision.VisionTrainer`
   on random images of the task's shape (the batch generator has its own bench, bench/mnist.py),
   with TF32 on as the MNIST runner sets it.
@@ -387,18 +389,23 @@ def bench_lm(args, out: dict) -> None:
 def bench_set_inclusion(args, out: dict) -> None:
     import torch
 
-    from metaocl.configs.set_inclusion import GPTNeoXArch, SetInclusionData, SetInclusionEval, SetInclusionTrain
-    from metaocl.data.set_inclusion import generate
+    import dataclasses
+
+    from metaocl.config import load_sweep
+    from metaocl.configs.set_inclusion import GPTNeoXArch
+    from metaocl.data.set_inclusion import generate, subsample
     from metaocl.engine import set_inclusion as engine
 
     sizes, device = args.sizes, args.device
-    data = generate(SetInclusionData(n_variables=sizes.si_variables), args.seed)
+    paper = load_sweep("set_inclusion").trials()[0].config  # what the sweep runs (vocabulary, optimizer, eval cap)
+    data = generate(dataclasses.replace(paper.data, n_variables=sizes.si_variables), args.seed)
     tok = engine.build_tokenizer(data.vocab)
     torch.manual_seed(args.seed)
-    arch = GPTNeoXArch(**(sizes.si_arch or {}))
+    arch = paper.model if sizes.si_arch is None else GPTNeoXArch(**sizes.si_arch)
     model = engine.build_model(arch, tok.get_vocab_size()).to(device)
-    cfg_t, cfg_e = SetInclusionTrain(batch_size=sizes.si_batch_size), SetInclusionEval()
-    eval_sets = {s: engine.EvalSet.from_questions(tok, qs) for s, qs in data.test_qa.items() if qs}
+    cfg_t, cfg_e = dataclasses.replace(paper.train, batch_size=sizes.si_batch_size), paper.eval
+    eval_sets = {s: engine.EvalSet.from_questions(tok, subsample(qs, cfg_e.max_samples, args.seed))
+                 for s, qs in data.test_qa.items() if qs}
     stage_data = {s: engine.encode(tok, data.stage_examples(s)).to(device) for s in (1, 2)}
     n_matmul = matmul_params(model)
     seq = float((stage_data[1] != 0).sum(1).float().mean())
@@ -425,6 +432,7 @@ def bench_set_inclusion(args, out: dict) -> None:
     steps1 = math.ceil(len(stage_data[1]) / cfg_t.batch_size)
     out.update({
         "si/stage1_examples": len(stage_data[1]), "si/stage2_examples": len(stage_data[2]), "si/eval_examples": n_eval,
+        "si/vocab": tok.get_vocab_size(),
         "si/matmul_params": n_matmul, "si/stage1_epoch_s": epoch_s[1], "si/stage2_epoch_s": epoch_s[2],
         "si/train_steps_per_s": steps1 / epoch_s[1], "si/train_examples_per_s": len(stage_data[1]) / epoch_s[1],
         "si/train_tokens_per_s": tokens / epoch_s[1], "si/mfu": mfu(tokens / epoch_s[1], flops_tok, peak),

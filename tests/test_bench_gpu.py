@@ -163,6 +163,7 @@ def test_tiny_cpu_run_prints_throughput_mfu_and_projections(data_home, capsys):
         assert f"  {name}: projected " in printed
     assert out["lm/tokens_per_datapoint"] == 48 and out["lm/faithful_padding"] is True  # as the sweeps run
     assert out["lm/real_tokens_per_datapoint"] < 48
+    assert out["si/vocab"] == 17_712  # the set_inclusion sweep's all-names vocabulary, whatever the size here
     assert out["lm/model_load_s"] > 0 and out["lm/checkpoint_save_s"] > 0 and out["lm/checkpoint_load_s"] > 0
     assert out["lm/checkpoint_bytes"] > 4 * out["lm/matmul_params"]  # fp32 weights (+ optimizer state)
     # two_stage at its 30-minute cadence: epochs take well under a minute here, so only the stage

@@ -13,7 +13,6 @@ No heavy imports here: configs are validated before anything is built.
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 from typing import Literal
 
