@@ -362,6 +362,7 @@ def check(uri: str, name: str, n_trials: int, n_evals: int, storage: Path, logs:
         "evals": n_trials * n_evals,
         "retry_lines": out_text.count(" failed, retrying from its last checkpoint: "),
         "traceback_lines": out_text.count("Traceback (most recent call last)"),
+        "url_lines": out_text.count("View run "),  # MLflow's per-run link lines (the driver silences them)
     }
 
 
@@ -383,7 +384,8 @@ def summary(run: dict, got: dict, calm: dict | None) -> str:
              f"({got['replayed_evals'] / got['evals']:.1%}); attempts cut short {cut_short} "
              f"(each loses at most its unfinished epoch: <= {(got['replayed_evals'] + cut_short) / got['evals']:.1%} "
              f"of the epochs)",
-             f"driver output: {got['retry_lines']} retry lines, {got['traceback_lines']} tracebacks"]
+             f"driver output: {got['retry_lines']} retry lines, {got['traceback_lines']} tracebacks, "
+             f"{got.get('url_lines', 0)} MLflow run-link lines"]
     if calm is not None and calm["exit_code"] is not None:
         lines.append(f"wall time: {run['wall_s']:.0f} s under chaos, {calm['wall_s']:.0f} s without "
                      f"(x{run['wall_s'] / calm['wall_s']:.2f})")

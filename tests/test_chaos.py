@@ -29,4 +29,4 @@ def test_small_sweep_under_chaos_finishes_every_trial_once_with_every_step_once(
     # the kills cost attempts, and each retry was one line in the driver's output, never a traceback
     assert got["trials_started"] == trials and got["attempts"] > trials
     assert sum(got["retries"].values()) >= 1 and got["retry_lines"] >= 1, got
-    assert got["traceback_lines"] == 0
+    assert got["traceback_lines"] == 0 and got["url_lines"] == 0

@@ -307,6 +307,9 @@ def run_sweep(sweep: Sweep, tracking: str, address: str | None = None, storage: 
     # A failed attempt is one progress line (trial, attempt, cause), not Tune's whole traceback between
     # the progress lines: the traceback goes to the trial's MLflow run (errors/attempt-N.txt).
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # Against an MLflow server, MLflow prints two "View run ... at: <url>" lines for every run it ends:
+    # 200 lines between the progress lines of a 100-trial sweep. The summary says where to look.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     kind = kind_of(sweep.kind)
     storage = str(storage) if storage else default_storage()
     if not is_uri(storage):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,6 +129,30 @@ def _alive_nodes() -> list[dict]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
+def _ask_each_node(task, nodes: list[dict], args: tuple, what: str, timeout_error: str) -> dict[str, object]:
+    """``task(*args)`` pinned to each of ``nodes``: node address -> answer. A node that leaves the
+    cluster while it is asked (preempted, killed, restarted under a new id) is skipped with one line on
+    stderr: it runs no trial, and a node that replaces it registers afresh. No answer from the rest
+    within ``RAY_WAIT_S`` is ``ConfigError(timeout_error)``."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote(*args) for n in nodes}
+    deadline = time.monotonic() + RAY_WAIT_S
+    answers = {}
+    for ip, ref in refs.items():
+        try:
+            answers[ip] = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            raise ConfigError(timeout_error) from None
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError,
+                ray.exceptions.WorkerCrashedError) as e:
+            print(f"{what}: node {ip} left the cluster while it was asked; skipped ({type(e).__name__})",
+                  file=sys.stderr, flush=True)
+    return answers
+
+
 def _gpu_probe(simulate: bool) -> dict:
     """Runs in a Ray task given one GPU: can this process use it, and what is it."""
     import ray
@@ -145,7 +170,6 @@ def probe_gpus(sweep: Sweep, where: str, gpu_type: str | None = None):
     :class:`~metaocl.sweep.plan.Cluster` (GPU count and memory; for logical GPUs, ``gpu_type`` or
     ``$METAOCL_GPU_MEMORY_GB`` states their memory). Nothing is asked when the sweep wants no GPU."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from metaocl.runtime import simulating_gpus
     from metaocl.sweep.plan import Cluster, stated_cluster
@@ -156,13 +180,9 @@ def probe_gpus(sweep: Sweep, where: str, gpu_type: str | None = None):
         return Cluster(cpus=cpus, source=f"{where}: no GPU" if not nodes else f"{where}; this sweep uses no GPU")
     simulate = simulating_gpus()
     task = ray.remote(num_gpus=1, num_cpus=0)(_gpu_probe)
-    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(simulate)
-            for n in nodes]
-    try:
-        answers = ray.get(refs, timeout=RAY_WAIT_S)
-    except ray.exceptions.GetTimeoutError:
-        raise ConfigError(f"GPU check: the GPU nodes of {where} did not run a one-GPU task within {RAY_WAIT_S} s "
-                          "(all their GPUs busy?)") from None
+    answers = list(_ask_each_node(task, nodes, (simulate,), "GPU check",
+                                  f"GPU check: the GPU nodes of {where} did not run a one-GPU task within "
+                                  f"{RAY_WAIT_S} s (all their GPUs busy?)").values())
     broken = [a["problem"] for a in answers if a["problem"]]
     if broken:
         more = f" (and {len(broken) - 1} more node{'s' if len(broken) > 2 else ''})" if len(broken) > 1 else ""
@@ -234,7 +254,6 @@ def check_shared_storage(storage: str, where: str) -> None:
     Writes a probe file, asks a task pinned to each node to read it, removes it again.
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = _alive_nodes()
     if len(nodes) < 2 or is_uri(storage):
@@ -253,13 +272,8 @@ def check_shared_storage(storage: str, where: str) -> None:
     except OSError as e:
         raise ConfigError(f"--storage {storage}: cannot write there ({e.strerror})") from None
     try:
-        task = ray.remote(num_cpus=0)(_probe_file)
-        refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(probe), token) for n in nodes}
-        try:
-            seen = dict(zip(refs, ray.get(list(refs.values()), timeout=RAY_WAIT_S)))
-        except ray.exceptions.GetTimeoutError:
-            raise ConfigError(f"storage check: the nodes of {where} did not answer within {RAY_WAIT_S} s") from None
+        seen = _ask_each_node(ray.remote(num_cpus=0)(_probe_file), nodes, (str(probe), token), "storage check",
+                              f"storage check: the nodes of {where} did not answer within {RAY_WAIT_S} s")
     finally:
         probe.unlink(missing_ok=True)
         for p in created:
@@ -310,15 +324,8 @@ def check_inputs(sweep: Sweep, trials: dict[str, Trial], local: bool) -> None:
     if local:
         missing = _problems(sweep.kind, configs)
     else:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        task = ray.remote(num_cpus=0)(_problems)
-        refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(sweep.kind, configs) for n in _alive_nodes()}
-        try:
-            answers = dict(zip(refs, ray.get(list(refs.values()), timeout=RAY_WAIT_S)))
-        except ray.exceptions.GetTimeoutError:
-            raise ConfigError(f"input check: the cluster did not answer within {RAY_WAIT_S} s") from None
+        answers = _ask_each_node(ray.remote(num_cpus=0)(_problems), _alive_nodes(), (sweep.kind, configs),
+                                 "input check", f"input check: the cluster did not answer within {RAY_WAIT_S} s")
         missing = []
         for ip, problems in answers.items():
             missing += [p if len(answers) == 1 else f"node {ip}: {p}" for p in problems]
