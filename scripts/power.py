@@ -342,13 +342,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # After the fact: the confirmation blocks (not used above) and the adopted design on all 66 values
     conf = np.array([g for _, g in CONFIRMATION.values()])
-    adopted = next(d for d in designs() if d.name == "6 + 6, Pocock")
     all66 = np.concatenate([pools()["all 42"], conf])
     print(f"\nConfirmation blocks 5000-5011 and 6000-6011 (after the design was adopted; not in the pools above): "
           f"meta-OCL mean {conf.mean():+.4f}, SD {conf.std(ddof=1):.4f}, d = {conf.mean() / conf.std(ddof=1):.2f}")
-    for name, pool in (("boot 24 confirmation", conf), ("boot 66", all66)):
-        rep, _, used = adopted.run(rng.choice(pool, (args.draws, 12)))
-        print(f"  {adopted.name}, {name}: P(reproduced) {rep.mean():.3f}, P(look 2) {np.mean(used > 6):.2f}")
+    after = [next(d for d in designs() if d.name == "6 + 6, Pocock"), Design("fixed 12 seeds", (12,), (0.05,)),
+             Design("6 + 6 + 6, Pocock", (6, 12, 18), sequential_levels((6, 12, 18), POCOCK))]
+    for d in after:
+        k = d.looks[-1]
+        flip, _, _ = d.run(rng.choice(all66, (args.draws, k)) * rng.choice([-1.0, 1.0], (args.draws, k)))
+        for name, pool in (("boot 24 confirmation", conf), ("boot 66", all66)):
+            rep, _, used = d.run(rng.choice(pool, (args.draws, k)))
+            mins = minutes(used, d.looks, SWEEP6_WALL_S["Zen 4 EPYC (issue, 682 s)"])
+            print(f"  {d.name}, {name}: P(reproduced) {rep.mean():.3f}, seeds mean {used.mean():.1f} / max {used.max()}, "
+                  f"P(beyond look 1) {np.mean(used > d.looks[0]):.2f}, Zen 4 min median {np.median(mins):.1f} / "
+                  f"max {mins.max():.1f}; FPR (sign-flip 66) {flip.mean():.3f}")
 
     if not args.no_figure:
         figure(table, args.figure)
