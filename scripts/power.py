@@ -129,7 +129,8 @@ def pools() -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Designs, vectorized (the same rule as metaocl.report.stats: tests/test_power.py checks they agree)
+# Designs, vectorized (the rule of metaocl.report.stats: its sequential_levels, reproduced = p below the
+# look's level and the mean above 0)
 # --------------------------------------------------------------------------------------------------
 def t_test(x: np.ndarray, one_sided: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(mean, p) per row of a draws x n matrix: the paired t-test against 0 (two-sided unless asked)."""
