@@ -129,9 +129,12 @@ def same_trials(trials: dict[str, Trial], state: dict) -> tuple[bool, list[str]]
 
     now = trial_configs(trials)
     added: set[str] = set()
+    defaults: dict[type, dict] = {}  # one per config class (a sweep has one kind), not one per trial
     for tid, t in trials.items():
-        defaults = json.loads(json.dumps(to_dict(type(t.config)()), default=str))
-        if not _same_but_added(stored[tid], now[tid], defaults, "", added):
+        cls = type(t.config)
+        if cls not in defaults:
+            defaults[cls] = json.loads(json.dumps(to_dict(cls()), default=str))
+        if not _same_but_added(stored[tid], now[tid], defaults[cls], "", added):
             return False, []
     return True, sorted(added)
 
